@@ -1,0 +1,355 @@
+//! turnout's admin API: an axum router on its own address.
+//!
+//! Every route needs the bearer token (when one is configured) except `/metrics`,
+//! `/openapi.json` and the dashboard. Errors have one JSON shape,
+//! `{"error": {"code": "...", "message": "..."}}`, produced by [`ApiError`]'s
+//! `IntoResponse` impl and nowhere else.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use turnout_core::{RoutingState, SlotName, SwitchError};
+use turnout_pipeline::{ControlError, Controller, Status};
+
+/// What the admin routes share.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The control plane.
+    pub controller: Arc<Controller>,
+    /// The bearer token; `None` only on a loopback address (the binary enforces that).
+    pub token: Option<Arc<str>>,
+}
+
+/// An error as the API returns it.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: &self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        let message = e.to_string();
+        match e {
+            ControlError::Refused(SwitchError::EmptySlot { .. }) => {
+                ApiError::new(StatusCode::CONFLICT, "empty_slot", message)
+            }
+            ControlError::Refused(SwitchError::Unhealthy { .. }) => {
+                ApiError::new(StatusCode::CONFLICT, "unhealthy_slot", message)
+            }
+            ControlError::Refused(SwitchError::NoStandby { .. }) => {
+                ApiError::new(StatusCode::CONFLICT, "no_standby", message)
+            }
+            ControlError::Store(turnout_pipeline::StoreError::Conflict { .. }) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", message)
+            }
+            ControlError::Store(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                message,
+            ),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("invalid JSON body: {}", e.body_text()),
+        )
+    }
+}
+
+/// The body of `POST /api/v1/switch`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchRequest {
+    /// `blue` or `green`.
+    pub to: String,
+    /// Switch even when the target has no healthy upstream.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// The answer to a switch or rollback.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct SwitchResponse {
+    /// The live slot now.
+    pub live: Option<SlotName>,
+    /// The new routing revision.
+    pub revision: u64,
+}
+
+impl From<RoutingState> for SwitchResponse {
+    fn from(s: RoutingState) -> Self {
+        SwitchResponse {
+            live: s.live,
+            revision: s.revision,
+        }
+    }
+}
+
+/// The admin router.
+pub fn router(state: AdminState) -> Router {
+    let api = Router::new()
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/switch", post(switch))
+        .route("/api/v1/rollback", post(rollback))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .merge(api)
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no route {} {}; the API lives under /api/v1/",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}
+
+async fn require_token(
+    State(state): State<AdminState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(token) = &state.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let ok = given.is_some_and(|g| {
+            use subtle::ConstantTimeEq;
+            bool::from(g.as_bytes().ct_eq(token.as_bytes()))
+        });
+        if !ok {
+            let message = if given.is_some() {
+                "the bearer token is wrong; use the token from [admin] token (env TURNOUT_ADMIN_TOKEN for the CLI)"
+            } else {
+                "this route needs `Authorization: Bearer TOKEN`; the token is set by [admin] token"
+            };
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                message,
+            ));
+        }
+    }
+    Ok(next.run(req).await)
+}
+
+async fn status(State(state): State<AdminState>) -> Json<Status> {
+    Json(state.controller.status().await)
+}
+
+async fn switch(
+    State(state): State<AdminState>,
+    body: Result<Json<SwitchRequest>, JsonRejection>,
+) -> Result<Json<SwitchResponse>, ApiError> {
+    let Json(req) = body?;
+    let to: SlotName = req.to.parse().map_err(|e: turnout_core::ParseSlotError| {
+        ApiError::new(StatusCode::BAD_REQUEST, "unknown_slot", e.to_string())
+    })?;
+    let next = state.controller.switch(to, req.force).await?;
+    Ok(Json(next.into()))
+}
+
+async fn rollback(State(state): State<AdminState>) -> Result<Json<SwitchResponse>, ApiError> {
+    Ok(Json(state.controller.rollback().await?.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    use turnout_core::{Role, SlotState};
+    use turnout_proxy::ProxyOptions;
+    use turnout_store::EmbeddedStore;
+
+    use super::*;
+
+    async fn app(dir: &std::path::Path) -> Router {
+        let store = Arc::new(EmbeddedStore::open(dir).unwrap());
+        let slot = |a: &str| SlotState {
+            version: None,
+            upstreams: vec![a.into()],
+            role: Role::Idle,
+        };
+        // Port 9 (discard) on loopback: nothing listens, so green never becomes healthy.
+        let controller = Controller::start(
+            ProxyOptions::default(),
+            store,
+            [slot("127.0.0.1:9"), slot("127.0.0.1:9")],
+        )
+        .await
+        .unwrap();
+        router(AdminState {
+            controller: Arc::new(controller),
+            token: Some("s3cret".into()),
+        })
+    }
+
+    async fn call(
+        app: &Router,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = app
+            .clone()
+            .oneshot(req.body(Body::from(body.to_owned())).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn token_is_required_and_errors_have_one_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path()).await;
+        // Wait (with a deadline) for the first health check to find green down.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (_, json) = call(&app, "GET", "/api/v1/status", Some("s3cret"), "").await;
+            if json["slots"]["green"]["upstreams"][0]["healthy"] == false {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "green never checked: {json}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let cases: &[(&str, &str, Option<&str>, &str, StatusCode, &str)] = &[
+            (
+                "GET",
+                "/api/v1/status",
+                None,
+                "",
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+            ),
+            (
+                "GET",
+                "/api/v1/status",
+                Some("wrong"),
+                "",
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+            ),
+            (
+                "POST",
+                "/api/v1/switch",
+                Some("s3cret"),
+                r#"{"to":"purple"}"#,
+                StatusCode::BAD_REQUEST,
+                "unknown_slot",
+            ),
+            (
+                "POST",
+                "/api/v1/switch",
+                Some("s3cret"),
+                r#"{"to":"#,
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                "POST",
+                "/api/v1/switch",
+                Some("s3cret"),
+                r#"{"to":"green","force":false}"#,
+                StatusCode::CONFLICT,
+                "unhealthy_slot",
+            ),
+            (
+                "GET",
+                "/api/v1/nope",
+                Some("s3cret"),
+                "",
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+        ];
+        for (method, path, token, body, want_status, want_code) in cases {
+            let (status, json) = call(&app, method, path, *token, body).await;
+            assert_eq!(status, *want_status, "{method} {path} {body}: {json}");
+            assert_eq!(json["error"]["code"], *want_code, "{json}");
+            assert!(
+                json["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty()),
+                "{json}"
+            );
+        }
+        let (status, json) = call(&app, "GET", "/api/v1/status", Some("s3cret"), "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(json["live"], "blue");
+        assert_eq!(json["slots"]["green"]["role"], "standby");
+        assert_eq!(json["weights"]["blue"], 100);
+    }
+}

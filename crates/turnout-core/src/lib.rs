@@ -1,0 +1,12 @@
+//! turnout's domain: the two slots, their roles, the routing state that says which one is
+//! live, and the transitions between states (switch, rollback).
+//!
+//! This crate does no IO: every function here is a pure computation on values, so that the
+//! rules can be tested exhaustively and shared by the admin API, the pipeline and the
+//! store backends.
+
+mod routing;
+mod slot;
+
+pub use routing::{RoutingState, SlotState, SwitchError, Weights};
+pub use slot::{ParseSlotError, Role, SlotName};

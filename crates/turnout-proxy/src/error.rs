@@ -1,0 +1,99 @@
+//! Data-plane errors: which side failed, and what the client is told.
+
+use http::StatusCode;
+
+/// Why the proxy could not get a response from an upstream. Each variant knows which
+/// status the client gets and whether the request may be retried on another upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No slot is live.
+    #[error("no slot is live")]
+    NoLiveSlot,
+    /// The chosen slot has no healthy upstream.
+    #[error("slot {slot} has no healthy upstream")]
+    NoHealthyUpstream {
+        /// The slot.
+        slot: turnout_core::SlotName,
+    },
+    /// The TCP connection to the upstream failed (nothing was sent).
+    #[error("cannot connect to upstream {addr}: {source}")]
+    Connect {
+        /// Upstream address.
+        addr: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TCP connection did not complete in time (nothing was sent).
+    #[error("connecting to upstream {addr} timed out")]
+    ConnectTimeout {
+        /// Upstream address.
+        addr: String,
+    },
+    /// The HTTP handshake on a new connection failed.
+    #[error("HTTP handshake with upstream {addr} failed: {source}")]
+    Handshake {
+        /// Upstream address.
+        addr: String,
+        /// hyper's error.
+        #[source]
+        source: hyper::Error,
+    },
+    /// The upstream failed after the request was (maybe partly) sent.
+    #[error("upstream {addr} failed: {source}")]
+    Upstream {
+        /// Upstream address.
+        addr: String,
+        /// hyper's error.
+        #[source]
+        source: hyper::Error,
+    },
+    /// The upstream sent no response head within the response timeout.
+    #[error("upstream {addr} did not answer within {timeout_ms} ms")]
+    ResponseTimeout {
+        /// Upstream address.
+        addr: String,
+        /// The timeout.
+        timeout_ms: u128,
+    },
+}
+
+impl ProxyError {
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoLiveSlot | ProxyError::NoHealthyUpstream { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::ResponseTimeout { .. } | ProxyError::ConnectTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// Whether nothing of the request reached the upstream, so that any request may be
+    /// sent again elsewhere.
+    pub fn nothing_sent(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Connect { .. }
+                | ProxyError::ConnectTimeout { .. }
+                | ProxyError::Handshake { .. }
+        )
+    }
+
+    /// The short body the client gets: which side failed, without internal details.
+    pub fn client_message(&self) -> &'static str {
+        match self {
+            ProxyError::NoLiveSlot => "turnout: no slot is live\n",
+            ProxyError::NoHealthyUpstream { .. } => {
+                "turnout: the live slot has no healthy upstream\n"
+            }
+            ProxyError::ResponseTimeout { .. } | ProxyError::ConnectTimeout { .. } => {
+                "turnout: the upstream did not answer in time\n"
+            }
+            _ => "turnout: the upstream failed\n",
+        }
+    }
+}

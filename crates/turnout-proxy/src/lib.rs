@@ -1,0 +1,183 @@
+//! turnout's data plane: the listener, the routing table swapped atomically at each switch,
+//! upstream connection pools, active and passive health, and upgraded-connection drain.
+//!
+//! The request path is described phase by phase in `service.rs`. The control plane talks to
+//! the data plane only through [`Proxy::apply`] (a new routing state) and the read-only
+//! views ([`Proxy::table`], [`Proxy::health_events`]).
+
+mod body;
+mod error;
+mod health;
+mod server;
+mod service;
+mod table;
+mod tunnel;
+mod upstream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{broadcast, watch};
+use turnout_core::{RoutingState, SlotName};
+
+pub use body::{ProxyBody, RequestBody};
+pub use error::ProxyError;
+pub use health::HealthCheck;
+pub use table::{SlotPool, Table};
+pub use upstream::{Upstream, UpstreamRef};
+
+/// Data-plane settings (from `[listen]`, `[upstream]` and `[health]`).
+#[derive(Clone, Debug)]
+pub struct ProxyOptions {
+    /// An unfinished request head is cut off after this.
+    pub header_timeout: Duration,
+    /// How long an upgraded connection may go on once its slot is no longer live.
+    pub upgrade_drain: Duration,
+    /// Time to open a TCP connection to an upstream.
+    pub connect_timeout: Duration,
+    /// Time from sending a request to its response head.
+    pub response_timeout: Duration,
+    /// Idle pooled connections are closed after this.
+    pub idle_timeout: Duration,
+    /// Idle pooled connections kept per upstream.
+    pub max_idle: usize,
+    /// Active health checks.
+    pub health: HealthCheck,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            header_timeout: Duration::from_secs(10),
+            upgrade_drain: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            max_idle: 128,
+            health: HealthCheck::default(),
+        }
+    }
+}
+
+/// An upstream's health changed.
+#[derive(Clone, Debug)]
+pub struct HealthEvent {
+    /// Its slot.
+    pub slot: SlotName,
+    /// Its address.
+    pub addr: String,
+    /// The new state.
+    pub healthy: bool,
+    /// Why (the failed check, or "check passed").
+    pub reason: String,
+}
+
+pub(crate) struct Inner {
+    pub(crate) table: ArcSwap<Table>,
+    pub(crate) opts: ProxyOptions,
+    pub(crate) live_tx: watch::Sender<Option<SlotName>>,
+    pub(crate) live_rx: watch::Receiver<Option<SlotName>>,
+    pub(crate) health_tx: broadcast::Sender<HealthEvent>,
+}
+
+/// The data plane. Cheap to clone.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+impl Proxy {
+    /// A data plane routing as `state` says. Must be called within a Tokio runtime: it
+    /// starts the health checks.
+    pub fn new(opts: ProxyOptions, state: &RoutingState) -> Proxy {
+        let empty = |name| Arc::new(SlotPool::new(name, None, Vec::new()));
+        let table = Table::new(
+            0,
+            None,
+            turnout_core::Weights::all_to(None),
+            [empty(SlotName::Blue), empty(SlotName::Green)],
+        );
+        let (live_tx, live_rx) = watch::channel(None);
+        let (health_tx, _) = broadcast::channel(256);
+        let proxy = Proxy {
+            inner: Arc::new(Inner {
+                table: ArcSwap::from_pointee(table),
+                opts,
+                live_tx,
+                live_rx,
+                health_tx,
+            }),
+        };
+        proxy.apply(state);
+        proxy
+    }
+
+    /// Routes as `state` says from the next request on: one atomic store. Upstreams that
+    /// stay keep their pools and health; new ones start healthy and get a health check at
+    /// once; removed ones are dropped when their last request ends.
+    pub fn apply(&self, state: &RoutingState) {
+        let current = self.inner.table.load();
+        let slots = SlotName::ALL.map(|name| {
+            let want = state.slot(name);
+            let old = current.slot(name);
+            let upstreams = want
+                .upstreams
+                .iter()
+                .map(|addr| {
+                    old.upstreams
+                        .iter()
+                        .find(|u| &u.addr == addr)
+                        .cloned()
+                        .unwrap_or_else(|| {
+                            let up = Arc::new(Upstream::new(
+                                name,
+                                addr.clone(),
+                                self.inner.opts.max_idle,
+                            ));
+                            health::spawn(
+                                &up,
+                                self.inner.opts.health.clone(),
+                                self.inner.opts.idle_timeout,
+                                self.inner.health_tx.clone(),
+                            );
+                            up
+                        })
+                })
+                .collect();
+            Arc::new(SlotPool::new(
+                name,
+                want.version.as_deref().map(Arc::from),
+                upstreams,
+            ))
+        });
+        let table = Table::new(state.revision, state.live, state.weights, slots);
+        self.inner.table.store(Arc::new(table));
+        self.inner.live_tx.send_replace(state.live);
+    }
+
+    /// The routing table in force now.
+    pub fn table(&self) -> Arc<Table> {
+        self.inner.table.load_full()
+    }
+
+    /// How many upstreams of `slot` are healthy now.
+    pub fn healthy_count(&self, slot: SlotName) -> usize {
+        self.inner.table.load().slot(slot).healthy_count()
+    }
+
+    /// Upstream health changes, as they happen.
+    pub fn health_events(&self) -> broadcast::Receiver<HealthEvent> {
+        self.inner.health_tx.subscribe()
+    }
+
+    /// Serves the data plane on `listener` until `shutdown` resolves; then stops accepting
+    /// (connections already open finish their requests).
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) {
+        server::serve(self.inner.clone(), listener, shutdown).await
+    }
+}

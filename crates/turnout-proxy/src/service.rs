@@ -1,0 +1,375 @@
+//! The request path. Every request goes through these phases, in order:
+//!
+//! 1. **route** — load the routing table (one atomic load) and choose the slot: the live
+//!    one, or by weight during a canary. No live slot: `503`.
+//! 2. **prepare** — rewrite the head for the upstream in place: origin-form URI, `Host`
+//!    (from the authority for HTTP/2), hop-by-hop headers removed (RFC 9110 §7.6.1),
+//!    `X-Forwarded-For`/`-Proto`/`-Host` set. An `Upgrade` request keeps its `Upgrade` and
+//!    `Connection: upgrade`, and its client side upgrade is taken now.
+//! 3. **pick** — round robin over the slot's healthy upstreams. None healthy: `503`.
+//! 4. **send** — on a pooled keep-alive connection, or a new one. When nothing was sent
+//!    (connect refused or timed out, a pooled connection found closed before writing) the
+//!    request goes once to another upstream of the same slot; a refused connect also ejects
+//!    the upstream until its health check passes again. Failure after sending: `502`; no
+//!    response head within `response_timeout`: `504`.
+//! 5. **respond** — hop-by-hop headers removed from the response; the body is streamed and
+//!    its connection returns to the pool when the body ends.
+//! 6. **tunnel** — a `101` response starts a tunnel between the two upgraded connections,
+//!    which keeps running after a switch until it closes or `upgrade_drain` ends it.
+//!
+//! Requests in flight finish on the slot chosen in phase 1, whatever switches happen
+//! meanwhile; a keep-alive client connection is routed afresh at each request.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::body::{PoolReturn, ProxyBody, RequestBody};
+use crate::error::ProxyError;
+use crate::table::SlotPool;
+use crate::upstream::{Sender, UpstreamRef};
+use crate::{tunnel, Inner};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Pooled connections idle longer than this may have been closed by the upstream in the
+/// meantime; a request without a body sent on one keeps a copy of its head so that it can
+/// be sent again if the connection turns out dead.
+const STALE_AFTER: Duration = Duration::from_secs(1);
+
+/// The per-connection service: the proxy plus what is known about the client connection.
+#[derive(Clone)]
+pub(crate) struct ConnService {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) client_ip: HeaderValue,
+    pub(crate) proto: HeaderValue,
+}
+
+impl ConnService {
+    pub(crate) fn new(inner: Arc<Inner>, ip: IpAddr, tls: bool) -> ConnService {
+        let client_ip =
+            HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+        let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+        ConnService {
+            inner,
+            client_ip,
+            proto,
+        }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.handle(req).await) })
+    }
+}
+
+impl ConnService {
+    async fn handle(self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        // Phase 1: route.
+        let slot = match self.inner.table.load().choose() {
+            Some(slot) => Arc::clone(slot),
+            None => return error_response(&ProxyError::NoLiveSlot),
+        };
+
+        // Phase 2: prepare.
+        let upgrade = upgrade_protocol(&req);
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        self.prepare(&mut req, upgrade.as_ref());
+        let req = req.map(RequestBody::Client);
+
+        // Phases 3 and 4: pick and send.
+        let (resp, ret, upstream) = match self.send(&slot, req, upgrade.is_some()).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(slot = %slot.name, error = %e, "request failed");
+                return error_response(&e);
+            }
+        };
+
+        // Phase 6: tunnel.
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                return self.start_tunnel(resp, client_upgrade, &upstream, upgrade);
+            }
+        }
+
+        // Phase 5: respond.
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Response::from_parts(parts, ProxyBody::upstream(body, ret))
+    }
+
+    fn prepare(&self, req: &mut Request<Incoming>, upgrade: Option<&HeaderValue>) {
+        // HTTP/2 requests carry the host in the authority; HTTP/1.1 upstreams need `Host`.
+        if !req.headers().contains_key(header::HOST) {
+            if let Some(host) = req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                req.headers_mut().insert(header::HOST, host);
+            }
+        }
+        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .parse::<Uri>()
+                .unwrap_or_else(|_| Uri::from_static("/"));
+            *req.uri_mut() = pq;
+        }
+        *req.version_mut() = Version::HTTP_11;
+
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        if let Some(proto) = upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, proto.clone());
+        }
+        let xff = match headers.get(&X_FORWARDED_FOR) {
+            Some(prev) => {
+                let mut v = BytesMut::with_capacity(prev.len() + 2 + self.client_ip.len());
+                v.extend_from_slice(prev.as_bytes());
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(self.client_ip.as_bytes());
+                HeaderValue::from_maybe_shared(v.freeze())
+                    .unwrap_or_else(|_| self.client_ip.clone())
+            }
+            None => self.client_ip.clone(),
+        };
+        headers.insert(X_FORWARDED_FOR.clone(), xff);
+        headers.insert(X_FORWARDED_PROTO.clone(), self.proto.clone());
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            if let Some(host) = headers.get(header::HOST).cloned() {
+                headers.insert(X_FORWARDED_HOST.clone(), host);
+            }
+        }
+    }
+
+    /// Picks an upstream and sends; once more on another upstream when nothing was sent.
+    async fn send(
+        &self,
+        slot: &SlotPool,
+        req: Request<RequestBody>,
+        upgrade: bool,
+    ) -> Result<(Response<Incoming>, Option<PoolReturn>, UpstreamRef), ProxyError> {
+        let first = slot
+            .pick(None)
+            .ok_or(ProxyError::NoHealthyUpstream { slot: slot.name })?
+            .clone();
+        let (err, req) = match self.send_to(&first, req, upgrade).await {
+            Ok((resp, ret)) => return Ok((resp, ret, first)),
+            Err(failed) => failed,
+        };
+        let Some(req) = req else { return Err(err) };
+        let Some(second) = slot.pick(Some(&first)).cloned() else {
+            return Err(err);
+        };
+        tracing::debug!(slot = %slot.name, from = %first.addr, to = %second.addr, error = %err, "retrying on another upstream");
+        match self.send_to(&second, req, upgrade).await {
+            Ok((resp, ret)) => Ok((resp, ret, second)),
+            Err((err, _)) => Err(err),
+        }
+    }
+
+    /// Sends to one upstream. On failure the request comes back when it was not sent (or,
+    /// for a body-less idempotent request, when it can be sent again).
+    #[allow(clippy::type_complexity)]
+    async fn send_to(
+        &self,
+        up: &UpstreamRef,
+        mut req: Request<RequestBody>,
+        upgrade: bool,
+    ) -> Result<(Response<Incoming>, Option<PoolReturn>), (ProxyError, Option<Request<RequestBody>>)>
+    {
+        let opts = &self.inner.opts;
+        if !upgrade {
+            while let Some((mut sender, since)) = up.checkout() {
+                if sender.ready().await.is_err() {
+                    continue;
+                }
+                let copy = (since.elapsed() > STALE_AFTER)
+                    .then(|| resendable_copy(&req))
+                    .flatten();
+                match self.exchange(up, &mut sender, req).await {
+                    Ok(resp) => {
+                        return Ok((
+                            resp,
+                            Some(PoolReturn {
+                                upstream: up.clone(),
+                                sender,
+                            }),
+                        ))
+                    }
+                    Err((_, Some(back))) => req = back,
+                    Err((err, None)) => match copy {
+                        Some(copy) => req = copy,
+                        None => return Err((err, None)),
+                    },
+                }
+            }
+        }
+        let mut sender = match up.connect(opts.connect_timeout, upgrade).await {
+            Ok(s) => s,
+            Err(e) => {
+                if matches!(e, ProxyError::Connect { .. }) && up.eject() {
+                    tracing::warn!(slot = %up.slot, upstream = %up.addr, error = %e, "upstream ejected until its health check passes");
+                }
+                return Err((e, Some(req)));
+            }
+        };
+        match self.exchange(up, &mut sender, req).await {
+            Ok(resp) => {
+                let ret = (!upgrade).then(|| PoolReturn {
+                    upstream: up.clone(),
+                    sender,
+                });
+                Ok((resp, ret))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        up: &UpstreamRef,
+        sender: &mut Sender,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, (ProxyError, Option<Request<RequestBody>>)> {
+        let timeout = self.inner.opts.response_timeout;
+        match tokio::time::timeout(timeout, sender.try_send_request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(mut e)) => {
+                let back = e.take_message();
+                Err((
+                    ProxyError::Upstream {
+                        addr: up.addr.clone(),
+                        source: e.into_error(),
+                    },
+                    back,
+                ))
+            }
+            Err(_) => Err((
+                ProxyError::ResponseTimeout {
+                    addr: up.addr.clone(),
+                    timeout_ms: timeout.as_millis(),
+                },
+                None,
+            )),
+        }
+    }
+
+    fn start_tunnel(
+        &self,
+        mut resp: Response<Incoming>,
+        client: hyper::upgrade::OnUpgrade,
+        upstream: &UpstreamRef,
+        protocol: Option<HeaderValue>,
+    ) -> Response<ProxyBody> {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let websocket = protocol.is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        tunnel::spawn(
+            client,
+            upstream_upgrade,
+            upstream.slot,
+            self.inner.live_rx.clone(),
+            self.inner.opts.upgrade_drain,
+            websocket,
+        );
+        let (parts, _) = resp.into_parts();
+        Response::from_parts(parts, ProxyBody::Full(None))
+    }
+}
+
+/// The protocol of an HTTP/1.1 `Upgrade` request (`Connection: upgrade` + `Upgrade: X`).
+fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let proto = req.headers().get(header::UPGRADE)?;
+    let wants = req.headers().get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        })
+    });
+    wants.then(|| proto.clone())
+}
+
+/// Removes the hop-by-hop headers of RFC 9110 §7.6.1: those named in `Connection`, and
+/// the fixed list.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(conn) = headers.remove(header::CONNECTION) {
+        let named: Vec<HeaderName> = conn
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        // A second Connection header line.
+        while headers.remove(header::CONNECTION).is_some() {}
+    }
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ] {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+}
+
+/// A copy of a request that may be sent again if its first sending fails: idempotent and
+/// without a body.
+fn resendable_copy(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+    use http_body::Body as _;
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    );
+    if !idempotent || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(RequestBody::Empty);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
+fn error_response(err: &ProxyError) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::text(err.client_message()));
+    *resp.status_mut() = err.status();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}

@@ -1,0 +1,161 @@
+//! The routing table: an immutable snapshot that the data plane loads once per request.
+//! A switch builds a new table and swaps it in with one atomic store.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use turnout_core::{SlotName, Weights};
+
+use crate::upstream::UpstreamRef;
+
+/// One slot as the data plane sees it.
+#[derive(Debug)]
+pub struct SlotPool {
+    /// The slot.
+    pub name: SlotName,
+    /// The version label for logs and metrics.
+    pub version: Option<Arc<str>>,
+    /// Its upstreams, in configured order.
+    pub upstreams: Vec<UpstreamRef>,
+    next: AtomicUsize,
+}
+
+impl SlotPool {
+    pub(crate) fn new(
+        name: SlotName,
+        version: Option<Arc<str>>,
+        upstreams: Vec<UpstreamRef>,
+    ) -> SlotPool {
+        SlotPool {
+            name,
+            version,
+            upstreams,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Round robin over the healthy upstreams, skipping `except` (the upstream a retry
+    /// leaves). Round robin rather than least-outstanding: the slot's instances are
+    /// identical, and it costs one atomic add per request.
+    pub(crate) fn pick(&self, except: Option<&UpstreamRef>) -> Option<&UpstreamRef> {
+        let n = self.upstreams.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &self.upstreams[(start + i) % n])
+            .find(|u| u.is_healthy() && except.is_none_or(|e| !Arc::ptr_eq(e, u)))
+    }
+
+    /// How many upstreams pass their health check now.
+    pub fn healthy_count(&self) -> usize {
+        self.upstreams.iter().filter(|u| u.is_healthy()).count()
+    }
+}
+
+/// A snapshot of where traffic goes.
+#[derive(Debug)]
+pub struct Table {
+    /// The routing state revision this table was built from.
+    pub revision: u64,
+    /// The live slot.
+    pub live: Option<SlotName>,
+    /// Share of new requests per slot.
+    pub weights: Weights,
+    /// Blue and green.
+    pub slots: [Arc<SlotPool>; 2],
+    split: AtomicUsize,
+}
+
+impl Table {
+    pub(crate) fn new(
+        revision: u64,
+        live: Option<SlotName>,
+        weights: Weights,
+        slots: [Arc<SlotPool>; 2],
+    ) -> Table {
+        Table {
+            revision,
+            live,
+            weights,
+            slots,
+            split: AtomicUsize::new(0),
+        }
+    }
+
+    /// The slot a new request goes to. With all traffic on one slot this is that slot;
+    /// with a split (canary) requests are dealt out by a counter, so that over every 100
+    /// requests each slot gets exactly its percentage.
+    pub(crate) fn choose(&self) -> Option<&Arc<SlotPool>> {
+        let Weights { blue, green } = self.weights;
+        let slot = match (blue, green) {
+            (0, 0) => return None,
+            (_, 0) => SlotName::Blue,
+            (0, _) => SlotName::Green,
+            _ => {
+                let n = self.split.fetch_add(1, Ordering::Relaxed) % 100;
+                // Spread the blue share evenly over the cycle rather than in one run.
+                let spread = (n * 37) % 100;
+                if spread < usize::from(blue) {
+                    SlotName::Blue
+                } else {
+                    SlotName::Green
+                }
+            }
+        };
+        Some(&self.slots[slot.index()])
+    }
+
+    /// One slot's pool.
+    pub fn slot(&self, slot: SlotName) -> &Arc<SlotPool> {
+        &self.slots[slot.index()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::Upstream;
+
+    fn pool(name: SlotName, n: usize) -> Arc<SlotPool> {
+        let ups = (0..n)
+            .map(|i| Arc::new(Upstream::new(name, format!("127.0.0.1:{}", 1000 + i), 4)))
+            .collect();
+        Arc::new(SlotPool::new(name, None, ups))
+    }
+
+    #[test]
+    fn split_deals_exact_percentages() {
+        for (blue, green) in [(95u8, 5u8), (75, 25), (50, 50), (1, 99)] {
+            let t = Table::new(
+                0,
+                Some(SlotName::Blue),
+                Weights { blue, green },
+                [pool(SlotName::Blue, 1), pool(SlotName::Green, 1)],
+            );
+            let blues = (0..1000)
+                .filter(|_| t.choose().map(|s| s.name) == Some(SlotName::Blue))
+                .count();
+            assert_eq!(blues, usize::from(blue) * 10, "weights {blue}/{green}");
+        }
+    }
+
+    #[test]
+    fn pick_round_robins_over_healthy_upstreams() {
+        let p = pool(SlotName::Blue, 3);
+        p.upstreams[1].eject();
+        let picked: Vec<&str> = (0..4)
+            .map(|_| p.pick(None).unwrap().addr.as_str())
+            .collect();
+        assert!(!picked.contains(&"127.0.0.1:1001"), "{picked:?}");
+        assert!(picked.contains(&"127.0.0.1:1000") && picked.contains(&"127.0.0.1:1002"));
+        let first = p.upstreams[0].clone();
+        for _ in 0..4 {
+            assert_eq!(p.pick(Some(&first)).unwrap().addr, "127.0.0.1:1002");
+        }
+        p.upstreams[0].eject();
+        p.upstreams[2].eject();
+        assert!(p.pick(None).is_none());
+    }
+}

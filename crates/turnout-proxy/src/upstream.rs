@@ -1,0 +1,251 @@
+//! One upstream instance: its address, its health, and its pool of idle keep-alive
+//! connections.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use turnout_core::SlotName;
+
+use crate::error::ProxyError;
+
+/// A sender on a pooled HTTP/1.1 connection to an upstream.
+pub(crate) type Sender = http1::SendRequest<crate::body::RequestBody>;
+
+/// One upstream instance of a slot.
+pub struct Upstream {
+    /// The slot it belongs to.
+    pub slot: SlotName,
+    /// The address as configured (`host:port`).
+    pub addr: String,
+    /// The address parsed once, when it is numeric (the common case); names are resolved
+    /// at each new connection.
+    resolved: Option<SocketAddr>,
+    healthy: AtomicBool,
+    /// Consecutive check passes / failures (written by the health checker and by passive
+    /// ejection only).
+    passes: AtomicU32,
+    fails: AtomicU32,
+    /// Whether any check has run yet: the first result decides the state at once.
+    checked: AtomicBool,
+    idle: Mutex<Vec<IdleConn>>,
+    max_idle: usize,
+}
+
+struct IdleConn {
+    sender: Sender,
+    since: Instant,
+}
+
+impl Upstream {
+    pub(crate) fn new(slot: SlotName, addr: String, max_idle: usize) -> Upstream {
+        Upstream {
+            slot,
+            resolved: addr.parse().ok(),
+            addr,
+            // Healthy until the first check says otherwise, so that a router starting in
+            // front of a running service serves at once.
+            healthy: AtomicBool::new(true),
+            passes: AtomicU32::new(0),
+            fails: AtomicU32::new(0),
+            checked: AtomicBool::new(false),
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+        }
+    }
+
+    /// Whether the upstream takes traffic now.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Records an active check result; returns `Some(new_state)` when the state changed.
+    pub(crate) fn record_check(&self, pass: bool, rise: u32, fall: u32) -> Option<bool> {
+        let first = !self.checked.swap(true, Ordering::Relaxed);
+        let (streak, other) = if pass {
+            (&self.passes, &self.fails)
+        } else {
+            (&self.fails, &self.passes)
+        };
+        other.store(0, Ordering::Relaxed);
+        let n = streak.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        let was = self.is_healthy();
+        let now = if first {
+            pass
+        } else if pass && !was {
+            n >= rise
+        } else if !pass && was {
+            n < fall
+        } else {
+            was
+        };
+        (now != was).then(|| {
+            self.healthy.store(now, Ordering::Relaxed);
+            if !now {
+                self.drain_idle();
+            }
+            now
+        })
+    }
+
+    /// Passive ejection: the upstream refused a connection. It stays out until the active
+    /// health check has seen it pass `rise` times in a row.
+    pub(crate) fn eject(&self) -> bool {
+        self.passes.store(0, Ordering::Relaxed);
+        self.checked.store(true, Ordering::Relaxed);
+        self.drain_idle();
+        self.healthy.swap(false, Ordering::Relaxed)
+    }
+
+    /// An idle pooled connection, most recently used first.
+    /// Returns it with the instant it went idle.
+    pub(crate) fn checkout(&self) -> Option<(Sender, Instant)> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(conn) = idle.pop() {
+            if !conn.sender.is_closed() {
+                return Some((conn.sender, conn.since));
+            }
+        }
+        None
+    }
+
+    /// Gives a connection whose last response was read to the end back to the pool.
+    pub(crate) fn checkin(&self, sender: Sender) {
+        if sender.is_closed() || !self.is_healthy() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push(IdleConn {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Closes pooled connections idle for longer than `max_idle_time`.
+    pub(crate) fn reap_idle(&self, max_idle_time: Duration) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|c| !c.sender.is_closed() && c.since.elapsed() < max_idle_time);
+    }
+
+    fn drain_idle(&self) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Opens a TCP connection with TCP_NODELAY, within `timeout`.
+    pub(crate) async fn connect_tcp(&self, timeout: Duration) -> Result<TcpStream, ProxyError> {
+        let connect = async {
+            match self.resolved {
+                Some(addr) => TcpStream::connect(addr).await,
+                None => TcpStream::connect(self.addr.as_str()).await,
+            }
+        };
+        let stream = match tokio::time::timeout(timeout, connect).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => {
+                return Err(ProxyError::Connect {
+                    addr: self.addr.clone(),
+                    source,
+                })
+            }
+            Err(_) => {
+                return Err(ProxyError::ConnectTimeout {
+                    addr: self.addr.clone(),
+                })
+            }
+        };
+        // Best effort: a socket that refuses the option still works.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// Opens a new HTTP/1.1 connection; its driver runs on its own task.
+    pub(crate) async fn connect(
+        &self,
+        timeout: Duration,
+        upgrades: bool,
+    ) -> Result<Sender, ProxyError> {
+        let stream = self.connect_tcp(timeout).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| ProxyError::Handshake {
+                addr: self.addr.clone(),
+                source,
+            })?;
+        if upgrades {
+            tokio::spawn(async move {
+                let _ = conn.with_upgrades().await;
+            });
+        } else {
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+        Ok(sender)
+    }
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("slot", &self.slot)
+            .field("addr", &self.addr)
+            .field("healthy", &self.is_healthy())
+            .finish()
+    }
+}
+
+/// An upstream shared by the routing table, the health checker and in-flight requests.
+pub type UpstreamRef = Arc<Upstream>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_thresholds() {
+        // (checks, expected health after each), rise = 2, fall = 3
+        let cases: &[(&[bool], &[bool])] = &[
+            // The first result decides at once.
+            (&[false], &[false]),
+            (&[true], &[true]),
+            // Then it takes `fall` failures in a row to go down...
+            (
+                &[true, false, false, true, false, false, false],
+                &[true, true, true, true, true, true, false],
+            ),
+            // ...and `rise` passes in a row to come back.
+            (
+                &[false, true, false, true, true],
+                &[false, false, false, false, true],
+            ),
+        ];
+        for (checks, expected) in cases {
+            let u = Upstream::new(SlotName::Blue, "127.0.0.1:1".into(), 4);
+            let got: Vec<bool> = checks
+                .iter()
+                .map(|pass| {
+                    u.record_check(*pass, 2, 3);
+                    u.is_healthy()
+                })
+                .collect();
+            assert_eq!(&got, expected, "checks {checks:?}");
+        }
+    }
+
+    #[test]
+    fn ejection_needs_rise_passes_to_come_back() {
+        let u = Upstream::new(SlotName::Green, "127.0.0.1:1".into(), 4);
+        u.record_check(true, 2, 2);
+        assert!(u.eject());
+        assert!(!u.is_healthy());
+        assert_eq!(u.record_check(true, 2, 2), None);
+        assert_eq!(u.record_check(true, 2, 2), Some(true));
+    }
+}

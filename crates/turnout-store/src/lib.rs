@@ -1,0 +1,67 @@
+//! turnout's state: the [`StateStore`] trait that the control plane writes through, and its
+//! embedded backend, [`EmbeddedStore`], a SQLite database under `[state] dir`.
+//!
+//! Only this crate writes state. A write returns only once it is durable (SQLite in WAL mode
+//! with `synchronous = FULL`: the commit is fsynced), so a router killed at any instant comes
+//! back with the last state it acknowledged, or the one being written when it died — never a
+//! half-written one.
+
+mod embedded;
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub use embedded::EmbeddedStore;
+use turnout_core::RoutingState;
+
+/// A boxed future, so that [`StateStore`] can be used as a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What went wrong with the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be opened or written.
+    #[error("state store at {location}: {source}")]
+    Backend {
+        /// Where the store is (a path or endpoints).
+        location: String,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The saved state could not be read back.
+    #[error("state store at {location} holds an unreadable routing state ({source}); move the state directory aside to start from the configuration")]
+    Corrupt {
+        /// Where the store is.
+        location: String,
+        /// The decoding error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Another writer changed the state since it was read.
+    #[error("the routing state changed while this change was being made (expected revision {expected}, found {found}); read the status again and retry")]
+    Conflict {
+        /// The revision the writer based its change on.
+        expected: u64,
+        /// The revision found in the store.
+        found: u64,
+    },
+}
+
+/// Where turnout keeps its state. Implementations are durable: a future that resolved `Ok`
+/// means the write survives a crash of the process at any later instant.
+pub trait StateStore: Send + Sync + 'static {
+    /// The saved routing state, or `None` when nothing was ever saved.
+    fn load_routing(&self) -> BoxFuture<'_, Result<Option<RoutingState>, StoreError>>;
+
+    /// Saves `state` if the stored revision is still `expected` (`None`: nothing stored
+    /// yet); otherwise fails with [`StoreError::Conflict`] and changes nothing.
+    fn save_routing<'a>(
+        &'a self,
+        state: &'a RoutingState,
+        expected: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// A short description for logs and errors (a path or endpoints).
+    fn describe(&self) -> String;
+}
