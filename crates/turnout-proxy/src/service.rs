@@ -90,6 +90,7 @@ impl ConnService {
         };
 
         // Phase 2: prepare.
+        let client_version = req.version();
         let upgrade = upgrade_protocol(&req);
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         self.prepare(&mut req, upgrade.as_ref());
@@ -99,7 +100,10 @@ impl ConnService {
         let (resp, ret, upstream) = match self.send(&slot, req, upgrade.is_some()).await {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(slot = %slot.name, error = %e, "request failed");
+                match e {
+                    ProxyError::NoHealthyUpstream { .. } => tracing::debug!(slot = %slot.name, error = %e, "request failed"),
+                    _ => tracing::warn!(slot = %slot.name, error = %e, "request failed"),
+                }
                 return error_response(&e);
             }
         };
@@ -114,6 +118,7 @@ impl ConnService {
         // Phase 5: respond.
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        parts.version = client_version;
         Response::from_parts(parts, ProxyBody::upstream(body, ret))
     }
 

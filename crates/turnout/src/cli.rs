@@ -1,0 +1,80 @@
+//! Command-line arguments (names fixed by SPEC.md).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// turnout: a blue-green release router.
+#[derive(Debug, Parser)]
+#[command(name = "turnout", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(long, global = true, default_value = "turnout.toml", value_name = "FILE")]
+    pub config: PathBuf,
+    /// The admin API of a running router (default: `[admin] addr` of the config); the
+    /// token is read from env TURNOUT_ADMIN_TOKEN, else from `[admin] token`.
+    #[arg(long, global = true, value_name = "URL")]
+    pub admin: Option<String>,
+    /// Log format of `serve`.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How `serve` writes its logs (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A slot, as typed on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SlotArg {
+    /// The blue slot.
+    Blue,
+    /// The green slot.
+    Green,
+}
+
+impl SlotArg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotArg::Blue => "blue",
+            SlotArg::Green => "green",
+        }
+    }
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the router: data plane and admin API.
+    Serve,
+    /// Show the live slot, both slots with their upstreams' health, and the traffic split.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Keep showing the status as it changes (Ctrl-C to stop).
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Move all traffic to a slot at once.
+    Switch {
+        /// The slot to make live.
+        #[arg(long, value_enum)]
+        to: SlotArg,
+        /// Switch even when the slot has no healthy upstream.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Send traffic back to the standby slot at once.
+    Rollback,
+    /// Parse and validate the configuration; print every problem with its key and line.
+    CheckConfig,
+}

@@ -1,0 +1,192 @@
+//! The commands that do not serve: they load the config or talk to a running router, and
+//! print for people (or JSON for scripts).
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hyper::Method;
+use serde_json::json;
+use turnout_config::{Config, ConfigErrors};
+use turnout_pipeline::Status;
+
+use crate::cli::{Cli, Command};
+use crate::client::AdminClient;
+
+/// A usage problem found after argument parsing (exit code 2).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Runs one command.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve => crate::serve::run(&cli.config, cli.log_format),
+        Command::CheckConfig => check_config(&cli.config),
+        Command::Status { json, watch } => with_client(&cli, |c| async move { status(&c, json, watch).await }),
+        Command::Switch { to, force } => with_client(&cli, |c| async move {
+            let r = c
+                .call(Method::POST, "/api/v1/switch", Some(json!({ "to": to.as_str(), "force": force })))
+                .await?;
+            out(&format!("switched: {} is live (revision {})", r["live"].as_str().unwrap_or("none"), r["revision"]))
+        }),
+        Command::Rollback => with_client(&cli, |c| async move {
+            let r = c.call(Method::POST, "/api/v1/rollback", None).await?;
+            out(&format!("rolled back: {} is live (revision {})", r["live"].as_str().unwrap_or("none"), r["revision"]))
+        }),
+    }
+}
+
+/// Prints an error chain and picks the exit code: 2 for configuration and usage problems,
+/// 1 for everything else.
+pub fn report(e: &anyhow::Error) -> ExitCode {
+    if let Some(errors) = e.downcast_ref::<ConfigErrors>() {
+        eprintln!("turnout: the configuration has {} problem(s):", errors.errors.len());
+        eprintln!("{errors}");
+        return ExitCode::from(2);
+    }
+    if is_broken_pipe(e) {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("turnout: {e:#}");
+    if e.downcast_ref::<UsageError>().is_some() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+fn out(line: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")?;
+    stdout.flush()?;
+    Ok(())
+}
+
+fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(path)?;
+    let live = if !cfg.slots.blue.upstreams.is_empty() {
+        "blue"
+    } else if !cfg.slots.green.upstreams.is_empty() {
+        "green"
+    } else {
+        "none until a deployment"
+    };
+    out(&format!(
+        "{}: ok (listen {}, admin {}, live at first start: {live})",
+        path.display(),
+        cfg.listen.addr,
+        cfg.admin.addr
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Finds the admin API (from `--admin`, else the config) and runs `f` on a small runtime.
+fn with_client<F, Fut>(cli: &Cli, f: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(AdminClient) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let env_token = std::env::var("TURNOUT_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
+    let (url, token) = match &cli.admin {
+        Some(url) => (url.clone(), env_token),
+        None => {
+            let cfg = Config::load(&cli.config).map_err(|e| {
+                if cli.config.exists() {
+                    anyhow::Error::new(e)
+                } else {
+                    UsageError(format!(
+                        "no config file at {} to find the router in; pass --config FILE or --admin URL",
+                        cli.config.display()
+                    ))
+                    .into()
+                }
+            })?;
+            let mut addr = cfg.admin.addr;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            let token = match (env_token, &cfg.admin.token) {
+                (Some(t), _) => Some(t),
+                (None, Some(src)) => Some(src.resolve().map_err(|e| UsageError(format!("[admin] token: {e}")))?),
+                (None, None) => None,
+            };
+            (format!("http://{addr}"), token)
+        }
+    };
+    let client = AdminClient::new(&url, token).map_err(|e| UsageError(format!("{e:#}")))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(f(client))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn status(client: &AdminClient, json: bool, watch: bool) -> anyhow::Result<()> {
+    let mut last = None;
+    loop {
+        let value = client.call(Method::GET, "/api/v1/status", None).await?;
+        if last.as_ref() != Some(&value) {
+            if json {
+                out(&serde_json::to_string(&value)?)?;
+            } else {
+                let status: Status = serde_json::from_value(value.clone()).context("reading the router's status")?;
+                if watch && last.is_some() {
+                    out("")?;
+                }
+                out(&render_status(&status))?;
+            }
+            last = Some(value);
+        }
+        if !watch {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The status as a short table for people.
+pub fn render_status(s: &Status) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let live = s.live.map_or("none", |l| l.as_str());
+    let _ = writeln!(o, "live: {live}    traffic: blue {}% / green {}%    revision {}", s.weights.blue, s.weights.green, s.revision);
+    match &s.deployment {
+        Some(d) => {
+            let _ = writeln!(o, "deployment: {} of {} at stage {}", d.id, d.version, d.stage);
+        }
+        None => {
+            let _ = writeln!(o, "deployment: none");
+        }
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(o, "{:<6} {:<9} {:<12} UPSTREAMS", "SLOT", "ROLE", "VERSION");
+    for (name, slot) in [("blue", &s.slots.blue), ("green", &s.slots.green)] {
+        let ups = if slot.upstreams.is_empty() {
+            "-".to_owned()
+        } else {
+            slot.upstreams
+                .iter()
+                .map(|u| format!("{} {}", u.addr, if u.healthy { "healthy" } else { "UNHEALTHY" }))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(o, "{:<6} {:<9} {:<12} {ups}", name, slot.role.as_str(), slot.version.as_deref().unwrap_or("-"));
+    }
+    o.truncate(o.trim_end().len());
+    o
+}
