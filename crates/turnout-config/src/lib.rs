@@ -1,0 +1,507 @@
+//! `turnout.toml` text to a validated [`Config`].
+//!
+//! Every problem in a file is reported at once, each with its dotted key and line, as one
+//! [`ConfigErrors`] value; no input makes this crate panic.
+//!
+//! How: the text is parsed into `toml`'s spanned document ([`toml::de::DeTable`]), which
+//! keeps the byte span of every key and value. The schema in `schema.rs` then walks that
+//! document table by table (`walk.rs`): each getter checks the type and form of one value
+//! and, when it is wrong, records the problem with the line of that very value and goes on
+//! with the default. Unknown keys are found per table against the list of keys it may hold,
+//! with a "did you mean" suggestion. Cross-key rules (mutually exclusive keys, address
+//! clashes) run after their section is read. A TOML syntax error is reported alone: the
+//! document cannot be walked.
+//!
+//! This replaces serde derive + `deny_unknown_fields`: serde stops at the first problem and
+//! loses the position of values once they are converted, while the walk keeps both.
+
+mod error;
+mod schema;
+mod token;
+mod values;
+mod walk;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use turnout_core::SlotName;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use token::TokenSource;
+
+/// A validated `turnout.toml`. Every section has a default, so an empty file is valid.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Config {
+    /// `[listen]`: the data plane.
+    pub listen: Listen,
+    /// `[runtime]`: the async runtime.
+    pub runtime: Runtime,
+    /// `[admin]`: the admin API.
+    pub admin: Admin,
+    /// `[state]`: where routing and deployment state is kept.
+    pub state: State,
+    /// `[slots.blue]`, `[slots.green]`: static upstreams.
+    pub slots: Slots,
+    /// `[upstream]`: connections to upstreams.
+    pub upstream: UpstreamOptions,
+    /// `[health]`: active health checks; `None` when the section is absent.
+    pub health: Option<Health>,
+    /// `[provision]`: turnout starts each version itself; `None` when absent.
+    pub provision: Option<Provision>,
+    /// `[verify]`: smoke checks against the candidate; `None` when absent.
+    pub verify: Option<Verify>,
+    /// `[shadow]`: the shadow stage before the switch; `None` when absent.
+    pub shadow: Option<Shadow>,
+    /// `[promote]`: how the candidate becomes live.
+    pub promote: Promote,
+    /// `[bake]`: watching the new live slot after the switch.
+    pub bake: Bake,
+    /// `[decommission]`: retiring the standby slot.
+    pub decommission: Decommission,
+    /// `[notify]`: webhooks for events; `None` when absent.
+    pub notify: Option<Notify>,
+    /// `[sessions]`: session stickiness through a cutover; `None` when absent.
+    pub sessions: Option<Sessions>,
+    /// `[hooks]`: commands at stage edges.
+    pub hooks: Hooks,
+}
+
+/// `[listen]`: where the data plane accepts requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listen {
+    /// `addr`, default `0.0.0.0:8080`: HTTP/1.1 and h2c.
+    pub addr: SocketAddr,
+    /// `header_timeout`, default 10s: an unfinished request head is cut off after this.
+    pub header_timeout: Duration,
+    /// `upgrade_drain`, default 30s: how long an upgraded (WebSocket) connection on a slot
+    /// that stopped being live may keep running.
+    pub upgrade_drain: Duration,
+    /// `[listen.tls]`: an HTTPS listener as well; `None` when absent.
+    pub tls: Option<ListenTls>,
+}
+
+impl Default for Listen {
+    fn default() -> Listen {
+        Listen {
+            addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            header_timeout: Duration::from_secs(10),
+            upgrade_drain: Duration::from_secs(30),
+            tls: None,
+        }
+    }
+}
+
+/// `[listen.tls]`: an HTTPS listener (ALPN h2 and http/1.1).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenTls {
+    /// `addr`, default `0.0.0.0:8443`.
+    pub addr: SocketAddr,
+    /// `cert` (required): PEM certificate chain file.
+    pub cert: PathBuf,
+    /// `key` (required): PEM private key file.
+    pub key: PathBuf,
+}
+
+/// `[runtime]`: the async runtime.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Runtime {
+    /// `worker_threads` (at least 1); `None` means the number of cores.
+    pub worker_threads: Option<usize>,
+}
+
+/// `[admin]`: the admin API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admin {
+    /// `addr`, default `127.0.0.1:9901`.
+    pub addr: SocketAddr,
+    /// `token`: where the bearer token is read from; required unless `addr` is loopback.
+    pub token: Option<TokenSource>,
+}
+
+impl Default for Admin {
+    fn default() -> Admin {
+        Admin {
+            addr: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            token: None,
+        }
+    }
+}
+
+/// `[state]`: where routing and deployment state is kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct State {
+    /// `dir`, default `./turnout-state`: the embedded store's directory.
+    pub dir: PathBuf,
+    /// `backend`, default `embedded`.
+    pub backend: StateBackend,
+    /// `endpoints`: etcd endpoints; required (non-empty) with the etcd backend.
+    pub endpoints: Vec<String>,
+    /// `prefix`, default `/turnout`: the etcd key prefix.
+    pub prefix: String,
+}
+
+impl Default for State {
+    fn default() -> State {
+        State {
+            dir: PathBuf::from("./turnout-state"),
+            backend: StateBackend::Embedded,
+            endpoints: Vec::new(),
+            prefix: "/turnout".to_string(),
+        }
+    }
+}
+
+/// `state.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StateBackend {
+    /// `"embedded"`: files under `state.dir`.
+    #[default]
+    Embedded,
+    /// `"etcd"`: an etcd cluster at `state.endpoints`.
+    Etcd,
+}
+
+/// `[slots]`: the two slots' static upstreams.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Slots {
+    /// `[slots.blue]`.
+    pub blue: SlotConfig,
+    /// `[slots.green]`.
+    pub green: SlotConfig,
+}
+
+impl Slots {
+    /// The config of `slot`.
+    pub fn get(&self, slot: SlotName) -> &SlotConfig {
+        match slot {
+            SlotName::Blue => &self.blue,
+            SlotName::Green => &self.green,
+        }
+    }
+}
+
+/// `[slots.blue]` or `[slots.green]`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SlotConfig {
+    /// `upstreams`: each `host:port` (no scheme), without duplicates.
+    pub upstreams: Vec<String>,
+    /// `version`: the version these upstreams run, if known.
+    pub version: Option<String>,
+}
+
+/// `[upstream]`: connections from turnout to upstreams.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamOptions {
+    /// `connect_timeout`, default 2s.
+    pub connect_timeout: Duration,
+    /// `response_timeout`, default 60s: until the response head arrives.
+    pub response_timeout: Duration,
+    /// `idle_timeout`, default 60s: pooled idle connections are closed after this.
+    pub idle_timeout: Duration,
+    /// `max_idle`, default 128: pooled idle connections per upstream.
+    pub max_idle: usize,
+}
+
+impl Default for UpstreamOptions {
+    fn default() -> UpstreamOptions {
+        UpstreamOptions {
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            max_idle: 128,
+        }
+    }
+}
+
+/// `[health]`: active health checks of every upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    /// `path`, default `/healthz`; starts with `/`.
+    pub path: String,
+    /// `interval`, default 1s.
+    pub interval: Duration,
+    /// `timeout`, default 500ms.
+    pub timeout: Duration,
+    /// `healthy`, default 2: consecutive passes to become healthy.
+    pub healthy: u32,
+    /// `unhealthy`, default 2: consecutive failures to become unhealthy.
+    pub unhealthy: u32,
+}
+
+impl Default for Health {
+    fn default() -> Health {
+        Health {
+            path: "/healthz".to_string(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            healthy: 2,
+            unhealthy: 2,
+        }
+    }
+}
+
+/// `[provision]`: turnout starts each version itself (`command`) or asks external
+/// infrastructure (`up` and `down`, with `TURNOUT_SLOT` / `TURNOUT_VERSION` set).
+/// Exactly one of the two forms is given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Provision {
+    /// `command`: started `instances` times, `{port}` and `{version}` substituted.
+    pub command: Option<String>,
+    /// `instances`, default 1.
+    pub instances: usize,
+    /// `up`: brings a slot up with a version.
+    pub up: Option<String>,
+    /// `down`: takes a slot down.
+    pub down: Option<String>,
+    /// `health_timeout`, default 60s: how long new instances may take to become healthy.
+    pub health_timeout: Duration,
+}
+
+/// `[verify]`: smoke checks against the candidate before it gets any traffic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verify {
+    /// `checks`: HTTP requests and their expected answers.
+    pub checks: Vec<Check>,
+    /// `command`: a script run with `TURNOUT_TARGET` set to the candidate's URL.
+    pub command: Option<String>,
+    /// `timeout`, default 30s: for the whole verify stage.
+    pub timeout: Duration,
+}
+
+/// One entry of `verify.checks`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    /// `path` (required): starts with `/`.
+    pub path: String,
+    /// `status`, default 200.
+    pub status: u16,
+    /// `body_contains`: text the response body must contain.
+    pub body_contains: Option<String>,
+}
+
+/// `[shadow]`: mirror live requests to the candidate and compare before the switch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shadow {
+    /// `duration`, default 2m.
+    pub duration: Duration,
+    /// `sample`, default 1.0: share of eligible requests mirrored, 0 to 1.
+    pub sample: f64,
+    /// `methods`, default `["GET", "HEAD", "OPTIONS"]`: methods that are mirrored.
+    pub methods: Vec<String>,
+    /// `ignore_headers`, default none: response headers left out of the comparison
+    /// (lower case).
+    pub ignore_headers: Vec<String>,
+    /// `ignore_json`, default none: JSON pointers left out of body comparison.
+    pub ignore_json: Vec<String>,
+    /// `max_mismatch_rate`, default 0.01: share of compared requests allowed to differ.
+    pub max_mismatch_rate: f64,
+    /// `max_latency_ratio_p99`, default 1.5: candidate p99 over live p99.
+    pub max_latency_ratio_p99: f64,
+    /// `min_requests`, default 20: compared requests needed for a verdict.
+    pub min_requests: u64,
+    /// `max_body`, default 1 MiB: larger bodies are not mirrored (counted as dropped).
+    pub max_body: u64,
+    /// `noise_sample`, default 0.1: share of requests also sent twice to live to learn
+    /// which differences are noise.
+    pub noise_sample: f64,
+    /// `mirror_unsafe`, default false: allow methods other than GET, HEAD, OPTIONS and
+    /// TRACE in `methods`.
+    pub mirror_unsafe: bool,
+}
+
+impl Default for Shadow {
+    fn default() -> Shadow {
+        Shadow {
+            duration: Duration::from_secs(120),
+            sample: 1.0,
+            methods: ["GET", "HEAD", "OPTIONS"].map(String::from).to_vec(),
+            ignore_headers: Vec::new(),
+            ignore_json: Vec::new(),
+            max_mismatch_rate: 0.01,
+            max_latency_ratio_p99: 1.5,
+            min_requests: 20,
+            max_body: 1024 * 1024,
+            noise_sample: 0.1,
+            mirror_unsafe: false,
+        }
+    }
+}
+
+/// `[promote]`: how the candidate becomes live.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Promote {
+    /// `mode`, default `auto`.
+    pub mode: PromoteMode,
+    /// `steps`: canary weights in percent, strictly increasing, ending at 100; empty unless
+    /// `mode = "canary"` (default `[5, 25, 50, 100]` then).
+    pub steps: Vec<u8>,
+}
+
+/// `promote.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PromoteMode {
+    /// `"auto"`: switch as soon as the gates pass.
+    #[default]
+    Auto,
+    /// `"manual"`: wait for `turnout promote` before the switch.
+    Manual,
+    /// `"canary"`: move traffic in `steps`, baking at each.
+    Canary,
+}
+
+/// `[bake]`: watching the new live slot after the switch; a failed bake rolls back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bake {
+    /// `duration`, default 5m.
+    pub duration: Duration,
+    /// `interval`, default 1s: how often the rules are evaluated.
+    pub interval: Duration,
+    /// `max_error_rate`, default 0.01: share of 5xx responses allowed, 0 to 1.
+    pub max_error_rate: f64,
+    /// `max_p99`: p99 latency allowed, if any.
+    pub max_p99: Option<Duration>,
+    /// `max_p99_ratio`: p99 allowed relative to the previous version's, if any.
+    pub max_p99_ratio: Option<f64>,
+    /// `min_requests`, default 20: requests needed before the error rate counts.
+    pub min_requests: u64,
+    /// `require_traffic`, default false: fail the bake when fewer than `min_requests` came.
+    pub require_traffic: bool,
+    /// `retry_on_standby`, default false: retry failed idempotent requests on the standby.
+    pub retry_on_standby: bool,
+}
+
+impl Default for Bake {
+    fn default() -> Bake {
+        Bake {
+            duration: Duration::from_secs(300),
+            interval: Duration::from_secs(1),
+            max_error_rate: 0.01,
+            max_p99: None,
+            max_p99_ratio: None,
+            min_requests: 20,
+            require_traffic: false,
+            retry_on_standby: false,
+        }
+    }
+}
+
+/// `[decommission]`: retiring the previous live slot after a good bake.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decommission {
+    /// `delay`, default 1m: the standby is kept this long, then stopped.
+    pub delay: Duration,
+}
+
+impl Default for Decommission {
+    fn default() -> Decommission {
+        Decommission {
+            delay: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `[notify]`: every event POSTed as JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notify {
+    /// `webhooks`: `http://` or `https://` URLs.
+    pub webhooks: Vec<String>,
+    /// `timeout`, default 5s: per POST.
+    pub timeout: Duration,
+}
+
+/// `[sessions]`: keep existing sessions on the old slot through a cutover.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sessions {
+    /// `cookie` (required): the name of the application's session cookie.
+    pub cookie: String,
+    /// `drain`, default 10m: how long old sessions stay on the old slot.
+    pub drain: Duration,
+    /// `secret`: key for signing turnout's own slot cookie, if any.
+    pub secret: Option<TokenSource>,
+}
+
+/// `[hooks]`: commands run at stage edges, with the slot and version in the environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hooks {
+    /// `pre_deploy`: before anything else.
+    pub pre_deploy: Option<String>,
+    /// `post_provision`: after the candidate is up and healthy.
+    pub post_provision: Option<String>,
+    /// `pre_switch`: just before traffic moves.
+    pub pre_switch: Option<String>,
+    /// `post_switch`: just after traffic moved.
+    pub post_switch: Option<String>,
+    /// `post_bake`: after a good bake.
+    pub post_bake: Option<String>,
+    /// `on_rollback`: after a rollback.
+    pub on_rollback: Option<String>,
+    /// `pre_decommission`: before the standby is stopped.
+    pub pre_decommission: Option<String>,
+    /// `post_decommission`: after the standby is stopped.
+    pub post_decommission: Option<String>,
+    /// `timeout`, default 5m: per hook.
+    pub timeout: Duration,
+}
+
+impl Default for Hooks {
+    fn default() -> Hooks {
+        Hooks {
+            pre_deploy: None,
+            post_provision: None,
+            pre_switch: None,
+            post_switch: None,
+            post_bake: None,
+            on_rollback: None,
+            pre_decommission: None,
+            post_decommission: None,
+            timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates config text. `origin` names the file in messages.
+    ///
+    /// Returns every problem found: all of them on a valid TOML document, or the one syntax
+    /// error of an invalid one.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
+        let doc = match toml::de::DeTable::parse(text) {
+            Ok(doc) => doc,
+            Err(e) => {
+                let error = ConfigError {
+                    key: String::new(),
+                    line: e.span().map(|span| walk::line_of(text, span.start)),
+                    message: format!("invalid TOML: {}", e.message()),
+                };
+                return Err(ConfigErrors::new(origin, vec![error]));
+            }
+        };
+        let mut ctx = walk::Ctx::new(text);
+        let config = schema::config(&mut ctx, &doc);
+        if ctx.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors::new(origin, ctx.errors))
+        }
+    }
+
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let origin = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::from_toml(&text, &origin),
+            Err(e) => {
+                let error = ConfigError {
+                    key: String::new(),
+                    line: None,
+                    message: format!("cannot read config file {origin}: {e}"),
+                };
+                Err(ConfigErrors::new(&origin, vec![error]))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

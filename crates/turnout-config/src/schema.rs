@@ -1,0 +1,571 @@
+//! The config schema: which tables and keys exist, their types, defaults and rules.
+//!
+//! One function per section reads its [`Table`]; values that are wrong are reported by the
+//! getters and replaced by their default, so the walk always reaches the end of the file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::de::DeTable;
+use toml::Spanned;
+
+use crate::values::{check_http_url, check_upstream, parse_socket_addr};
+use crate::walk::{non_blank, Ctx, Number, Table, Zero};
+use crate::*;
+
+const TOP: &[&str] = &[
+    "listen",
+    "runtime",
+    "admin",
+    "state",
+    "slots",
+    "upstream",
+    "health",
+    "provision",
+    "verify",
+    "shadow",
+    "promote",
+    "bake",
+    "decommission",
+    "notify",
+    "sessions",
+    "hooks",
+];
+const HOOKS: &[&str] = &[
+    "pre_deploy",
+    "post_provision",
+    "pre_switch",
+    "post_switch",
+    "post_bake",
+    "on_rollback",
+    "pre_decommission",
+    "post_decommission",
+    "timeout",
+];
+
+/// Reads the whole document.
+pub(crate) fn config<'a>(ctx: &mut Ctx, doc: &'a Spanned<DeTable<'a>>) -> Config {
+    let root = Table::root(ctx, doc, TOP);
+    let admin = admin(ctx, &root);
+    Config {
+        listen: listen(ctx, &root, &admin),
+        runtime: Runtime {
+            worker_threads: root
+                .table(ctx, "runtime", &["worker_threads"])
+                .int(ctx, "worker_threads", 1, 4096)
+                .map(|n| n as usize),
+        },
+        admin,
+        state: state(ctx, &root),
+        slots: slots(ctx, &root),
+        upstream: upstream(ctx, &root),
+        health: health(ctx, &root),
+        provision: provision(ctx, &root),
+        verify: verify(ctx, &root),
+        shadow: shadow(ctx, &root),
+        promote: promote(ctx, &root),
+        bake: bake(ctx, &root),
+        decommission: Decommission {
+            delay: root
+                .table(ctx, "decommission", &["delay"])
+                .duration(ctx, "delay", Zero::Allowed)
+                .unwrap_or(Decommission::default().delay),
+        },
+        notify: notify(ctx, &root),
+        sessions: sessions(ctx, &root),
+        hooks: hooks(ctx, &root),
+    }
+}
+
+fn admin(ctx: &mut Ctx, root: &Table) -> Admin {
+    let t = root.table(ctx, "admin", &["addr", "token"]);
+    let admin = Admin {
+        addr: t
+            .parse(ctx, "addr", parse_socket_addr)
+            .unwrap_or(Admin::default().addr),
+        token: t.parse(ctx, "token", TokenSource::parse),
+    };
+    if !admin.addr.ip().is_loopback() && !t.has("token") {
+        let message = format!(
+            "the admin API on {} is reachable from other hosts without a token: set \
+             admin.token = \"env:TURNOUT_ADMIN_TOKEN\" (or \"file:PATH\"), or bind it to \
+             127.0.0.1",
+            admin.addr
+        );
+        t.error(ctx, "addr", message);
+    }
+    admin
+}
+
+fn listen(ctx: &mut Ctx, root: &Table, admin: &Admin) -> Listen {
+    let d = Listen::default();
+    let t = root.table(
+        ctx,
+        "listen",
+        &["addr", "header_timeout", "upgrade_drain", "tls"],
+    );
+    let tls = t.table(ctx, "tls", &["addr", "cert", "key"]);
+    let listen = Listen {
+        addr: t.parse(ctx, "addr", parse_socket_addr).unwrap_or(d.addr),
+        header_timeout: t
+            .duration(ctx, "header_timeout", Zero::Rejected)
+            .unwrap_or(d.header_timeout),
+        upgrade_drain: t
+            .duration(ctx, "upgrade_drain", Zero::Allowed)
+            .unwrap_or(d.upgrade_drain),
+        tls: tls.is_present().then(|| ListenTls {
+            addr: tls
+                .parse(ctx, "addr", parse_socket_addr)
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8443))),
+            cert: required(
+                ctx,
+                &tls,
+                "cert",
+                "the PEM certificate chain file",
+                non_blank,
+            )
+            .into(),
+            key: required(ctx, &tls, "key", "the PEM private key file", non_blank).into(),
+        }),
+    };
+    // Two listeners of this process on one port; port 0 picks a free one each time.
+    let clash = |a: SocketAddr, b: SocketAddr| {
+        a.port() != 0
+            && a.port() == b.port()
+            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    };
+    let same_port = |name: &str, addr: SocketAddr| {
+        format!("{name} ({addr}) uses the same port: give each listener its own port")
+    };
+    if clash(listen.addr, admin.addr) {
+        t.error(ctx, "addr", same_port("admin.addr", admin.addr));
+    }
+    if let Some(tls_config) = &listen.tls {
+        for (name, other) in [("listen.addr", listen.addr), ("admin.addr", admin.addr)] {
+            if clash(tls_config.addr, other) {
+                tls.error(ctx, "addr", same_port(name, other));
+            }
+        }
+    }
+    listen
+}
+
+fn state(ctx: &mut Ctx, root: &Table) -> State {
+    let t = root.table(ctx, "state", &["dir", "backend", "endpoints", "prefix"]);
+    let d = State::default();
+    let backend = t.parse(ctx, "backend", |s| match s {
+        "embedded" => Ok(StateBackend::Embedded),
+        "etcd" => Ok(StateBackend::Etcd),
+        _ => Err(format!(
+            "unknown backend {s:?}: use \"embedded\" or \"etcd\""
+        )),
+    });
+    let endpoints = t.list(ctx, "endpoints", |s| {
+        let checked = if s.contains("://") {
+            check_http_url(s)
+        } else {
+            check_upstream(s)
+        };
+        checked.map(|()| s.to_string())
+    });
+    let backend = backend.unwrap_or(d.backend);
+    match backend {
+        StateBackend::Etcd if endpoints.as_ref().is_none_or(Vec::is_empty) => t.error(
+            ctx,
+            "endpoints",
+            "the etcd backend needs endpoints, e.g. endpoints = [\"http://127.0.0.1:2379\"]"
+                .to_string(),
+        ),
+        StateBackend::Embedded if t.has("endpoints") || t.has("prefix") => {
+            let key = if t.has("endpoints") {
+                "endpoints"
+            } else {
+                "prefix"
+            };
+            let message = format!(
+                "{key} applies only to the etcd backend: set backend = \"etcd\" or remove {key}"
+            );
+            t.error(ctx, key, message);
+        }
+        _ => {}
+    }
+    State {
+        dir: t.non_empty(ctx, "dir").map_or(d.dir, PathBuf::from),
+        backend,
+        endpoints: endpoints.unwrap_or_default(),
+        prefix: t
+            .parse(ctx, "prefix", absolute("prefix", "/turnout/shop"))
+            .unwrap_or(d.prefix),
+    }
+}
+
+fn slots(ctx: &mut Ctx, root: &Table) -> Slots {
+    let t = root.table(ctx, "slots", &["blue", "green"]);
+    let mut slot = |name: &str| {
+        let s = t.table(ctx, name, &["upstreams", "version"]);
+        let mut seen = Vec::new();
+        let upstreams = s.list(ctx, "upstreams", |addr| {
+            check_upstream(addr)?;
+            if seen.iter().any(|s| s == addr) {
+                return Err(format!("upstream {addr:?} is listed twice: remove one"));
+            }
+            seen.push(addr.to_string());
+            Ok(addr.to_string())
+        });
+        SlotConfig {
+            upstreams: upstreams.unwrap_or_default(),
+            version: s.non_empty(ctx, "version"),
+        }
+    };
+    Slots {
+        blue: slot("blue"),
+        green: slot("green"),
+    }
+}
+
+const UPSTREAM: &[&str] = &[
+    "connect_timeout",
+    "response_timeout",
+    "idle_timeout",
+    "max_idle",
+];
+
+fn upstream(ctx: &mut Ctx, root: &Table) -> UpstreamOptions {
+    let t = root.table(ctx, "upstream", UPSTREAM);
+    let d = UpstreamOptions::default();
+    UpstreamOptions {
+        connect_timeout: t
+            .duration(ctx, "connect_timeout", Zero::Rejected)
+            .unwrap_or(d.connect_timeout),
+        response_timeout: t
+            .duration(ctx, "response_timeout", Zero::Rejected)
+            .unwrap_or(d.response_timeout),
+        idle_timeout: t
+            .duration(ctx, "idle_timeout", Zero::Rejected)
+            .unwrap_or(d.idle_timeout),
+        max_idle: t
+            .int(ctx, "max_idle", 0, 1 << 20)
+            .map_or(d.max_idle, |n| n as usize),
+    }
+}
+
+const HEALTH: &[&str] = &["path", "interval", "timeout", "healthy", "unhealthy"];
+
+fn health(ctx: &mut Ctx, root: &Table) -> Option<Health> {
+    let t = root.table(ctx, "health", HEALTH).present()?;
+    let d = Health::default();
+    Some(Health {
+        path: t
+            .parse(ctx, "path", absolute("path", "/healthz"))
+            .unwrap_or(d.path),
+        interval: t
+            .duration(ctx, "interval", Zero::Rejected)
+            .unwrap_or(d.interval),
+        timeout: t
+            .duration(ctx, "timeout", Zero::Rejected)
+            .unwrap_or(d.timeout),
+        healthy: t
+            .int(ctx, "healthy", 1, 1000)
+            .map_or(d.healthy, |n| n as u32),
+        unhealthy: t
+            .int(ctx, "unhealthy", 1, 1000)
+            .map_or(d.unhealthy, |n| n as u32),
+    })
+}
+
+const PROVISION: &[&str] = &["command", "instances", "up", "down", "health_timeout"];
+
+fn provision(ctx: &mut Ctx, root: &Table) -> Option<Provision> {
+    let t = root.table(ctx, "provision", PROVISION).present()?;
+    let p = Provision {
+        command: t.non_empty(ctx, "command"),
+        instances: t.int(ctx, "instances", 1, 1000).map_or(1, |n| n as usize),
+        up: t.non_empty(ctx, "up"),
+        down: t.non_empty(ctx, "down"),
+        health_timeout: t
+            .duration(ctx, "health_timeout", Zero::Rejected)
+            .unwrap_or(Duration::from_secs(60)),
+    };
+    let (command, up, down) = (t.has("command"), t.has("up"), t.has("down"));
+    if command && (up || down) {
+        let key = if up { "up" } else { "down" };
+        let message =
+            "command and up/down are two ways to provision: keep command (turnout starts the \
+                       processes) or up and down (external infrastructure), not both";
+        t.error(ctx, key, message.to_string());
+    } else if up != down {
+        let (given, missing) = if up { ("up", "down") } else { ("down", "up") };
+        t.error(
+            ctx,
+            given,
+            format!("{given} needs {missing} as well: add {missing} = \"...\""),
+        );
+    } else if !command && !up {
+        let message = "nothing to provision with: set command = \"./app --port {port} --version {version}\", \
+                       or up and down for external infrastructure";
+        t.error_here(ctx, message.to_string());
+    }
+    Some(p)
+}
+
+fn verify(ctx: &mut Ctx, root: &Table) -> Option<Verify> {
+    let t = root
+        .table(ctx, "verify", &["checks", "command", "timeout"])
+        .present()?;
+    let checks = t.tables(ctx, "checks", &["path", "status", "body_contains"]);
+    Some(Verify {
+        checks: checks
+            .iter()
+            .map(|c| Check {
+                path: required(
+                    ctx,
+                    c,
+                    "path",
+                    "the request path, e.g. \"/\"",
+                    absolute("path", "/"),
+                ),
+                status: c.int(ctx, "status", 100, 599).map_or(200, |n| n as u16),
+                body_contains: c.string(ctx, "body_contains"),
+            })
+            .collect(),
+        command: t.non_empty(ctx, "command"),
+        timeout: t
+            .duration(ctx, "timeout", Zero::Rejected)
+            .unwrap_or(Duration::from_secs(30)),
+    })
+}
+
+const SHADOW: &[&str] = &[
+    "duration",
+    "sample",
+    "methods",
+    "ignore_headers",
+    "ignore_json",
+    "max_mismatch_rate",
+    "max_latency_ratio_p99",
+    "min_requests",
+    "max_body",
+    "noise_sample",
+    "mirror_unsafe",
+];
+
+fn shadow(ctx: &mut Ctx, root: &Table) -> Option<Shadow> {
+    let t = root.table(ctx, "shadow", SHADOW).present()?;
+    let d = Shadow::default();
+    let mirror_unsafe = t.bool(ctx, "mirror_unsafe").unwrap_or(d.mirror_unsafe);
+    let methods = t.list(ctx, "methods", |m| {
+        if m.is_empty() || !m.chars().all(|c| c.is_ascii_uppercase()) {
+            return Err(format!(
+                "invalid method {m:?}: write HTTP methods in upper case, e.g. \"GET\""
+            ));
+        }
+        if !mirror_unsafe && !matches!(m, "GET" | "HEAD" | "OPTIONS" | "TRACE") {
+            return Err(format!(
+                "{m} requests change state and the candidate may share it with live: remove {m}, \
+                 or set mirror_unsafe = true if the candidate is isolated"
+            ));
+        }
+        Ok(m.to_string())
+    });
+    let header = |h: &str| {
+        let token = |c: char| c.is_ascii_alphanumeric() || "-_!#$%&'*+.^`|~".contains(c);
+        if !h.is_empty() && h.chars().all(token) {
+            Ok(h.to_ascii_lowercase())
+        } else {
+            Err(format!("invalid header name {h:?}, e.g. \"x-request-id\""))
+        }
+    };
+    Some(Shadow {
+        duration: t
+            .duration(ctx, "duration", Zero::Rejected)
+            .unwrap_or(d.duration),
+        sample: t.float(ctx, "sample", Number::Fraction).unwrap_or(d.sample),
+        methods: methods.unwrap_or(d.methods),
+        ignore_headers: t.list(ctx, "ignore_headers", header).unwrap_or_default(),
+        ignore_json: t
+            .list(
+                ctx,
+                "ignore_json",
+                absolute("ignore_json", "/meta/generated_at"),
+            )
+            .unwrap_or_default(),
+        max_mismatch_rate: t
+            .float(ctx, "max_mismatch_rate", Number::Fraction)
+            .unwrap_or(d.max_mismatch_rate),
+        max_latency_ratio_p99: t
+            .float(ctx, "max_latency_ratio_p99", Number::Positive)
+            .unwrap_or(d.max_latency_ratio_p99),
+        min_requests: t
+            .int(ctx, "min_requests", 0, i64::MAX)
+            .map_or(d.min_requests, |n| n as u64),
+        max_body: t
+            .int(ctx, "max_body", 0, i64::MAX)
+            .map_or(d.max_body, |n| n as u64),
+        noise_sample: t
+            .float(ctx, "noise_sample", Number::Fraction)
+            .unwrap_or(d.noise_sample),
+        mirror_unsafe,
+    })
+}
+
+fn promote(ctx: &mut Ctx, root: &Table) -> Promote {
+    let t = root.table(ctx, "promote", &["mode", "steps"]);
+    let mode = t
+        .parse(ctx, "mode", |s| match s {
+            "auto" => Ok(PromoteMode::Auto),
+            "manual" => Ok(PromoteMode::Manual),
+            "canary" => Ok(PromoteMode::Canary),
+            _ => Err(format!(
+                "unknown mode {s:?}: use \"auto\", \"manual\" or \"canary\""
+            )),
+        })
+        .unwrap_or_default();
+    let steps: Option<Vec<u8>> = t
+        .int_list(ctx, "steps", 1, 100)
+        .map(|steps| steps.into_iter().map(|n| n as u8).collect());
+    match (mode, steps) {
+        (PromoteMode::Canary, None) => Promote {
+            mode,
+            steps: vec![5, 25, 50, 100],
+        },
+        (PromoteMode::Canary, Some(steps)) => {
+            let increasing = steps.windows(2).all(|w| w[0] < w[1]);
+            if !increasing || steps.last() != Some(&100) {
+                let message =
+                    "canary steps must be strictly increasing percentages ending at 100, \
+                               e.g. [5, 25, 50, 100]";
+                t.error(ctx, "steps", message.to_string());
+            }
+            Promote { mode, steps }
+        }
+        (_, steps) => {
+            if steps.is_some() {
+                let message =
+                    "steps apply only to canary releases: set mode = \"canary\" or remove steps";
+                t.error(ctx, "steps", message.to_string());
+            }
+            Promote {
+                mode,
+                steps: Vec::new(),
+            }
+        }
+    }
+}
+
+const BAKE: &[&str] = &[
+    "duration",
+    "interval",
+    "max_error_rate",
+    "max_p99",
+    "max_p99_ratio",
+    "min_requests",
+    "require_traffic",
+    "retry_on_standby",
+];
+
+fn bake(ctx: &mut Ctx, root: &Table) -> Bake {
+    let t = root.table(ctx, "bake", BAKE);
+    let d = Bake::default();
+    Bake {
+        duration: t
+            .duration(ctx, "duration", Zero::Allowed)
+            .unwrap_or(d.duration),
+        interval: t
+            .duration(ctx, "interval", Zero::Rejected)
+            .unwrap_or(d.interval),
+        max_error_rate: t
+            .float(ctx, "max_error_rate", Number::Fraction)
+            .unwrap_or(d.max_error_rate),
+        max_p99: t.duration(ctx, "max_p99", Zero::Rejected),
+        max_p99_ratio: t.float(ctx, "max_p99_ratio", Number::Positive),
+        min_requests: t
+            .int(ctx, "min_requests", 0, i64::MAX)
+            .map_or(d.min_requests, |n| n as u64),
+        require_traffic: t.bool(ctx, "require_traffic").unwrap_or(d.require_traffic),
+        retry_on_standby: t
+            .bool(ctx, "retry_on_standby")
+            .unwrap_or(d.retry_on_standby),
+    }
+}
+
+fn notify(ctx: &mut Ctx, root: &Table) -> Option<Notify> {
+    let t = root
+        .table(ctx, "notify", &["webhooks", "timeout"])
+        .present()?;
+    Some(Notify {
+        webhooks: t.list(ctx, "webhooks", url).unwrap_or_default(),
+        timeout: t
+            .duration(ctx, "timeout", Zero::Rejected)
+            .unwrap_or(Duration::from_secs(5)),
+    })
+}
+
+fn sessions(ctx: &mut Ctx, root: &Table) -> Option<Sessions> {
+    let t = root
+        .table(ctx, "sessions", &["cookie", "drain", "secret"])
+        .present()?;
+    Some(Sessions {
+        cookie: required(
+            ctx,
+            &t,
+            "cookie",
+            "the application's session cookie name, e.g. \"sid\"",
+            non_blank,
+        ),
+        drain: t
+            .duration(ctx, "drain", Zero::Rejected)
+            .unwrap_or(Duration::from_secs(600)),
+        secret: t.parse(ctx, "secret", TokenSource::parse),
+    })
+}
+
+fn hooks(ctx: &mut Ctx, root: &Table) -> Hooks {
+    let t = root.table(ctx, "hooks", HOOKS);
+    let mut hook = |name| t.non_empty(ctx, name);
+    Hooks {
+        pre_deploy: hook("pre_deploy"),
+        post_provision: hook("post_provision"),
+        pre_switch: hook("pre_switch"),
+        post_switch: hook("post_switch"),
+        post_bake: hook("post_bake"),
+        on_rollback: hook("on_rollback"),
+        pre_decommission: hook("pre_decommission"),
+        post_decommission: hook("post_decommission"),
+        timeout: t
+            .duration(ctx, "timeout", Zero::Rejected)
+            .unwrap_or(Hooks::default().timeout),
+    }
+}
+
+/// A string `key` that must be written, converted by `parse`; reported at the table when
+/// it is missing.
+fn required<T: Default>(
+    ctx: &mut Ctx,
+    t: &Table,
+    key: &str,
+    what: &str,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> T {
+    if !t.has(key) {
+        t.error_here(ctx, format!("missing key {key}: set it to {what}"));
+    }
+    t.parse(ctx, key, parse).unwrap_or_default()
+}
+
+/// A parser for strings that must start with `/` (paths, prefixes, JSON pointers).
+fn absolute(what: &'static str, example: &'static str) -> impl Fn(&str) -> Result<String, String> {
+    move |s| {
+        if s.starts_with('/') {
+            Ok(s.to_string())
+        } else {
+            Err(format!(
+                "{what} {s:?} must start with '/', e.g. \"{example}\""
+            ))
+        }
+    }
+}
+
+fn url(s: &str) -> Result<String, String> {
+    check_http_url(s).map(|()| s.to_string())
+}
