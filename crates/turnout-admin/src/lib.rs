@@ -285,7 +285,16 @@ mod tests {
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        let cases: &[(&str, &str, Option<&str>, &str, StatusCode, &str)] = &[
+        // (method, path, token, body, expected status, expected error code)
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            Option<&'a str>,
+            &'a str,
+            StatusCode,
+            &'a str,
+        );
+        let cases: &[Case] = &[
             (
                 "GET",
                 "/api/v1/status",

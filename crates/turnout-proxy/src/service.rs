@@ -101,7 +101,9 @@ impl ConnService {
             Ok(r) => r,
             Err(e) => {
                 match e {
-                    ProxyError::NoHealthyUpstream { .. } => tracing::debug!(slot = %slot.name, error = %e, "request failed"),
+                    ProxyError::NoHealthyUpstream { .. } => {
+                        tracing::debug!(slot = %slot.name, error = %e, "request failed")
+                    }
                     _ => tracing::warn!(slot = %slot.name, error = %e, "request failed"),
                 }
                 return error_response(&e);
@@ -198,7 +200,6 @@ impl ConnService {
 
     /// Sends to one upstream. On failure the request comes back when it was not sent (or,
     /// for a body-less idempotent request, when it can be sent again).
-    #[allow(clippy::type_complexity)]
     async fn send_to(
         &self,
         up: &UpstreamRef,

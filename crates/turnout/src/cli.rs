@@ -9,7 +9,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[command(name = "turnout", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     /// The configuration file.
-    #[arg(long, global = true, default_value = "turnout.toml", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "turnout.toml",
+        value_name = "FILE"
+    )]
     pub config: PathBuf,
     /// The admin API of a running router (default: `[admin] addr` of the config); the
     /// token is read from env TURNOUT_ADMIN_TOKEN, else from `[admin] token`.

@@ -53,13 +53,29 @@ impl AdminClient {
     }
 
     /// Calls the API; a non-2xx answer becomes an [`ApiFailure`] error.
-    pub async fn call(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<serde_json::Value> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
         tokio::time::timeout(TIMEOUT, self.call_inner(method, path, body))
             .await
-            .map_err(|_| anyhow!("the router at http://{} did not answer within {}s", self.authority, TIMEOUT.as_secs()))?
+            .map_err(|_| {
+                anyhow!(
+                    "the router at http://{} did not answer within {}s",
+                    self.authority,
+                    TIMEOUT.as_secs()
+                )
+            })?
     }
 
-    async fn call_inner(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<serde_json::Value> {
+    async fn call_inner(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
         let stream = TcpStream::connect(&self.authority).await.with_context(|| {
             format!(
                 "cannot reach the router's admin API at http://{}; is `turnout serve` running? (set --admin URL or [admin] addr)",
@@ -89,16 +105,30 @@ impl AdminClient {
             .await
             .with_context(|| format!("admin API request to http://{}{path}", self.authority))?;
         let status = resp.status();
-        let bytes = resp.into_body().collect().await.context("reading the admin API's answer")?.to_bytes();
-        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .context("reading the admin API's answer")?
+            .to_bytes();
+        let json: serde_json::Value =
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
         if status.is_success() {
             return Ok(json);
         }
-        let code = json["error"]["code"].as_str().unwrap_or("http_error").to_owned();
+        let code = json["error"]["code"]
+            .as_str()
+            .unwrap_or("http_error")
+            .to_owned();
         let message = json["error"]["message"]
             .as_str()
             .map(str::to_owned)
             .unwrap_or_else(|| format!("the admin API answered {status}"));
-        Err(ApiFailure { status, code, message }.into())
+        Err(ApiFailure {
+            status,
+            code,
+            message,
+        }
+        .into())
     }
 }

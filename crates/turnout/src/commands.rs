@@ -31,16 +31,30 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve => crate::serve::run(&cli.config, cli.log_format),
         Command::CheckConfig => check_config(&cli.config),
-        Command::Status { json, watch } => with_client(&cli, |c| async move { status(&c, json, watch).await }),
+        Command::Status { json, watch } => {
+            with_client(&cli, |c| async move { status(&c, json, watch).await })
+        }
         Command::Switch { to, force } => with_client(&cli, |c| async move {
             let r = c
-                .call(Method::POST, "/api/v1/switch", Some(json!({ "to": to.as_str(), "force": force })))
+                .call(
+                    Method::POST,
+                    "/api/v1/switch",
+                    Some(json!({ "to": to.as_str(), "force": force })),
+                )
                 .await?;
-            out(&format!("switched: {} is live (revision {})", r["live"].as_str().unwrap_or("none"), r["revision"]))
+            out(&format!(
+                "switched: {} is live (revision {})",
+                r["live"].as_str().unwrap_or("none"),
+                r["revision"]
+            ))
         }),
         Command::Rollback => with_client(&cli, |c| async move {
             let r = c.call(Method::POST, "/api/v1/rollback", None).await?;
-            out(&format!("rolled back: {} is live (revision {})", r["live"].as_str().unwrap_or("none"), r["revision"]))
+            out(&format!(
+                "rolled back: {} is live (revision {})",
+                r["live"].as_str().unwrap_or("none"),
+                r["revision"]
+            ))
         }),
     }
 }
@@ -49,7 +63,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// 1 for everything else.
 pub fn report(e: &anyhow::Error) -> ExitCode {
     if let Some(errors) = e.downcast_ref::<ConfigErrors>() {
-        eprintln!("turnout: the configuration has {} problem(s):", errors.errors.len());
+        eprintln!(
+            "turnout: the configuration has {} problem(s):",
+            errors.errors.len()
+        );
         eprintln!("{errors}");
         return ExitCode::from(2);
     }
@@ -65,8 +82,10 @@ pub fn report(e: &anyhow::Error) -> ExitCode {
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain()
-        .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn out(line: &str) -> anyhow::Result<()> {
@@ -100,7 +119,9 @@ where
     F: FnOnce(AdminClient) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let env_token = std::env::var("TURNOUT_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
+    let env_token = std::env::var("TURNOUT_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
     let (url, token) = match &cli.admin {
         Some(url) => (url.clone(), env_token),
         None => {
@@ -121,7 +142,10 @@ where
             }
             let token = match (env_token, &cfg.admin.token) {
                 (Some(t), _) => Some(t),
-                (None, Some(src)) => Some(src.resolve().map_err(|e| UsageError(format!("[admin] token: {e}")))?),
+                (None, Some(src)) => Some(
+                    src.resolve()
+                        .map_err(|e| UsageError(format!("[admin] token: {e}")))?,
+                ),
                 (None, None) => None,
             };
             (format!("http://{addr}"), token)
@@ -144,7 +168,8 @@ async fn status(client: &AdminClient, json: bool, watch: bool) -> anyhow::Result
             if json {
                 out(&serde_json::to_string(&value)?)?;
             } else {
-                let status: Status = serde_json::from_value(value.clone()).context("reading the router's status")?;
+                let status: Status =
+                    serde_json::from_value(value.clone()).context("reading the router's status")?;
                 if watch && last.is_some() {
                     out("")?;
                 }
@@ -164,10 +189,18 @@ pub fn render_status(s: &Status) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
     let live = s.live.map_or("none", |l| l.as_str());
-    let _ = writeln!(o, "live: {live}    traffic: blue {}% / green {}%    revision {}", s.weights.blue, s.weights.green, s.revision);
+    let _ = writeln!(
+        o,
+        "live: {live}    traffic: blue {}% / green {}%    revision {}",
+        s.weights.blue, s.weights.green, s.revision
+    );
     match &s.deployment {
         Some(d) => {
-            let _ = writeln!(o, "deployment: {} of {} at stage {}", d.id, d.version, d.stage);
+            let _ = writeln!(
+                o,
+                "deployment: {} of {} at stage {}",
+                d.id, d.version, d.stage
+            );
         }
         None => {
             let _ = writeln!(o, "deployment: none");
@@ -181,11 +214,23 @@ pub fn render_status(s: &Status) -> String {
         } else {
             slot.upstreams
                 .iter()
-                .map(|u| format!("{} {}", u.addr, if u.healthy { "healthy" } else { "UNHEALTHY" }))
+                .map(|u| {
+                    format!(
+                        "{} {}",
+                        u.addr,
+                        if u.healthy { "healthy" } else { "UNHEALTHY" }
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let _ = writeln!(o, "{:<6} {:<9} {:<12} {ups}", name, slot.role.as_str(), slot.version.as_deref().unwrap_or("-"));
+        let _ = writeln!(
+            o,
+            "{:<6} {:<9} {:<12} {ups}",
+            name,
+            slot.role.as_str(),
+            slot.version.as_deref().unwrap_or("-")
+        );
     }
     o.truncate(o.trim_end().len());
     o

@@ -34,7 +34,9 @@ pub fn run(config: &Path, log_format: LogFormat) -> anyhow::Result<ExitCode> {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TURNOUT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -47,7 +49,10 @@ fn worker_threads(cfg: &Config) -> anyhow::Result<usize> {
     if let Ok(v) = std::env::var("TURNOUT_WORKER_THREADS") {
         return match v.trim().parse::<usize>() {
             Ok(n) if n >= 1 => Ok(n),
-            _ => Err(UsageError(format!("TURNOUT_WORKER_THREADS={v:?} is not a whole number of at least 1")).into()),
+            _ => Err(UsageError(format!(
+                "TURNOUT_WORKER_THREADS={v:?} is not a whole number of at least 1"
+            ))
+            .into()),
         };
     }
     Ok(cfg
@@ -93,7 +98,10 @@ fn warn_unimplemented(cfg: &Config) {
     ];
     for (name, present) in sections {
         if present {
-            tracing::warn!(section = name, "this section is not acted on by this version of turnout yet");
+            tracing::warn!(
+                section = name,
+                "this section is not acted on by this version of turnout yet"
+            );
         }
     }
 }
@@ -112,7 +120,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .into());
     }
     let token = match &cfg.admin.token {
-        Some(src) => Some(Arc::<str>::from(src.resolve().map_err(|e| UsageError(format!("[admin] token: {e}")))?)),
+        Some(src) => Some(Arc::<str>::from(
+            src.resolve()
+                .map_err(|e| UsageError(format!("[admin] token: {e}")))?,
+        )),
         None => None,
     };
     if token.is_none() && !cfg.admin.addr.ip().is_loopback() {
@@ -159,7 +170,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     });
     let admin_task = tokio::spawn({
         let stop = stopped(stop_rx.clone());
-        async move { axum::serve(admin, router).with_graceful_shutdown(stop).await }
+        async move {
+            axum::serve(admin, router)
+                .with_graceful_shutdown(stop)
+                .await
+        }
     });
 
     shutdown_signal().await;

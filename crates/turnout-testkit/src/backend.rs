@@ -1,0 +1,222 @@
+//! A real HTTP backend standing for one slot's instance.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{header, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+struct Shared {
+    name: String,
+    healthy: AtomicBool,
+    requests: AtomicU64,
+}
+
+/// A backend answering with its name. Routes:
+/// - `GET /healthz`: 200 while healthy, 503 otherwise;
+/// - `POST /upload`: reads the body as it streams and answers the byte count;
+/// - `GET /download?bytes=N`: streams N bytes;
+/// - `GET /headers`: the request headers as JSON;
+/// - `GET /ws`: a WebSocket echo that answers `NAME:MESSAGE`;
+/// - anything else: the name, with header `x-backend: NAME`.
+pub struct Backend {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        let addr = listener.local_addr().expect("backend addr");
+        let shared = Arc::new(Shared {
+            name: name.to_owned(),
+            healthy: AtomicBool::new(true),
+            requests: AtomicU64::new(0),
+        });
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let s = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+                    _ = &mut stopped => return,
+                };
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| handle(s.clone(), req));
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Backend {
+            addr,
+            shared,
+            _stop: stop,
+        }
+    }
+
+    /// `host:port` for a turnout config.
+    pub fn upstream(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Makes `/healthz` answer 200 (true) or 503 (false).
+    pub fn set_healthy(&self, healthy: bool) {
+        self.shared.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    /// Requests received, health checks excluded.
+    pub fn requests(&self) -> u64 {
+        self.shared.requests.load(Ordering::SeqCst)
+    }
+}
+
+fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).boxed());
+    *r.status_mut() = status;
+    r
+}
+
+async fn handle(s: Arc<Shared>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_owned();
+    if path == "/healthz" {
+        let ok = s.healthy.load(Ordering::SeqCst);
+        return Ok(full(
+            if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            },
+            if ok { "ok" } else { "down" },
+        ));
+    }
+    s.requests.fetch_add(1, Ordering::SeqCst);
+    let resp = match path.as_str() {
+        "/upload" => {
+            let mut body = req.into_body();
+            let mut n: u64 = 0;
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
+                    Err(_) => return Ok(full(StatusCode::BAD_REQUEST, "broken body")),
+                }
+            }
+            full(StatusCode::OK, n.to_string())
+        }
+        "/download" => {
+            let total: u64 = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("bytes="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            let stream = futures_util::stream::unfold(total, move |left| {
+                let chunk = chunk.clone();
+                async move {
+                    if left == 0 {
+                        return None;
+                    }
+                    let n = left.min(chunk.len() as u64);
+                    Some((
+                        Ok::<_, Infallible>(Frame::data(chunk.slice(..n as usize))),
+                        left - n,
+                    ))
+                }
+            });
+            let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+            r.headers_mut().insert(header::CONTENT_LENGTH, total.into());
+            r
+        }
+        "/headers" => {
+            let map: serde_json::Map<String, serde_json::Value> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
+                    )
+                })
+                .collect();
+            full(StatusCode::OK, serde_json::Value::Object(map).to_string())
+        }
+        "/slow" => {
+            let ms: u64 = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("ms="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(100);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            full(StatusCode::OK, s.name.clone())
+        }
+        "/ws" => {
+            let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+                return Ok(full(StatusCode::BAD_REQUEST, "not a websocket request"));
+            };
+            let accept =
+                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            let name = s.name.clone();
+            tokio::spawn(async move {
+                let Ok(upgraded) = on_upgrade.await else {
+                    return;
+                };
+                let mut ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
+                        .await;
+                while let Some(Ok(msg)) = ws.next().await {
+                    match msg {
+                        Message::Text(t)
+                            if ws.send(Message::text(format!("{name}:{t}"))).await.is_err() =>
+                        {
+                            return
+                        }
+                        Message::Close(_) => return,
+                        _ => {}
+                    }
+                }
+            });
+            let mut r = full(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
+            let h = r.headers_mut();
+            h.insert(header::CONNECTION, "upgrade".parse().expect("static"));
+            h.insert(header::UPGRADE, "websocket".parse().expect("static"));
+            h.insert("sec-websocket-accept", accept.parse().expect("base64"));
+            r
+        }
+        _ => full(StatusCode::OK, s.name.clone()),
+    };
+    let mut resp = resp;
+    resp.headers_mut().insert(
+        "x-backend",
+        s.name
+            .parse()
+            .unwrap_or(header::HeaderValue::from_static("?")),
+    );
+    Ok(resp)
+}

@@ -1,0 +1,44 @@
+//! Test support for turnout: real backends on `127.0.0.1:0`, a real `turnout serve`
+//! process, simple keep-alive HTTP clients, and [`eventually`] for waiting on a condition
+//! with a deadline instead of sleeping.
+//!
+//! Everything here talks to loopback only, and every handle stops what it started when
+//! dropped.
+
+#![allow(missing_docs)]
+
+mod backend;
+mod client;
+pub mod router;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+pub use backend::Backend;
+pub use client::{HttpClient, Reply};
+pub use router::{Router, RouterOptions, TOKEN};
+
+/// The admin token test routers use.
+pub fn router_token() -> &'static str {
+    TOKEN
+}
+
+/// Polls `check` until it returns `Some`, at most until `deadline` has passed; panics with
+/// `what` when it never does. Polls every 10 ms.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,229 @@
+//! A real `turnout serve` process on free loopback ports.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const TOKEN: &str = "test-token";
+
+/// What a test router is made of.
+#[derive(Clone, Debug, Default)]
+pub struct RouterOptions {
+    pub blue: Vec<String>,
+    pub green: Vec<String>,
+    /// Extra TOML appended to the generated config (sections other than the generated
+    /// `[listen]`, `[admin]`, `[state]`, `[slots.*]`).
+    pub extra: String,
+    /// Extra keys for `[listen]`.
+    pub listen_extra: String,
+}
+
+/// A running router. Killed (SIGKILL) when dropped; its state directory lives as long as
+/// the handle, so that a restart finds the same state.
+pub struct Router {
+    pub bin: PathBuf,
+    pub data: String,
+    pub admin: String,
+    pub config: PathBuf,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Router {
+    /// Writes a config for `opts` and starts `bin serve` with it; returns once both ports
+    /// are known.
+    pub async fn start(bin: &Path, opts: &RouterOptions) -> anyhow::Result<Router> {
+        let dir = tempfile::tempdir()?;
+        let list = |v: &[String]| {
+            v.iter()
+                .map(|a| format!("{a:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let config = format!(
+            "[listen]\naddr = \"127.0.0.1:0\"\n{listen_extra}\n\
+             [admin]\naddr = \"127.0.0.1:0\"\ntoken = \"env:TURNOUT_ADMIN_TOKEN\"\n\n\
+             [state]\ndir = {state:?}\n\n\
+             [health]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nhealthy = 1\nunhealthy = 1\n\n\
+             [slots.blue]\nupstreams = [{blue}]\n\n[slots.green]\nupstreams = [{green}]\n\n{extra}\n",
+            listen_extra = opts.listen_extra,
+            state = dir.path().join("state").display().to_string(),
+            blue = list(&opts.blue),
+            green = list(&opts.green),
+            extra = opts.extra,
+        );
+        let path = dir.path().join("turnout.toml");
+        std::fs::write(&path, config)?;
+        let mut r = Router {
+            bin: bin.to_owned(),
+            data: String::new(),
+            admin: String::new(),
+            config: path,
+            child: None,
+            dir,
+        };
+        r.spawn().await?;
+        Ok(r)
+    }
+
+    /// The state/config directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let mut child = Command::new(&self.bin)
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .env("TURNOUT_ADMIN_TOKEN", TOKEN)
+            .env("TURNOUT_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(
+                self.dir.path().join("stderr.log"),
+            )?))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut data, mut admin) = (None, None);
+        let read = async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(a) = line.strip_prefix("turnout: data plane listening on http://") {
+                    data = Some(a.to_owned());
+                } else if let Some(a) = line.strip_prefix("turnout: admin API listening on http://")
+                {
+                    admin = Some(a.to_owned());
+                }
+                if data.is_some() && admin.is_some() {
+                    return Ok::<_, anyhow::Error>(());
+                }
+            }
+            bail!("turnout exited before listening; stderr: {}", self.stderr())
+        };
+        tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "turnout did not start listening within 30s; stderr: {}",
+                    self.stderr()
+                )
+            })??;
+        // Keep draining stdout so that the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.data = data.unwrap_or_default();
+        self.admin = admin.unwrap_or_default();
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// What the router wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// The router's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub async fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    /// SIGTERM, and wait for a clean exit; returns the exit code.
+    pub async fn terminate(&mut self) -> anyhow::Result<Option<i32>> {
+        let mut c = self.child.take().ok_or_else(|| anyhow!("not running"))?;
+        let pid = c.id().ok_or_else(|| anyhow!("no pid"))?;
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM {pid} failed");
+        }
+        let st = tokio::time::timeout(Duration::from_secs(30), c.wait()).await??;
+        Ok(st.code())
+    }
+
+    /// Starts the router again with the same config and state (new ports).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9().await;
+        self.spawn().await
+    }
+
+    /// Runs a CLI command against this router (`--admin`, token in env); returns exit
+    /// code, stdout, stderr.
+    pub async fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(&self.bin)
+            .args(args)
+            .arg("--admin")
+            .arg(format!("http://{}", self.admin))
+            .env("TURNOUT_ADMIN_TOKEN", TOKEN)
+            .output()
+            .await
+            .expect("run turnout CLI");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `GET /api/v1/status` as JSON (via the CLI's `status --json`).
+    pub async fn status(&self) -> serde_json::Value {
+        let (code, out, err) = self.cli(&["status", "--json"]).await;
+        assert_eq!(code, 0, "status failed: {err}");
+        serde_json::from_str(&out).expect("status JSON")
+    }
+
+    /// Calls the admin API directly (faster than the CLI in loops).
+    pub async fn api(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (http::StatusCode, serde_json::Value) {
+        use bytes::Bytes;
+        use http_body_util::{BodyExt, Full};
+        let stream = tokio::net::TcpStream::connect(&self.admin)
+            .await
+            .expect("connect admin");
+        let (mut s, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("admin handshake");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.admin.as_str())
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("content-type", "application/json")
+            .body(Full::new(body))
+            .expect("request");
+        let resp = s.send_request(req).await.expect("admin request");
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .expect("admin body")
+            .to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+}
