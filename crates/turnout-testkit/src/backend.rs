@@ -41,11 +41,15 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// A backend on a free loopback port.
     pub async fn start(name: &str) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind backend");
-        let addr = listener.local_addr().expect("backend addr");
+        Backend::start_on(name, 0).await.expect("start backend")
+    }
+
+    /// A backend on `127.0.0.1:port` (0: a free port).
+    pub async fn start_on(name: &str, port: u16) -> std::io::Result<Backend> {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             name: name.to_owned(),
             healthy: AtomicBool::new(true),
@@ -68,11 +72,11 @@ impl Backend {
                 });
             }
         });
-        Backend {
+        Ok(Backend {
             addr,
             shared,
             _stop: stop,
-        }
+        })
     }
 
     /// `host:port` for a turnout config.
