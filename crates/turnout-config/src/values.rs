@@ -117,15 +117,25 @@ pub(crate) fn check_http_url(text: &str) -> Result<(), String> {
     }
 }
 
-/// The candidate closest to `word` by edit distance, if it is close enough to be a typo.
+/// The candidate closest to `word`, if it is close enough to be a typo: by edit distance
+/// first, then by Jaro-Winkler similarity (as clap suggests), which also catches
+/// misspellings that drop or add several letters ("adress" -> "addr").
 pub(crate) fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let word = word.to_ascii_lowercase().replace('-', "_");
-    candidates
+    let by_edits = candidates
         .iter()
         .map(|c| (edit_distance(&word, c), *c))
         .filter(|(d, c)| *d <= 2 && *d < c.len().max(word.len()) / 2 + 1)
         .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
+        .map(|(_, c)| c);
+    by_edits.or_else(|| {
+        candidates
+            .iter()
+            .map(|c| (strsim::jaro_winkler(&word, c), *c))
+            .filter(|(score, _)| *score >= 0.8)
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, c)| c)
+    })
 }
 
 /// Levenshtein distance over chars.
@@ -226,6 +236,13 @@ mod tests {
         assert_eq!(closest("timout", &keys), Some("timeout"));
         assert_eq!(closest("Healthy", &keys), Some("healthy"));
         assert_eq!(closest("color", &keys), None);
+        assert_eq!(
+            closest(
+                "adress",
+                &["addr", "header_timeout", "upgrade_drain", "tls"]
+            ),
+            Some("addr")
+        );
         assert_eq!(closest("x", &keys), None);
         assert_eq!(
             closest("header-timeout", &["header_timeout"]),

@@ -152,16 +152,17 @@ impl ConnService {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, proto.clone());
         }
-        let xff = match headers.get(&X_FORWARDED_FOR) {
-            Some(prev) => {
-                let mut v = BytesMut::with_capacity(prev.len() + 2 + self.client_ip.len());
+        let xff = if headers.contains_key(&X_FORWARDED_FOR) {
+            // Keep every address of every line, then append the client's.
+            let mut v = BytesMut::new();
+            for prev in headers.get_all(&X_FORWARDED_FOR) {
                 v.extend_from_slice(prev.as_bytes());
                 v.extend_from_slice(b", ");
-                v.extend_from_slice(self.client_ip.as_bytes());
-                HeaderValue::from_maybe_shared(v.freeze())
-                    .unwrap_or_else(|_| self.client_ip.clone())
             }
-            None => self.client_ip.clone(),
+            v.extend_from_slice(self.client_ip.as_bytes());
+            HeaderValue::from_maybe_shared(v.freeze()).unwrap_or_else(|_| self.client_ip.clone())
+        } else {
+            self.client_ip.clone()
         };
         headers.insert(X_FORWARDED_FOR.clone(), xff);
         headers.insert(X_FORWARDED_PROTO.clone(), self.proto.clone());
@@ -324,18 +325,18 @@ fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1: those named in `Connection`, and
 /// the fixed list.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(conn) = headers.remove(header::CONNECTION) {
-        let named: Vec<HeaderName> = conn
-            .to_str()
-            .unwrap_or("")
-            .split(',')
+    if headers.contains_key(header::CONNECTION) {
+        // Every `Connection` line counts, not just the first.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("").split(','))
             .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
             .collect();
+        headers.remove(header::CONNECTION);
         for name in named {
             headers.remove(name);
         }
-        // A second Connection header line.
-        while headers.remove(header::CONNECTION).is_some() {}
     }
     for name in [
         &KEEP_ALIVE,

@@ -10,7 +10,9 @@ async fn main() -> anyhow::Result<()> {
     let (Some(name), Some(port)) = (args.next(), args.next()) else {
         anyhow::bail!("usage: backend NAME PORT   (e.g. backend blue 7001)");
     };
-    let port: u16 = port.parse().map_err(|_| anyhow::anyhow!("PORT must be a number, got {port:?}"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| anyhow::anyhow!("PORT must be a number, got {port:?}"))?;
     let backend = turnout_testkit::Backend::start_on(&name, port).await?;
     println!("backend {name} listening on http://{}", backend.addr);
     loop {
