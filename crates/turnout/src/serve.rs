@@ -22,8 +22,16 @@ pub fn run(config: &Path, log_format: LogFormat) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(config)?;
     init_tracing(log_format);
     let threads = worker_threads(&cfg)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
+    // One worker: a current-thread runtime, which skips the work-stealing machinery
+    // (measured: less CPU per request than a one-worker multi-thread runtime).
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let rt = builder
         .enable_all()
         .build()
         .context("starting the async runtime")?;
