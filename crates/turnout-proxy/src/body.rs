@@ -32,6 +32,8 @@ pub enum ProxyBody {
         /// body when the client goes away early: a half-read connection is never reused.
         ret: Option<PoolReturnSlot>,
     },
+    /// Streamed from an upstream by the hand-written HTTP/1.1 client.
+    Raw(crate::h1::RawBody),
     /// A body made by turnout (errors).
     Full(Option<Bytes>),
 }
@@ -55,15 +57,20 @@ impl ProxyBody {
     }
 }
 
+/// A response body that broke off: the client's stream is aborted, never ended as if
+/// complete.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
+            ProxyBody::Raw(raw) => Pin::new(raw).poll_frame(cx).map_err(Into::into),
             ProxyBody::Upstream { inner, ret } => {
                 let polled = Pin::new(&mut *inner).poll_frame(cx);
                 match &polled {
@@ -83,7 +90,7 @@ impl Body for ProxyBody {
                     }
                     _ => {}
                 }
-                polled
+                polled.map_err(Into::into)
             }
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
@@ -92,6 +99,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ProxyBody::Raw(raw) => raw.is_end_stream(),
             ProxyBody::Full(data) => data.is_none(),
         }
     }
@@ -99,6 +107,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Upstream { inner, .. } => inner.size_hint(),
+            ProxyBody::Raw(raw) => raw.size_hint(),
             ProxyBody::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
         }

@@ -48,6 +48,23 @@ pub enum ProxyError {
         #[source]
         source: hyper::Error,
     },
+    /// The connection to the upstream failed after the request was (maybe partly) sent.
+    #[error("upstream {addr} failed: {source}")]
+    UpstreamIo {
+        /// Upstream address.
+        addr: String,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The upstream's response was not valid HTTP/1.1.
+    #[error("upstream {addr} sent an invalid response: {detail}")]
+    UpstreamProtocol {
+        /// Upstream address.
+        addr: String,
+        /// What was wrong.
+        detail: String,
+    },
     /// The upstream sent no response head within the response timeout.
     #[error("upstream {addr} did not answer within {timeout_ms} ms")]
     ResponseTimeout {

@@ -7,6 +7,7 @@
 
 mod body;
 mod error;
+mod h1;
 mod health;
 mod server;
 mod service;
@@ -21,7 +22,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{broadcast, watch};
 use turnout_core::{RoutingState, SlotName};
 
-pub use body::{ProxyBody, RequestBody};
+pub use body::{BodyError, ProxyBody, RequestBody};
 pub use error::ProxyError;
 pub use health::HealthCheck;
 pub use table::{SlotPool, Table};

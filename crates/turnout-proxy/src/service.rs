@@ -30,10 +30,12 @@ use std::time::Duration;
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::body::{PoolReturn, ProxyBody, RequestBody};
 use crate::error::ProxyError;
+use crate::h1::{RawBody, RawConn};
 use crate::table::SlotPool;
 use crate::upstream::{Sender, UpstreamRef};
 use crate::{tunnel, Inner};
@@ -45,8 +47,7 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Pooled connections idle longer than this may have been closed by the upstream in the
-/// meantime; a request without a body sent on one keeps a copy of its head so that it can
-/// be sent again if the connection turns out dead.
+/// meantime: they are checked before use.
 const STALE_AFTER: Duration = Duration::from_secs(1);
 
 /// The per-connection service: the proxy plus what is known about the client connection.
@@ -94,11 +95,38 @@ impl ConnService {
         let upgrade = upgrade_protocol(&req);
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         self.prepare(&mut req, upgrade.as_ref());
-        let req = req.map(RequestBody::Client);
 
-        // Phases 3 and 4: pick and send.
-        let (resp, ret, upstream) = match self.send(&slot, req, upgrade.is_some()).await {
-            Ok(r) => r,
+        // Phases 3 and 4: pick and send. A request without body or upgrade (most of
+        // them) goes through the hand-written client; the others through hyper's.
+        let sent = if upgrade.is_none() && req.body().is_end_stream() {
+            let (parts, _) = req.into_parts();
+            self.send_raw(&slot, &parts)
+                .await
+                .map(|r| r.map(ProxyBody::Raw))
+        } else {
+            let sent = self
+                .send(&slot, req.map(RequestBody::Client), upgrade.is_some())
+                .await;
+            match (sent, client_upgrade) {
+                // Phase 6: tunnel.
+                (Ok((resp, _, upstream)), Some(client_upgrade))
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS =>
+                {
+                    return self.start_tunnel(resp, client_upgrade, &upstream, upgrade);
+                }
+                (Ok((resp, ret, _)), _) => Ok(resp.map(|b| ProxyBody::upstream(b, ret))),
+                (Err(e), _) => Err(e),
+            }
+        };
+
+        // Phase 5: respond.
+        match sent {
+            Ok(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                parts.version = client_version;
+                Response::from_parts(parts, body)
+            }
             Err(e) => {
                 match e {
                     ProxyError::NoHealthyUpstream { .. } => {
@@ -106,22 +134,69 @@ impl ConnService {
                     }
                     _ => tracing::warn!(slot = %slot.name, error = %e, "request failed"),
                 }
-                return error_response(&e);
-            }
-        };
-
-        // Phase 6: tunnel.
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_upgrade) = client_upgrade {
-                return self.start_tunnel(resp, client_upgrade, &upstream, upgrade);
+                error_response(&e)
             }
         }
+    }
 
-        // Phase 5: respond.
-        let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        parts.version = client_version;
-        Response::from_parts(parts, ProxyBody::upstream(body, ret))
+    /// Phases 3 and 4 for a request without body: once more on another upstream when
+    /// nothing was sent.
+    async fn send_raw(
+        &self,
+        slot: &SlotPool,
+        parts: &http::request::Parts,
+    ) -> Result<Response<RawBody>, ProxyError> {
+        let first = slot
+            .pick(None)
+            .ok_or(ProxyError::NoHealthyUpstream { slot: slot.name })?
+            .clone();
+        let err = match self.raw_to(&first, parts).await {
+            Ok(resp) => return Ok(resp),
+            Err((err, false)) => return Err(err),
+            Err((err, true)) => err,
+        };
+        let Some(second) = slot.pick(Some(&first)).cloned() else {
+            return Err(err);
+        };
+        tracing::debug!(slot = %slot.name, from = %first.addr, to = %second.addr, error = %err, "retrying on another upstream");
+        self.raw_to(&second, parts).await.map_err(|(e, _)| e)
+    }
+
+    /// One upstream, hand-written client. On failure, says whether nothing was sent.
+    async fn raw_to(
+        &self,
+        up: &UpstreamRef,
+        parts: &http::request::Parts,
+    ) -> Result<Response<RawBody>, (ProxyError, bool)> {
+        let opts = &self.inner.opts;
+        let idempotent = is_idempotent(&parts.method);
+        while let Some((mut conn, since)) = up.checkout_raw() {
+            // An idle connection may have been closed by the upstream meanwhile. Sending
+            // an idempotent request on it costs nothing (it is resent below when nothing
+            // came back); any other request is only sent on one that looks alive.
+            if (!idempotent || since.elapsed() > STALE_AFTER) && !conn.looks_alive() {
+                continue;
+            }
+            match conn.exchange(&up.addr, parts, opts.response_timeout).await {
+                Ok(head) => return Ok(head.into_response(conn, up.clone())),
+                Err(e) if e.nothing_received && idempotent => continue,
+                Err(e) => return Err((e.error, false)),
+            }
+        }
+        let stream = match up.connect_tcp(opts.connect_timeout).await {
+            Ok(s) => s,
+            Err(e) => {
+                if matches!(e, ProxyError::Connect { .. }) && up.eject() {
+                    tracing::warn!(slot = %up.slot, upstream = %up.addr, error = %e, "upstream ejected until its health check passes");
+                }
+                return Err((e, true));
+            }
+        };
+        let mut conn = RawConn::new(stream);
+        match conn.exchange(&up.addr, parts, opts.response_timeout).await {
+            Ok(head) => Ok(head.into_response(conn, up.clone())),
+            Err(e) => Err((e.error, false)),
+        }
     }
 
     fn prepare(&self, req: &mut Request<Incoming>, upgrade: Option<&HeaderValue>) {
@@ -210,13 +285,10 @@ impl ConnService {
     {
         let opts = &self.inner.opts;
         if !upgrade {
-            while let Some((mut sender, since)) = up.checkout() {
+            while let Some(mut sender) = up.checkout() {
                 if sender.ready().await.is_err() {
                     continue;
                 }
-                let copy = (since.elapsed() > STALE_AFTER)
-                    .then(|| resendable_copy(&req))
-                    .flatten();
                 match self.exchange(up, &mut sender, req).await {
                     Ok(resp) => {
                         return Ok((
@@ -228,10 +300,7 @@ impl ConnService {
                         ))
                     }
                     Err((_, Some(back))) => req = back,
-                    Err((err, None)) => match copy {
-                        Some(copy) => req = copy,
-                        None => return Err((err, None)),
-                    },
+                    Err((err, None)) => return Err((err, None)),
                 }
             }
         }
@@ -352,23 +421,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// A copy of a request that may be sent again if its first sending fails: idempotent and
-/// without a body.
-fn resendable_copy(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
-    use http_body::Body as _;
-    let idempotent = matches!(
-        *req.method(),
+/// Idempotent methods (RFC 9110 §9.2.2): safe to send again.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    );
-    if !idempotent || !req.body().is_end_stream() {
-        return None;
-    }
-    let mut copy = Request::new(RequestBody::Empty);
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    Some(copy)
+    )
 }
 
 fn error_response(err: &ProxyError) -> Response<ProxyBody> {

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use turnout_core::SlotName;
 
 use crate::error::ProxyError;
+use crate::h1::RawConn;
 
 /// A sender on a pooled HTTP/1.1 connection to an upstream.
 pub(crate) type Sender = http1::SendRequest<crate::body::RequestBody>;
@@ -33,6 +34,7 @@ pub struct Upstream {
     /// Whether any check has run yet: the first result decides the state at once.
     checked: AtomicBool,
     idle: Mutex<Vec<IdleConn>>,
+    raw_idle: Mutex<Vec<(RawConn, Instant)>>,
     max_idle: usize,
 }
 
@@ -54,6 +56,7 @@ impl Upstream {
             fails: AtomicU32::new(0),
             checked: AtomicBool::new(false),
             idle: Mutex::new(Vec::new()),
+            raw_idle: Mutex::new(Vec::new()),
             max_idle,
         }
     }
@@ -102,12 +105,11 @@ impl Upstream {
     }
 
     /// An idle pooled connection, most recently used first.
-    /// Returns it with the instant it went idle.
-    pub(crate) fn checkout(&self) -> Option<(Sender, Instant)> {
+    pub(crate) fn checkout(&self) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(conn) = idle.pop() {
             if !conn.sender.is_closed() {
-                return Some((conn.sender, conn.since));
+                return Some(conn.sender);
             }
         }
         None
@@ -127,14 +129,42 @@ impl Upstream {
         }
     }
 
-    /// Closes pooled connections idle for longer than `max_idle_time`.
+    /// An idle connection of the hand-written client, most recently used first, with the
+    /// instant it went idle.
+    pub(crate) fn checkout_raw(&self) -> Option<(RawConn, Instant)> {
+        self.raw_idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+    }
+
+    /// Gives a connection of the hand-written client back to the pool.
+    pub(crate) fn checkin_raw(&self, conn: RawConn) {
+        if !self.is_healthy() {
+            return;
+        }
+        let mut idle = self.raw_idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push((conn, Instant::now()));
+        }
+    }
+
+    /// Closes pooled connections idle for longer than `max_idle_time`, or closed by the
+    /// upstream.
     pub(crate) fn reap_idle(&self, max_idle_time: Duration) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.retain(|c| !c.sender.is_closed() && c.since.elapsed() < max_idle_time);
+        drop(idle);
+        let mut raw = self.raw_idle.lock().unwrap_or_else(|p| p.into_inner());
+        raw.retain(|(c, since)| since.elapsed() < max_idle_time && c.looks_alive());
     }
 
     fn drain_idle(&self) {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.raw_idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// Opens a TCP connection with TCP_NODELAY, within `timeout`.
