@@ -254,7 +254,7 @@ fn framing(
     {
         return Ok(Framing::Empty);
     }
-    if let Some(te) = headers.get_all(header::TRANSFER_ENCODING).iter().last() {
+    if let Some(te) = headers.get_all(header::TRANSFER_ENCODING).iter().next_back() {
         let last = te
             .to_str()
             .unwrap_or("")
