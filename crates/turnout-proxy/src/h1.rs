@@ -165,15 +165,13 @@ impl RawConn {
             let minor = resp.version.unwrap_or(1);
             // Header positions as offsets, so that the head can be frozen and sliced
             // without copying.
-            let offsets: Vec<(usize, usize, usize, usize)> = resp
-                .headers
-                .iter()
-                .map(|h| {
-                    let n = h.name.as_ptr() as usize - base;
-                    let v = h.value.as_ptr() as usize - base;
-                    (n, n + h.name.len(), v, v + h.value.len())
-                })
-                .collect();
+            let mut offsets = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+            let count = resp.headers.len();
+            for (slot, h) in offsets.iter_mut().zip(resp.headers.iter()) {
+                let n = h.name.as_ptr() as usize - base;
+                let v = h.value.as_ptr() as usize - base;
+                *slot = (n, n + h.name.len(), v, v + h.value.len());
+            }
             let head = self.buf.split_to(len).freeze();
             let bad = |detail: String| ExchangeError {
                 error: ProxyError::UpstreamProtocol {
@@ -184,8 +182,8 @@ impl RawConn {
             };
             let status =
                 StatusCode::from_u16(code).map_err(|_| bad(format!("invalid status {code}")))?;
-            let mut headers = HeaderMap::with_capacity(offsets.len());
-            for (ns, ne, vs, ve) in offsets {
+            let mut headers = HeaderMap::with_capacity(count);
+            for &(ns, ne, vs, ve) in &offsets[..count] {
                 let name = HeaderName::from_bytes(&head[ns..ne])
                     .map_err(|_| bad("invalid header name".into()))?;
                 let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
