@@ -252,7 +252,11 @@ fn framing(
     {
         return Ok(Framing::Empty);
     }
-    if let Some(te) = headers.get_all(header::TRANSFER_ENCODING).iter().next_back() {
+    if let Some(te) = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+    {
         let last = te
             .to_str()
             .unwrap_or("")

@@ -104,9 +104,9 @@ impl ConnService {
                 .await
                 .map(|r| r.map(ProxyBody::Raw))
         } else {
-            let sent = self
-                .send(&slot, req.map(RequestBody::Client), upgrade.is_some())
-                .await;
+            // Boxed: the rarer path keeps the common request's future small.
+            let sent =
+                Box::pin(self.send(&slot, req.map(RequestBody::Client), upgrade.is_some())).await;
             match (sent, client_upgrade) {
                 // Phase 6: tunnel.
                 (Ok((resp, _, upstream)), Some(client_upgrade))
