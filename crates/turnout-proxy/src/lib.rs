@@ -45,6 +45,8 @@ pub struct ProxyOptions {
     pub max_idle: usize,
     /// Active health checks.
     pub health: HealthCheck,
+    /// On shutdown, how long requests in flight may take to finish.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ProxyOptions {
@@ -57,6 +59,7 @@ impl Default for ProxyOptions {
             idle_timeout: Duration::from_secs(60),
             max_idle: 128,
             health: HealthCheck::default(),
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -173,7 +176,7 @@ impl Proxy {
     }
 
     /// Serves the data plane on `listener` until `shutdown` resolves; then stops accepting
-    /// (connections already open finish their requests).
+    /// and returns once the requests in flight have finished (at most `shutdown_grace`).
     pub async fn serve(
         &self,
         listener: tokio::net::TcpListener,

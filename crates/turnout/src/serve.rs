@@ -90,6 +90,7 @@ fn proxy_options(cfg: &Config) -> ProxyOptions {
         idle_timeout: cfg.upstream.idle_timeout,
         max_idle: cfg.upstream.max_idle,
         health,
+        shutdown_grace: ProxyOptions::default().shutdown_grace,
     }
 }
 

@@ -219,3 +219,30 @@ async fn raw_switch(admin: &str, to: &str) -> anyhow::Result<()> {
     s.send_request(req).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_request_in_flight_finish() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let mut router = router(&blue, &green).await;
+    wait_health(&router, "blue", true).await;
+    let data = router.data.clone();
+    let slow = tokio::spawn(async move {
+        let mut c = HttpClient::http1(&data).await.unwrap();
+        c.get("/slow?ms=1500").await
+    });
+    // The request has reached the backend: it is in flight.
+    eventually(
+        "the slow request to arrive",
+        Duration::from_secs(10),
+        || async { (blue.requests() >= 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(router.terminate().await.unwrap(), Some(0));
+    let reply = slow
+        .await
+        .unwrap()
+        .expect("the request in flight completes");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "blue");
+}
