@@ -65,6 +65,9 @@ pub enum ProxyError {
         /// What was wrong.
         detail: String,
     },
+    /// The client's chunked request body was malformed.
+    #[error("the request body's chunked coding is invalid")]
+    BadRequestBody,
     /// The upstream sent no response head within the response timeout.
     #[error("upstream {addr} did not answer within {timeout_ms} ms")]
     ResponseTimeout {
@@ -85,6 +88,7 @@ impl ProxyError {
             ProxyError::ResponseTimeout { .. } | ProxyError::ConnectTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
+            ProxyError::BadRequestBody => StatusCode::BAD_REQUEST,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -110,6 +114,7 @@ impl ProxyError {
             ProxyError::ResponseTimeout { .. } | ProxyError::ConnectTimeout { .. } => {
                 "turnout: the upstream did not answer in time\n"
             }
+            ProxyError::BadRequestBody => "turnout: invalid chunked request body\n",
             _ => "turnout: the upstream failed\n",
         }
     }

@@ -32,8 +32,8 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// An HTTP/1.1 connection to an upstream, idle between requests.
 pub(crate) struct RawConn {
-    stream: TcpStream,
-    buf: BytesMut,
+    pub(crate) stream: TcpStream,
+    pub(crate) buf: BytesMut,
     wbuf: Vec<u8>,
 }
 
@@ -119,7 +119,7 @@ impl RawConn {
         }
     }
 
-    async fn fill(&mut self) -> io::Result<usize> {
+    pub(crate) async fn fill(&mut self) -> io::Result<usize> {
         std::future::poll_fn(|cx| self.poll_fill(cx)).await
     }
 
@@ -449,7 +449,7 @@ impl Body for RawBody {
 
 /// Decoder for the chunked transfer coding (RFC 9112 §7.1).
 #[derive(Debug, Default, PartialEq)]
-struct Chunked {
+pub(crate) struct Chunked {
     state: ChunkState,
     size: u64,
     digits: u8,
@@ -480,7 +480,12 @@ enum ChunkState {
 impl Chunked {
     /// Consumes framing bytes from `buf`; returns chunk data when some is available,
     /// `None` when more input is needed or the body ended (then `state` is `Done`).
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, ()> {
+    /// Whether the last chunk and the trailer section have been read.
+    pub(crate) fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, ()> {
         use ChunkState::*;
         while !buf.is_empty() {
             if self.state == Data {

@@ -8,6 +8,7 @@
 mod body;
 mod error;
 mod h1;
+mod h1server;
 mod health;
 mod server;
 mod service;

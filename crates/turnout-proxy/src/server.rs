@@ -1,18 +1,17 @@
-//! The accept loop: HTTP/1.1 and HTTP/2 with prior knowledge (h2c) on one listener, and
-//! the graceful stop: no new connections, open ones finish their requests in flight
-//! (keep-alive connections are closed after their current request; HTTP/2 ones get a
-//! GOAWAY) for up to `shutdown_grace`.
+//! The accept loop and the graceful stop: no new connections, open ones finish their
+//! requests in flight (keep-alive connections close after their current request, HTTP/2
+//! ones get a GOAWAY) for up to `shutdown_grace`.
+//!
+//! Each connection is served by `h1server::serve_conn`, which speaks HTTP/1.1 itself and
+//! hands HTTP/2 (prior knowledge) connections to hyper.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::service::ConnService;
 use crate::Inner;
 
 pub(crate) async fn serve(
@@ -20,14 +19,6 @@ pub(crate) async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(inner.opts.header_timeout)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection task holds a sender; when all are gone, `recv` returns `None`.
     let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
@@ -47,26 +38,10 @@ pub(crate) async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = ConnService::new(inner.clone(), peer.ip(), false);
-        let builder = builder.clone();
-        let mut stop = stop_rx.clone();
         let guard = (open_tx.clone(), OpenGuard::new(&open));
+        let conn = crate::h1server::serve_conn(inner.clone(), stream, peer, stop_rx.clone());
         tokio::spawn(async move {
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let stopping = async {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                () = stopping => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
-            }
+            conn.await;
             drop(guard);
         });
     }

@@ -38,6 +38,7 @@ pub(crate) fn spawn(
         relay(
             TokioIo::new(client),
             TokioIo::new(upstream),
+            bytes::Bytes::new(),
             slot,
             live,
             drain,
@@ -48,9 +49,12 @@ pub(crate) fn spawn(
     });
 }
 
-async fn relay<C, U>(
+/// Relays until both sides are done; `early` holds bytes the upstream sent right after
+/// its 101 response, which go to the client first.
+pub(crate) async fn relay<C, U>(
     client: C,
     upstream: U,
+    early: bytes::Bytes,
     slot: SlotName,
     live: watch::Receiver<Option<SlotName>>,
     drain: Duration,
@@ -71,6 +75,12 @@ async fn relay<C, U>(
     // Upstream to client, frame-aware so that a Close frame can be put between frames.
     let down = async {
         let mut frames = FrameTracker::default();
+        if !early.is_empty() {
+            if cw.write_all(&early).await.is_err() {
+                return false;
+            }
+            frames.feed(&early);
+        }
         let mut buf = vec![0u8; 16 * 1024];
         let deadline = drain_deadline(live, slot, drain);
         tokio::pin!(deadline);

@@ -1,0 +1,1227 @@
+//! The HTTP/1.1 side of the listener, hand-written: one task per client connection that
+//! parses request heads with `httparse`, writes the upstream request head straight from
+//! the client's bytes, and relays the response with as few copies and system calls as the
+//! protocol allows (a small response goes out in one write). HTTP/2 connections (the
+//! prior-knowledge preface) are handed to hyper on the same socket.
+//!
+//! Why not hyper's server: it costs about 3 µs of CPU per proxied request more than this
+//! loop on the benchmark machine (BENCHMARKS.md), which is the difference between
+//! trailing nginx and passing it.
+//!
+//! The phases of `service.rs` apply here too: route, prepare, pick, send, respond,
+//! tunnel. What this file adds is the HTTP/1.1 framing, done strictly:
+//! - a request with both `Content-Length` and `Transfer-Encoding`, differing or invalid
+//!   lengths, `chunked` not last, several `Host` lines, or no `Host` in HTTP/1.1 is
+//!   refused with 400 (an unknown transfer coding with 501), and nothing reaches an
+//!   upstream;
+//! - a head over 64 KiB or 100 lines is refused with 431;
+//! - a head not complete within `header_timeout` closes the connection;
+//! - request and response bodies are streamed, chunked ones decoded and encoded anew,
+//!   so the framing an upstream sees is always one turnout produced.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::error::ProxyError;
+use crate::h1::{Chunked, RawConn};
+use crate::service::ConnService;
+use crate::table::SlotPool;
+use crate::upstream::UpstreamRef;
+use crate::{tunnel, Inner};
+
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEADERS: usize = 100;
+/// How long an idle keep-alive connection is kept between requests.
+const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Pooled connections idle longer than this are checked before use.
+const STALE_AFTER: Duration = Duration::from_secs(1);
+/// Flush the client write buffer once it holds this much.
+const FLUSH_AT: usize = 32 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Serves one client connection until it closes, the router stops, or it is upgraded.
+pub(crate) async fn serve_conn(
+    inner: Arc<Inner>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+) {
+    let mut conn = ClientConn {
+        ip: Bytes::from(peer.ip().to_string()),
+        inner,
+        stream,
+        buf: BytesMut::with_capacity(8 * 1024),
+        out: Vec::with_capacity(8 * 1024),
+        up_head: Vec::with_capacity(2 * 1024),
+        stop,
+    };
+    match conn.detect_h2().await {
+        Some(true) => return conn.serve_h2(peer).await,
+        Some(false) => {}
+        None => return,
+    }
+    let mut first = true;
+    loop {
+        match conn.one_request(first).await {
+            Next::KeepAlive => first = false,
+            Next::Close => break,
+            Next::Upgrade(tunnel) => return conn.tunnel(tunnel).await,
+        }
+    }
+    let _ = conn.stream.shutdown().await;
+}
+
+struct ClientConn {
+    inner: Arc<Inner>,
+    stream: TcpStream,
+    /// Bytes read from the client and not yet used.
+    buf: BytesMut,
+    /// Bytes to write to the client.
+    out: Vec<u8>,
+    /// The request head for the upstream.
+    up_head: Vec<u8>,
+    ip: Bytes,
+    stop: watch::Receiver<bool>,
+}
+
+/// What happens after a request.
+enum Next {
+    KeepAlive,
+    Close,
+    Upgrade(Tunnel),
+}
+
+struct Tunnel {
+    upstream: RawConn,
+    slot: turnout_core::SlotName,
+    websocket: bool,
+}
+
+/// What the request head says, once checked.
+struct Plan {
+    head_len: usize,
+    head_request: bool,
+    idempotent: bool,
+    minor: u8,
+    body: ReqBody,
+    /// The client asked to close after this request.
+    close: bool,
+    /// An `Upgrade` request; `true` for WebSocket.
+    upgrade: Option<bool>,
+    expect_continue: bool,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum ReqBody {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// A request head that is refused.
+struct Refusal(u16, &'static str);
+
+/// Why sending to an upstream failed.
+struct SendFail {
+    error: ProxyError,
+    /// Nothing was sent and the request body is untouched: another upstream may take it.
+    retry_elsewhere: bool,
+    /// The client connection cannot go on (its body was partly read, or it is gone).
+    close: bool,
+    /// The client went away: no response to write.
+    client_gone: bool,
+}
+
+impl SendFail {
+    fn upstream(error: ProxyError, body_touched: bool) -> SendFail {
+        SendFail {
+            error,
+            retry_elsewhere: false,
+            close: body_touched,
+            client_gone: false,
+        }
+    }
+}
+
+/// The upstream's response head, as relayed.
+struct RespPlan {
+    status: u16,
+    framing: Framing,
+    upstream_keep_alive: bool,
+    /// The body goes to the client in the chunked coding.
+    client_chunked: bool,
+    /// The client connection closes after this response.
+    close: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+impl ClientConn {
+    /// Reads the first bytes: `Some(true)` for the HTTP/2 preface, `Some(false)` for
+    /// anything else, `None` when the client went away or sent nothing in time.
+    async fn detect_h2(&mut self) -> Option<bool> {
+        let deadline = Instant::now() + self.inner.opts.header_timeout;
+        loop {
+            let n = self.buf.len().min(H2_PREFACE.len());
+            if self.buf[..n] != H2_PREFACE[..n] {
+                return Some(false);
+            }
+            if n == H2_PREFACE.len() {
+                return Some(true);
+            }
+            self.buf.reserve(READ_CHUNK);
+            match tokio::time::timeout_at(deadline.into(), self.stream.read_buf(&mut self.buf))
+                .await
+            {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    async fn serve_h2(self, peer: SocketAddr) {
+        let ClientConn {
+            inner,
+            stream,
+            buf,
+            mut stop,
+            ..
+        } = self;
+        let io = Prefixed {
+            pre: buf.freeze(),
+            io: stream,
+        };
+        let service = ConnService::new(inner, peer.ip(), false);
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new());
+        let conn = builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let stopping = async {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            () = stopping => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(peer = %peer, error = %e, "HTTP/2 client connection ended with an error");
+        }
+    }
+
+    /// Serves one request: head, route, send, respond.
+    async fn one_request(&mut self, first: bool) -> Next {
+        // Phase 2 (prepare) comes first here: the head is checked and the upstream head
+        // written from it before routing.
+        let plan = match self.read_head(first).await {
+            Ok(Some(plan)) => plan,
+            Ok(None) => return Next::Close,
+            Err(Refusal(status, message)) => {
+                self.write_error(status, message, true).await;
+                return Next::Close;
+            }
+        };
+        self.buf.advance(plan.head_len);
+
+        // Phase 1: route.
+        let Some(slot) = self.inner.table.load().choose().cloned() else {
+            return self.fail(&plan, &ProxyError::NoLiveSlot).await;
+        };
+
+        // Phases 3 and 4: pick and send.
+        let (mut upstream, up, resp) = match self.send(&slot, &plan).await {
+            Ok(r) => r,
+            Err(f) => {
+                if f.client_gone {
+                    return Next::Close;
+                }
+                match f.error {
+                    ProxyError::NoHealthyUpstream { .. } => {
+                        tracing::debug!(slot = %slot.name, error = %f.error, "request failed")
+                    }
+                    _ => tracing::warn!(slot = %slot.name, error = %f.error, "request failed"),
+                }
+                let close = f.close || !matches!(plan.body, ReqBody::None);
+                let (status, message) = (f.error.status().as_u16(), f.error.client_message());
+                self.write_error(status, message, close || plan.close).await;
+                return if close || plan.close {
+                    Next::Close
+                } else {
+                    Next::KeepAlive
+                };
+            }
+        };
+
+        // Phase 6: tunnel.
+        if resp.status == 101 {
+            if let Some(websocket) = plan.upgrade {
+                if self.flush().await.is_err() {
+                    return Next::Close;
+                }
+                return Next::Upgrade(Tunnel {
+                    upstream,
+                    slot: slot.name,
+                    websocket,
+                });
+            }
+        }
+
+        // Phase 5: respond.
+        match self.relay_body(&mut upstream, &resp).await {
+            Ok(()) => {
+                if resp.upstream_keep_alive && upstream.buf.is_empty() {
+                    up.checkin_raw(upstream);
+                }
+                if resp.close || plan.close || *self.stop.borrow() {
+                    Next::Close
+                } else {
+                    Next::KeepAlive
+                }
+            }
+            Err(e) => {
+                tracing::debug!(slot = %slot.name, upstream = %up.addr, error = %e, "response relay broke off");
+                // The response is cut short: closing is how the client learns it.
+                Next::Close
+            }
+        }
+    }
+
+    async fn fail(&mut self, plan: &Plan, error: &ProxyError) -> Next {
+        let close = plan.close || plan.body != ReqBody::None;
+        self.write_error(error.status().as_u16(), error.client_message(), close)
+            .await;
+        if close {
+            Next::Close
+        } else {
+            Next::KeepAlive
+        }
+    }
+
+    /// Waits for a complete request head and checks it. `Ok(None)`: the client closed,
+    /// stayed idle too long, or the router is stopping.
+    async fn read_head(&mut self, first: bool) -> Result<Option<Plan>, Refusal> {
+        let header_timeout = self.inner.opts.header_timeout;
+        let mut deadline = None;
+        loop {
+            if !self.buf.is_empty() {
+                if let Some(plan) = plan_request(&self.buf, &self.ip, &mut self.up_head)? {
+                    return Ok(Some(plan));
+                }
+                if self.buf.len() > MAX_HEAD {
+                    return Err(Refusal(431, "turnout: request head too large\n"));
+                }
+                // The head has begun: it must be complete within header_timeout.
+                deadline.get_or_insert_with(|| Instant::now() + header_timeout);
+            }
+            let limit = match deadline {
+                Some(d) => d,
+                None if first => Instant::now() + header_timeout,
+                None => Instant::now() + KEEP_ALIVE_IDLE,
+            };
+            self.buf.reserve(READ_CHUNK);
+            let idle = self.buf.is_empty();
+            let read = tokio::time::timeout_at(limit.into(), self.stream.read_buf(&mut self.buf));
+            let stop = &mut self.stop;
+            let stopping = async {
+                if idle {
+                    let _ = stop.wait_for(|s| *s).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                r = read => match r {
+                    Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
+                    Ok(Ok(_)) => {}
+                    Err(_) => {
+                        if !idle {
+                            tracing::debug!("request head not complete within header_timeout; connection closed");
+                        }
+                        return Ok(None);
+                    }
+                },
+                () = stopping => return Ok(None),
+            }
+        }
+    }
+
+    /// Picks an upstream and sends; once more on another upstream when nothing was sent.
+    async fn send(
+        &mut self,
+        slot: &SlotPool,
+        plan: &Plan,
+    ) -> Result<(RawConn, UpstreamRef, RespPlan), SendFail> {
+        let first = slot.pick(None).cloned().ok_or(SendFail {
+            error: ProxyError::NoHealthyUpstream { slot: slot.name },
+            retry_elsewhere: false,
+            close: false,
+            client_gone: false,
+        })?;
+        let fail = match self.send_to(&first, plan).await {
+            Ok((conn, resp)) => return Ok((conn, first, resp)),
+            Err(f) if f.retry_elsewhere => f,
+            Err(f) => return Err(f),
+        };
+        let Some(second) = slot.pick(Some(&first)).cloned() else {
+            return Err(fail);
+        };
+        tracing::debug!(slot = %slot.name, from = %first.addr, to = %second.addr, error = %fail.error, "retrying on another upstream");
+        let (conn, resp) = self.send_to(&second, plan).await?;
+        Ok((conn, second, resp))
+    }
+
+    async fn send_to(
+        &mut self,
+        up: &UpstreamRef,
+        plan: &Plan,
+    ) -> Result<(RawConn, RespPlan), SendFail> {
+        let connect_timeout = self.inner.opts.connect_timeout;
+        let resendable = plan.body == ReqBody::None && plan.idempotent;
+        while let Some((mut conn, since)) = up.checkout_raw() {
+            // A connection the upstream closed meanwhile: a resendable request finds out
+            // by sending (and goes on to the next); others only go on one that looks
+            // alive.
+            if (!resendable || since.elapsed() > STALE_AFTER) && !conn.looks_alive() {
+                continue;
+            }
+            match self.exchange(&mut conn, up, plan).await {
+                Ok(resp) => return Ok((conn, resp)),
+                Err((_, true)) if resendable => continue,
+                Err((f, _)) => return Err(f),
+            }
+        }
+        let stream = match up.connect_tcp(connect_timeout).await {
+            Ok(s) => s,
+            Err(e) => {
+                if matches!(e, ProxyError::Connect { .. }) && up.eject() {
+                    tracing::warn!(slot = %up.slot, upstream = %up.addr, error = %e, "upstream ejected until its health check passes");
+                }
+                return Err(SendFail {
+                    error: e,
+                    retry_elsewhere: true,
+                    close: false,
+                    client_gone: false,
+                });
+            }
+        };
+        let mut conn = RawConn::new(stream);
+        match self.exchange(&mut conn, up, plan).await {
+            Ok(resp) => Ok((conn, resp)),
+            Err((f, _)) => Err(f),
+        }
+    }
+
+    /// Writes the request (head and body) and reads the response head into `out`. On
+    /// failure, also says whether nothing at all came back.
+    async fn exchange(
+        &mut self,
+        conn: &mut RawConn,
+        up: &UpstreamRef,
+        plan: &Plan,
+    ) -> Result<RespPlan, (SendFail, bool)> {
+        let io_fail = |source: io::Error, touched: bool| {
+            let error = ProxyError::UpstreamIo {
+                addr: up.addr.clone(),
+                source,
+            };
+            (SendFail::upstream(error, touched), true)
+        };
+        match plan.body {
+            ReqBody::None => {
+                if let Err(e) = conn.stream.write_all(&self.up_head).await {
+                    return Err(io_fail(e, false));
+                }
+            }
+            ReqBody::Length(n) => {
+                if plan.expect_continue && (self.buf.len() as u64) < n {
+                    self.out.clear();
+                    self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    if self.flush().await.is_err() {
+                        return Err((client_gone(), false));
+                    }
+                }
+                self.send_length_body(conn, up, n).await?;
+            }
+            ReqBody::Chunked => {
+                if plan.expect_continue && self.buf.is_empty() {
+                    self.out.clear();
+                    self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    if self.flush().await.is_err() {
+                        return Err((client_gone(), false));
+                    }
+                }
+                self.send_chunked_body(conn, up).await?;
+            }
+        }
+        let timeout = self.inner.opts.response_timeout;
+        let touched = plan.body != ReqBody::None;
+        let read = async {
+            loop {
+                match respond_head(&mut conn.buf, plan, &mut self.out) {
+                    Ok(Some(resp)) => return Ok(resp),
+                    Ok(None) => {}
+                    Err(detail) => {
+                        let error = ProxyError::UpstreamProtocol {
+                            addr: up.addr.clone(),
+                            detail: detail.to_owned(),
+                        };
+                        return Err((SendFail::upstream(error, touched), false));
+                    }
+                }
+                if conn.buf.len() > MAX_HEAD {
+                    let error = ProxyError::UpstreamProtocol {
+                        addr: up.addr.clone(),
+                        detail: format!("response head larger than {MAX_HEAD} bytes"),
+                    };
+                    return Err((SendFail::upstream(error, touched), false));
+                }
+                let nothing_yet = conn.buf.is_empty();
+                match conn.fill().await {
+                    Ok(0) => {
+                        let e = io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "connection closed before a response",
+                        );
+                        let (f, _) = io_fail(e, touched);
+                        return Err((f, nothing_yet));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let (f, _) = io_fail(e, touched);
+                        return Err((f, nothing_yet));
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, read).await {
+            Ok(r) => r,
+            Err(_) => {
+                let error = ProxyError::ResponseTimeout {
+                    addr: up.addr.clone(),
+                    timeout_ms: timeout.as_millis(),
+                };
+                Err((SendFail::upstream(error, touched), false))
+            }
+        }
+    }
+
+    /// Sends the head and a `Content-Length` body, as it arrives from the client.
+    async fn send_length_body(
+        &mut self,
+        conn: &mut RawConn,
+        up: &UpstreamRef,
+        n: u64,
+    ) -> Result<(), (SendFail, bool)> {
+        let up_fail = |source: io::Error| {
+            let error = ProxyError::UpstreamIo {
+                addr: up.addr.clone(),
+                source,
+            };
+            (SendFail::upstream(error, true), false)
+        };
+        let mut left = n;
+        // What is already here goes out with the head, in one write.
+        let now = usize::try_from(left)
+            .unwrap_or(usize::MAX)
+            .min(self.buf.len());
+        self.up_head.extend_from_slice(&self.buf[..now]);
+        self.buf.advance(now);
+        left -= now as u64;
+        let sent = conn.stream.write_all(&self.up_head).await;
+        if let Err(e) = sent {
+            // Nothing of the body was read beyond what is buffered: still, the head
+            // may have gone out, so no resend.
+            return Err(up_fail(e));
+        }
+        while left > 0 {
+            self.buf.reserve(READ_CHUNK);
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return Err((client_gone(), false)),
+                Ok(_) => {}
+            }
+            let take = usize::try_from(left)
+                .unwrap_or(usize::MAX)
+                .min(self.buf.len());
+            if let Err(e) = conn.stream.write_all(&self.buf[..take]).await {
+                return Err(up_fail(e));
+            }
+            self.buf.advance(take);
+            left -= take as u64;
+        }
+        Ok(())
+    }
+
+    /// Sends the head and a chunked body: decoded from the client, encoded anew.
+    async fn send_chunked_body(
+        &mut self,
+        conn: &mut RawConn,
+        up: &UpstreamRef,
+    ) -> Result<(), (SendFail, bool)> {
+        let up_fail = |source: io::Error| {
+            let error = ProxyError::UpstreamIo {
+                addr: up.addr.clone(),
+                source,
+            };
+            (SendFail::upstream(error, true), false)
+        };
+        let mut dec = Chunked::default();
+        loop {
+            loop {
+                match dec.decode(&mut self.buf) {
+                    Ok(Some(data)) => encode_chunk(&mut self.up_head, &data),
+                    Ok(None) => break,
+                    Err(()) => return Err((bad_request_body(), false)),
+                }
+            }
+            if dec.is_done() {
+                self.up_head.extend_from_slice(b"0\r\n\r\n");
+            }
+            if !self.up_head.is_empty() {
+                if let Err(e) = conn.stream.write_all(&self.up_head).await {
+                    return Err(up_fail(e));
+                }
+                self.up_head.clear();
+            }
+            if dec.is_done() {
+                return Ok(());
+            }
+            self.buf.reserve(READ_CHUNK);
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return Err((client_gone(), false)),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Relays the response body; `out` holds the response head already.
+    async fn relay_body(&mut self, conn: &mut RawConn, resp: &RespPlan) -> io::Result<()> {
+        match resp.framing {
+            Framing::Empty | Framing::Length(0) => self.flush().await,
+            Framing::Length(n) => {
+                let mut left = n;
+                loop {
+                    let take = usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(conn.buf.len());
+                    self.out.extend_from_slice(&conn.buf[..take]);
+                    conn.buf.advance(take);
+                    left -= take as u64;
+                    if left == 0 {
+                        return self.flush().await;
+                    }
+                    self.flush().await?;
+                    if conn.fill().await? == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "upstream closed the connection before the end of the body",
+                        ));
+                    }
+                }
+            }
+            Framing::Chunked => {
+                let mut dec = Chunked::default();
+                loop {
+                    loop {
+                        match dec.decode(&mut conn.buf) {
+                            Ok(Some(data)) => self.body_piece(&data, resp.client_chunked),
+                            Ok(None) => break,
+                            Err(()) => {
+                                return Err(io::Error::new(
+                                    io::ErrorKind::InvalidData,
+                                    "invalid chunked coding from upstream",
+                                ))
+                            }
+                        }
+                        if self.out.len() >= FLUSH_AT {
+                            self.flush().await?;
+                        }
+                    }
+                    if dec.is_done() {
+                        if resp.client_chunked {
+                            self.out.extend_from_slice(b"0\r\n\r\n");
+                        }
+                        return self.flush().await;
+                    }
+                    self.flush().await?;
+                    if conn.fill().await? == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "upstream closed the connection before the end of the body",
+                        ));
+                    }
+                }
+            }
+            Framing::UntilClose => loop {
+                if !conn.buf.is_empty() {
+                    let data = conn.buf.split().freeze();
+                    self.body_piece(&data, resp.client_chunked);
+                }
+                self.flush().await?;
+                if conn.fill().await? == 0 {
+                    if resp.client_chunked {
+                        self.out.extend_from_slice(b"0\r\n\r\n");
+                    }
+                    return self.flush().await;
+                }
+            },
+        }
+    }
+
+    fn body_piece(&mut self, data: &[u8], chunked: bool) {
+        if chunked {
+            encode_chunk(&mut self.out, data);
+        } else {
+            self.out.extend_from_slice(data);
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    async fn write_error(&mut self, status: u16, message: &str, close: bool) {
+        self.out.clear();
+        let reason = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        self.out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n", message.len()).as_bytes());
+        if close {
+            self.out.extend_from_slice(b"connection: close\r\n");
+        }
+        self.out.extend_from_slice(b"\r\n");
+        self.out.extend_from_slice(message.as_bytes());
+        let _ = self.flush().await;
+    }
+
+    async fn tunnel(self, t: Tunnel) {
+        let Tunnel {
+            mut upstream,
+            slot,
+            websocket,
+        } = t;
+        // Bytes the client sent after its upgrade request belong to the new protocol.
+        if !self.buf.is_empty() && upstream.stream.write_all(&self.buf).await.is_err() {
+            return;
+        }
+        let early = upstream.buf.split().freeze();
+        tunnel::relay(
+            self.stream,
+            upstream.stream,
+            early,
+            slot,
+            self.inner.live_rx.clone(),
+            self.inner.opts.upgrade_drain,
+            websocket,
+        )
+        .await;
+    }
+}
+
+fn client_gone() -> SendFail {
+    SendFail {
+        error: ProxyError::NoLiveSlot,
+        retry_elsewhere: false,
+        close: true,
+        client_gone: true,
+    }
+}
+
+fn bad_request_body() -> SendFail {
+    SendFail {
+        error: ProxyError::BadRequestBody,
+        retry_elsewhere: false,
+        close: true,
+        client_gone: false,
+    }
+}
+
+fn encode_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn eq(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|b| *b == b',')
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+}
+
+/// Headers that never cross turnout (RFC 9110 §7.6.1), plus those turnout sets itself.
+fn hop_by_hop(name: &str) -> bool {
+    [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ]
+    .iter()
+    .any(|h| eq(name, h))
+}
+
+/// Parses and checks a request head in `buf`, and writes the upstream's head into
+/// `up`. `Ok(None)`: the head is not complete yet.
+fn plan_request(buf: &[u8], ip: &[u8], up: &mut Vec<u8>) -> Result<Option<Plan>, Refusal> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut slots);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Refusal(431, "turnout: too many request header lines\n"))
+        }
+        Err(_) => return Err(Refusal(400, "turnout: malformed request head\n")),
+    };
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(Refusal(400, "turnout: malformed request line\n"));
+    };
+
+    // One pass for the facts that decide framing and routing.
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut transfer_encoding = false;
+    let mut host: Option<&[u8]> = None;
+    let mut upgrade: Option<&[u8]> = None;
+    let mut close = minor == 0;
+    let mut conn_upgrade = false;
+    let mut named: [&[u8]; 8] = [&[]; 8];
+    let mut n_named = 0;
+    let mut expect_continue = false;
+    let mut has_xfh = false;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if eq(name, "content-length") {
+            for part in tokens(h.value) {
+                let n = std::str::from_utf8(part)
+                    .ok()
+                    .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or(Refusal(400, "turnout: invalid Content-Length\n"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(Refusal(400, "turnout: conflicting Content-Length values\n"));
+                }
+                length = Some(n);
+            }
+        } else if eq(name, "transfer-encoding") {
+            for coding in tokens(h.value) {
+                if chunked {
+                    return Err(Refusal(
+                        400,
+                        "turnout: chunked must be the last transfer coding\n",
+                    ));
+                }
+                if coding.eq_ignore_ascii_case(b"chunked") {
+                    chunked = true;
+                } else {
+                    return Err(Refusal(501, "turnout: unsupported transfer coding\n"));
+                }
+            }
+            transfer_encoding = true;
+        } else if eq(name, "host") {
+            if host.is_some() {
+                return Err(Refusal(400, "turnout: more than one Host header\n"));
+            }
+            host = Some(h.value);
+        } else if eq(name, "connection") {
+            for t in tokens(h.value) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                    close = false;
+                } else if t.eq_ignore_ascii_case(b"upgrade") {
+                    conn_upgrade = true;
+                } else if n_named < named.len() {
+                    named[n_named] = t;
+                    n_named += 1;
+                }
+            }
+        } else if eq(name, "upgrade") {
+            upgrade = Some(h.value);
+        } else if eq(name, "expect") {
+            expect_continue = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        } else if eq(name, "x-forwarded-host") {
+            has_xfh = true;
+        }
+    }
+    if transfer_encoding && !chunked {
+        return Err(Refusal(400, "turnout: invalid Transfer-Encoding\n"));
+    }
+    if transfer_encoding && length.is_some() {
+        return Err(Refusal(
+            400,
+            "turnout: Content-Length together with Transfer-Encoding\n",
+        ));
+    }
+    if transfer_encoding && minor == 0 {
+        return Err(Refusal(
+            400,
+            "turnout: Transfer-Encoding in an HTTP/1.0 request\n",
+        ));
+    }
+    // Origin form, or absolute form whose authority stands in for Host.
+    let (path, authority) = if target.starts_with('/') || target == "*" {
+        (target, None)
+    } else if let Some(rest) = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+    {
+        let split = rest.find('/').unwrap_or(rest.len());
+        let path = if split == rest.len() {
+            "/"
+        } else {
+            &rest[split..]
+        };
+        (path, Some(&rest[..split]))
+    } else {
+        return Err(Refusal(400, "turnout: invalid request target\n"));
+    };
+    if minor == 1 && host.is_none() && authority.is_none() {
+        return Err(Refusal(400, "turnout: HTTP/1.1 request without Host\n"));
+    }
+    let body = if chunked {
+        ReqBody::Chunked
+    } else {
+        match length {
+            Some(n) if n > 0 => ReqBody::Length(n),
+            _ => ReqBody::None,
+        }
+    };
+    let upgrade = match upgrade {
+        Some(proto) if conn_upgrade && minor == 1 => Some(proto),
+        _ => None,
+    };
+
+    up.clear();
+    up.extend_from_slice(method.as_bytes());
+    up.push(b' ');
+    up.extend_from_slice(path.as_bytes());
+    up.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut forwarded_for = false;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if hop_by_hop(name)
+            || eq(name, "content-length")
+            || eq(name, "expect")
+            || eq(name, "x-forwarded-for")
+            || eq(name, "x-forwarded-proto")
+            || named[..n_named]
+                .iter()
+                .any(|t| name.as_bytes().eq_ignore_ascii_case(t))
+        {
+            if eq(name, "x-forwarded-for") {
+                // Every earlier hop, in order, then this client.
+                if !forwarded_for {
+                    up.extend_from_slice(b"x-forwarded-for: ");
+                    forwarded_for = true;
+                } else {
+                    up.extend_from_slice(b", ");
+                }
+                up.extend_from_slice(h.value);
+                // The line is finished below, after all x-forwarded-for lines.
+                up.push(0);
+            }
+            continue;
+        }
+        up.extend_from_slice(name.as_bytes());
+        up.extend_from_slice(b": ");
+        up.extend_from_slice(h.value);
+        up.extend_from_slice(b"\r\n");
+    }
+    if forwarded_for {
+        // Join the collected values: they were written with a 0 marker after each.
+        finish_forwarded_for(up, ip);
+    } else {
+        up.extend_from_slice(b"x-forwarded-for: ");
+        up.extend_from_slice(ip);
+        up.extend_from_slice(b"\r\n");
+    }
+    up.extend_from_slice(b"x-forwarded-proto: http\r\n");
+    let host = host.or(authority.map(str::as_bytes));
+    if let (Some(a), None) = (authority, req.headers.iter().find(|h| eq(h.name, "host"))) {
+        up.extend_from_slice(b"host: ");
+        up.extend_from_slice(a.as_bytes());
+        up.extend_from_slice(b"\r\n");
+    }
+    if let (false, Some(host)) = (has_xfh, host) {
+        up.extend_from_slice(b"x-forwarded-host: ");
+        up.extend_from_slice(host);
+        up.extend_from_slice(b"\r\n");
+    }
+    match body {
+        ReqBody::Length(n) => {
+            up.extend_from_slice(b"content-length: ");
+            up.extend_from_slice(n.to_string().as_bytes());
+            up.extend_from_slice(b"\r\n");
+        }
+        ReqBody::Chunked => up.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        ReqBody::None if length == Some(0) => up.extend_from_slice(b"content-length: 0\r\n"),
+        ReqBody::None => {}
+    }
+    if let Some(proto) = upgrade {
+        up.extend_from_slice(b"connection: upgrade\r\nupgrade: ");
+        up.extend_from_slice(proto);
+        up.extend_from_slice(b"\r\n");
+    }
+    up.extend_from_slice(b"\r\n");
+
+    Ok(Some(Plan {
+        head_len,
+        head_request: method == "HEAD",
+        idempotent: matches!(
+            method,
+            "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+        ),
+        minor,
+        body,
+        close,
+        upgrade: upgrade.map(|p| p.trim_ascii().eq_ignore_ascii_case(b"websocket")),
+        expect_continue,
+    }))
+}
+
+/// The `x-forwarded-for` values were written one after another, each followed by a 0
+/// byte, in the middle of the head; move them into one line at the end.
+fn finish_forwarded_for(up: &mut Vec<u8>, ip: &[u8]) {
+    const PREFIX: &[u8] = b"x-forwarded-for: ";
+    let Some(start) = up.windows(PREFIX.len()).position(|w| w == PREFIX) else {
+        return;
+    };
+    let Some(last_zero) = up.iter().rposition(|b| *b == 0) else {
+        return;
+    };
+    let mut line: Vec<u8> = up[start..=last_zero]
+        .iter()
+        .copied()
+        .filter(|b| *b != 0)
+        .collect();
+    up.drain(start..=last_zero);
+    line.extend_from_slice(b", ");
+    line.extend_from_slice(ip);
+    line.extend_from_slice(b"\r\n");
+    up.extend_from_slice(&line);
+}
+
+/// Parses the upstream's response head in `buf` (skipping interim 1xx responses) and
+/// writes the client's response head into `out`. `Ok(None)`: not complete yet.
+fn respond_head(
+    buf: &mut BytesMut,
+    plan: &Plan,
+    out: &mut Vec<u8>,
+) -> Result<Option<RespPlan>, &'static str> {
+    loop {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut slots);
+        let len = match resp.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err("invalid response head"),
+        };
+        let status = resp.code.unwrap_or(0);
+        if (100..200).contains(&status) && status != 101 {
+            buf.advance(len);
+            continue;
+        }
+        if !(101..=999).contains(&status) {
+            return Err("invalid status code");
+        }
+        let minor = resp.version.unwrap_or(1);
+        let mut length: Option<u64> = None;
+        let mut te: Option<bool> = None; // Some(chunked last)
+        let mut up_close = minor == 0;
+        let mut named: [&[u8]; 8] = [&[]; 8];
+        let mut n_named = 0;
+        for h in resp.headers.iter() {
+            if eq(h.name, "content-length") {
+                for part in tokens(h.value) {
+                    let n = std::str::from_utf8(part)
+                        .ok()
+                        .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .ok_or("invalid content-length")?;
+                    if length.is_some_and(|l| l != n) {
+                        return Err("conflicting content-length values");
+                    }
+                    length = Some(n);
+                }
+            } else if eq(h.name, "transfer-encoding") {
+                te = Some(
+                    tokens(h.value)
+                        .last()
+                        .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")),
+                );
+            } else if eq(h.name, "connection") {
+                for t in tokens(h.value) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        up_close = true;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                        up_close = false;
+                    } else if n_named < named.len() {
+                        named[n_named] = t;
+                        n_named += 1;
+                    }
+                }
+            }
+        }
+        let framing = if plan.head_request || status == 101 || status == 204 || status == 304 {
+            Framing::Empty
+        } else {
+            match (te, length) {
+                (Some(true), _) => Framing::Chunked,
+                (Some(false), _) | (None, None) => Framing::UntilClose,
+                (None, Some(n)) => Framing::Length(n),
+            }
+        };
+        let stream_body = matches!(framing, Framing::Chunked | Framing::UntilClose);
+        let client_chunked = stream_body && plan.minor == 1;
+        let close = plan.close || (stream_body && plan.minor == 0);
+
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(itoa3(status).as_slice());
+        out.push(b' ');
+        out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for h in resp.headers.iter() {
+            let name = h.name;
+            let keep_upgrade = status == 101 && eq(name, "upgrade");
+            let listed = named[..n_named]
+                .iter()
+                .any(|t| name.as_bytes().eq_ignore_ascii_case(t));
+            if !keep_upgrade
+                && (hop_by_hop(name) || listed || (stream_body && eq(name, "content-length")))
+            {
+                continue;
+            }
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b"\r\n");
+        }
+        if client_chunked {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        if status == 101 {
+            out.extend_from_slice(b"connection: upgrade\r\n");
+        } else if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        } else if plan.minor == 0 {
+            out.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        buf.advance(len);
+        return Ok(Some(RespPlan {
+            status,
+            framing,
+            upstream_keep_alive: !up_close && framing != Framing::UntilClose && status != 101,
+            client_chunked,
+            close,
+        }));
+    }
+}
+
+/// A three-digit status code as ASCII.
+fn itoa3(n: u16) -> [u8; 3] {
+    [
+        b'0' + (n / 100 % 10) as u8,
+        b'0' + (n / 10 % 10) as u8,
+        b'0' + (n % 10) as u8,
+    ]
+}
+
+/// A socket with some bytes already read from it, to be read again first.
+struct Prefixed {
+    pre: Bytes,
+    io: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(buf.remaining());
+            buf.put_slice(&self.pre[..n]);
+            self.pre.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send(
+    inner: Arc<Inner>,
+    s: TcpStream,
+    p: SocketAddr,
+    w: watch::Receiver<bool>,
+) -> impl Future + Send {
+    serve_conn(inner, s, p, w)
+}
