@@ -324,10 +324,12 @@ impl ClientConn {
         let mut deadline = None;
         loop {
             if !self.buf.is_empty() {
-                if let Some(plan) = plan_request(&self.buf, &self.ip, &mut self.up_head)? {
+                // Only the first MAX_HEAD bytes may hold the head.
+                let window = &self.buf[..self.buf.len().min(MAX_HEAD)];
+                if let Some(plan) = plan_request(window, &self.ip, &mut self.up_head)? {
                     return Ok(Some(plan));
                 }
-                if self.buf.len() > MAX_HEAD {
+                if self.buf.len() >= MAX_HEAD {
                     return Err(Refusal(431, "turnout: request head too large\n"));
                 }
                 // The head has begun: it must be complete within header_timeout.
@@ -823,7 +825,6 @@ fn plan_request(buf: &[u8], ip: &[u8], up: &mut Vec<u8>) -> Result<Option<Plan>,
     let mut named: [&[u8]; 8] = [&[]; 8];
     let mut n_named = 0;
     let mut expect_continue = false;
-    let mut has_xfh = false;
     for h in req.headers.iter() {
         let name = h.name;
         if eq(name, "content-length") {
@@ -875,8 +876,6 @@ fn plan_request(buf: &[u8], ip: &[u8], up: &mut Vec<u8>) -> Result<Option<Plan>,
             upgrade = Some(h.value);
         } else if eq(name, "expect") {
             expect_continue = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
-        } else if eq(name, "x-forwarded-host") {
-            has_xfh = true;
         }
     }
     if transfer_encoding && !chunked {
@@ -893,6 +892,9 @@ fn plan_request(buf: &[u8], ip: &[u8], up: &mut Vec<u8>) -> Result<Option<Plan>,
             400,
             "turnout: Transfer-Encoding in an HTTP/1.0 request\n",
         ));
+    }
+    if method == "CONNECT" {
+        return Err(Refusal(405, "turnout: CONNECT is not supported\n"));
     }
     // Origin form, or absolute form whose authority stands in for Host.
     let (path, authority) = if target.starts_with('/') || target == "*" {
@@ -940,6 +942,7 @@ fn plan_request(buf: &[u8], ip: &[u8], up: &mut Vec<u8>) -> Result<Option<Plan>,
             || eq(name, "expect")
             || eq(name, "x-forwarded-for")
             || eq(name, "x-forwarded-proto")
+            || eq(name, "x-forwarded-host")
             || named[..n_named]
                 .iter()
                 .any(|t| name.as_bytes().eq_ignore_ascii_case(t))
@@ -978,7 +981,9 @@ fn plan_request(buf: &[u8], ip: &[u8], up: &mut Vec<u8>) -> Result<Option<Plan>,
         up.extend_from_slice(a.as_bytes());
         up.extend_from_slice(b"\r\n");
     }
-    if let (false, Some(host)) = (has_xfh, host) {
+    // turnout is the edge: the forwarded host is the one this client asked for, never a
+    // value the client made up.
+    if let Some(host) = host {
         up.extend_from_slice(b"x-forwarded-host: ");
         up.extend_from_slice(host);
         up.extend_from_slice(b"\r\n");
@@ -1224,4 +1229,189 @@ fn _assert_send(
     w: watch::Receiver<bool>,
 ) -> impl Future + Send {
     serve_conn(inner, s, p, w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(head: &str) -> Result<(Plan, String), u16> {
+        let mut up = Vec::new();
+        match plan_request(head.as_bytes(), b"10.0.0.9", &mut up) {
+            Ok(Some(p)) => Ok((p, String::from_utf8(up).unwrap())),
+            Ok(None) => Err(0),
+            Err(Refusal(status, _)) => Err(status),
+        }
+    }
+
+    #[test]
+    fn hostile_and_malformed_heads_are_refused() {
+        let cases: &[(&str, &str, u16)] = &[
+            ("CL with TE", "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n", 400),
+            ("two lengths", "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n", 400),
+            ("list of lengths", "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3, 4\r\n\r\n", 400),
+            ("non-numeric length", "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3a\r\n\r\n", 400),
+            ("signed length", "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: +3\r\n\r\n", 400),
+            ("chunked not last", "POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked, gzip\r\n\r\n", 400),
+            ("unknown coding", "POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: gzip\r\n\r\n", 501),
+            ("TE in HTTP/1.0", "POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n", 400),
+            ("space before colon", "GET / HTTP/1.1\r\nhost : a\r\n\r\n", 400),
+            ("obs-fold", "GET / HTTP/1.1\r\nhost: a\r\nx-a: b\r\n c\r\n\r\n", 400),
+            ("NUL in value", "GET / HTTP/1.1\r\nhost: a\r\nx-a: b\0c\r\n\r\n", 400),
+            ("bare CR", "GET / HTTP/1.1\r\nhost: a\rx-a: b\r\n\r\n", 400),
+            ("no Host in 1.1", "GET / HTTP/1.1\r\nx-a: b\r\n\r\n", 400),
+            ("two Hosts", "GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n", 400),
+            ("bad target", "GET foo HTTP/1.1\r\nhost: a\r\n\r\n", 400),
+            ("CONNECT", "CONNECT a:443 HTTP/1.1\r\nhost: a:443\r\n\r\n", 405),
+        ];
+        for (what, head, status) in cases {
+            match plan(head) {
+                Err(got) => assert_eq!(got, *status, "{what}"),
+                Ok((_, up)) => panic!("{what}: accepted, would send {up:?}"),
+            }
+        }
+        let many = format!(
+            "GET / HTTP/1.1\r\nhost: a\r\n{}\r\n",
+            "x-a: 1\r\n".repeat(MAX_HEADERS)
+        );
+        assert_eq!(plan(&many).err(), Some(431));
+        assert_eq!(
+            plan("GET / HTTP/1.1\r\nhost: a\r\n").err(),
+            Some(0),
+            "incomplete head waits"
+        );
+    }
+
+    #[test]
+    fn upstream_head_is_rewritten() {
+        let (p, up) = plan(
+            "GET /a?b=1 HTTP/1.1\r\nHost: shop.example\r\nConnection: keep-alive, x-hop\r\nx-hop: 1\r\n\
+             keep-alive: timeout=5\r\nTE: trailers\r\nProxy-Connection: x\r\nX-Forwarded-For: 1.2.3.4\r\n\
+             x-forwarded-for: 5.6.7.8\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\n\
+             accept: */*\r\n\r\n",
+        )
+        .unwrap();
+        assert!(!p.close && p.idempotent && p.body == ReqBody::None);
+        assert_eq!(
+            up,
+            "GET /a?b=1 HTTP/1.1\r\nHost: shop.example\r\naccept: */*\r\n\
+             x-forwarded-for: 1.2.3.4, 5.6.7.8, 10.0.0.9\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: shop.example\r\n\r\n"
+        );
+        // Absolute form: the authority stands in for a missing Host.
+        let (_, up) = plan("GET http://api.example/x HTTP/1.1\r\n\r\n").unwrap();
+        assert!(up.starts_with("GET /x HTTP/1.1\r\n"), "{up}");
+        assert!(up.contains("host: api.example\r\n"), "{up}");
+        // Bodies: the framing upstream is turnout's own.
+        let (p, up) = plan("POST / HTTP/1.1\r\nhost: a\r\nTransfer-Encoding: chunked\r\nexpect: 100-continue\r\n\r\n").unwrap();
+        assert!(p.body == ReqBody::Chunked && p.expect_continue && !p.idempotent);
+        assert!(
+            up.contains("transfer-encoding: chunked\r\n") && !up.contains("expect"),
+            "{up}"
+        );
+        let (p, up) = plan("PUT / HTTP/1.1\r\nhost: a\r\ncontent-length: 12, 12\r\n\r\n").unwrap();
+        assert!(p.body == ReqBody::Length(12));
+        assert_eq!(up.matches("content-length").count(), 1, "{up}");
+        // HTTP/1.0 closes unless it asks for keep-alive.
+        assert!(plan("GET / HTTP/1.0\r\n\r\n").unwrap().0.close);
+        assert!(
+            !plan("GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+                .unwrap()
+                .0
+                .close
+        );
+        assert!(
+            plan("GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+                .unwrap()
+                .0
+                .close
+        );
+        // Upgrades keep their protocol.
+        let (p, up) = plan("GET /ws HTTP/1.1\r\nhost: a\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-key: k\r\n\r\n").unwrap();
+        assert_eq!(p.upgrade, Some(true));
+        assert!(
+            up.contains("connection: upgrade\r\nupgrade: websocket\r\n"),
+            "{up}"
+        );
+    }
+
+    fn respond(upstream: &str, request: &str) -> (Option<RespPlan>, String, usize) {
+        let (p, _) = plan(request).unwrap();
+        let mut buf = BytesMut::from(upstream.as_bytes());
+        let mut out = Vec::new();
+        let r = respond_head(&mut buf, &p, &mut out).unwrap();
+        (r, String::from_utf8(out).unwrap(), buf.len())
+    }
+
+    #[test]
+    fn response_head_is_rewritten() {
+        let get11 = "GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+        let (r, out, left) = respond("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: x-h\r\nx-h: 1\r\nkeep-alive: 5\r\nx-a: 1\r\n\r\nhi", get11);
+        let r = r.unwrap();
+        assert_eq!(
+            (r.status, r.framing, r.upstream_keep_alive, r.close),
+            (200, Framing::Length(2), true, false)
+        );
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: 1\r\n\r\n"
+        );
+        assert_eq!(left, 2, "the body stays in the buffer");
+        // Interim responses are skipped; chunked upstream, chunked to an HTTP/1.1 client
+        // with the length dropped.
+        let (r, out, _) = respond(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 9\r\n\r\n",
+            get11,
+        );
+        let r = r.unwrap();
+        assert_eq!((r.framing, r.client_chunked), (Framing::Chunked, true));
+        assert_eq!(out, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
+        // To an HTTP/1.0 client a streamed body ends with the connection.
+        let (r, out, _) = respond(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n",
+        );
+        let r = r.unwrap();
+        assert!(r.close && !r.client_chunked);
+        assert!(out.ends_with("connection: close\r\n\r\n"), "{out}");
+        // Upstream closes: not reused; HTTP/1.0 upstream: not reused.
+        let (r, _, _) = respond(
+            "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            get11,
+        );
+        assert!(!r.unwrap().upstream_keep_alive);
+        let (r, _, _) = respond("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n", get11);
+        assert!(!r.unwrap().upstream_keep_alive);
+        // 101 keeps Upgrade and says so.
+        let (r, out, _) = respond(
+            "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-accept: x\r\n\r\n",
+            "GET /ws HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+        );
+        assert_eq!(r.unwrap().framing, Framing::Empty);
+        assert_eq!(out, "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nsec-websocket-accept: x\r\nconnection: upgrade\r\n\r\n");
+        // HEAD and 304 have no body whatever the headers say.
+        let (r, _, _) = respond(
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+            "HEAD / HTTP/1.1\r\nhost: a\r\n\r\n",
+        );
+        assert_eq!(r.unwrap().framing, Framing::Empty);
+        let (r, _, _) = respond(
+            "HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n",
+            get11,
+        );
+        assert_eq!(r.unwrap().framing, Framing::Empty);
+        // Incomplete: wait.
+        let (r, out, _) = respond("HTTP/1.1 200 OK\r\ncontent-len", get11);
+        assert!(r.is_none() && out.is_empty());
+    }
+
+    #[test]
+    fn forwarded_for_lines_are_joined_in_order() {
+        let mut up = b"GET / HTTP/1.1\r\nx-forwarded-for: 1.1.1.1\0, 2.2.2.2\0host: a\r\n".to_vec();
+        finish_forwarded_for(&mut up, b"9.9.9.9");
+        assert_eq!(
+            String::from_utf8(up).unwrap(),
+            "GET / HTTP/1.1\r\nhost: a\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 9.9.9.9\r\n"
+        );
+    }
 }

@@ -241,9 +241,13 @@ impl ConnService {
         };
         headers.insert(X_FORWARDED_FOR.clone(), xff);
         headers.insert(X_FORWARDED_PROTO.clone(), self.proto.clone());
-        if !headers.contains_key(&X_FORWARDED_HOST) {
-            if let Some(host) = headers.get(header::HOST).cloned() {
+        // turnout is the edge: the forwarded host is the one this client asked for.
+        match headers.get(header::HOST).cloned() {
+            Some(host) => {
                 headers.insert(X_FORWARDED_HOST.clone(), host);
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
             }
         }
     }

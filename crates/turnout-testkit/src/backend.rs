@@ -31,6 +31,7 @@ struct Shared {
 /// - `GET /healthz`: 200 while healthy, 503 otherwise;
 /// - `POST /upload`: reads the body as it streams and answers the byte count;
 /// - `GET /download?bytes=N`: streams N bytes;
+/// - `GET /chunked?n=N`: N lines `piece-I`, chunked;
 /// - `GET /headers`: the request headers as JSON;
 /// - `GET /ws`: a WebSocket echo that answers `NAME:MESSAGE`;
 /// - anything else: the name, with header `x-backend: NAME`.
@@ -155,6 +156,20 @@ async fn handle(s: Arc<Shared>, mut req: Request<Incoming>) -> Result<Response<B
             let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
             r.headers_mut().insert(header::CONTENT_LENGTH, total.into());
             r
+        }
+        "/chunked" => {
+            // N pieces "piece-I\n", sent without a length: the chunked coding.
+            let n: usize = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("n="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(3);
+            let pieces = (0..n)
+                .map(|i| Ok::<_, Infallible>(Frame::data(Bytes::from(format!("piece-{i}\n")))));
+            Response::new(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+                pieces,
+            ))))
         }
         "/headers" => {
             let map: serde_json::Map<String, serde_json::Value> = req
