@@ -93,6 +93,12 @@ impl ProxyError {
         }
     }
 
+    /// Whether the upstream refused the connection: the one failure that ejects it at
+    /// once (local trouble such as running out of file descriptors must not).
+    pub fn is_refused(&self) -> bool {
+        matches!(self, ProxyError::Connect { source, .. } if source.kind() == std::io::ErrorKind::ConnectionRefused)
+    }
+
     /// Whether nothing of the request reached the upstream, so that any request may be
     /// sent again elsewhere.
     pub fn nothing_sent(&self) -> bool {

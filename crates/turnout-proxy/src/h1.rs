@@ -79,6 +79,8 @@ impl RawConn {
         if let Err(e) = self.stream.write_all(&self.wbuf).await {
             return Err(io_err(e, true));
         }
+        // Anything at all from the upstream (an interim 1xx too) proves it got the request.
+        let mut received = false;
         let read = async {
             loop {
                 if let Some(head) = self.parse_head(addr, parts.method == Method::HEAD)? {
@@ -93,8 +95,10 @@ impl RawConn {
                         nothing_received: false,
                     });
                 }
-                let nothing_yet = self.buf.is_empty();
-                match self.fill().await {
+                let nothing_yet = !received;
+                let filled = self.fill().await;
+                received |= matches!(filled, Ok(n) if n > 0);
+                match filled {
                     Ok(0) => {
                         let e = io::Error::new(
                             io::ErrorKind::UnexpectedEof,

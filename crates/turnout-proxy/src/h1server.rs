@@ -255,12 +255,7 @@ impl ClientConn {
                 if f.client_gone {
                     return Next::Close;
                 }
-                match f.error {
-                    ProxyError::NoHealthyUpstream { .. } => {
-                        tracing::debug!(slot = %slot.name, error = %f.error, "request failed")
-                    }
-                    _ => tracing::warn!(slot = %slot.name, error = %f.error, "request failed"),
-                }
+                log_failure(&self.inner, slot.name, &f.error);
                 let close = f.close || !matches!(plan.body, ReqBody::None);
                 let (status, message) = (f.error.status().as_u16(), f.error.client_message());
                 self.write_error(status, message, close || plan.close).await;
@@ -401,21 +396,21 @@ impl ClientConn {
         let resendable = plan.body == ReqBody::None && plan.idempotent;
         while let Some((mut conn, since)) = up.checkout_raw() {
             // A connection the upstream closed meanwhile: a resendable request finds out
-            // by sending (and goes on to the next); others only go on one that looks
-            // alive.
+            // by sending, and is sent once more on a fresh connection; others only go on
+            // one that looks alive.
             if (!resendable || since.elapsed() > STALE_AFTER) && !conn.looks_alive() {
                 continue;
             }
             match self.exchange(&mut conn, up, plan).await {
                 Ok(resp) => return Ok((conn, resp)),
-                Err((_, true)) if resendable => continue,
+                Err((_, true)) if resendable => break,
                 Err((f, _)) => return Err(f),
             }
         }
         let stream = match up.connect_tcp(connect_timeout).await {
             Ok(s) => s,
             Err(e) => {
-                if matches!(e, ProxyError::Connect { .. }) && up.eject() {
+                if e.is_refused() && up.eject() {
                     tracing::warn!(slot = %up.slot, upstream = %up.addr, error = %e, "upstream ejected until its health check passes");
                 }
                 return Err(SendFail {
@@ -477,6 +472,8 @@ impl ClientConn {
         }
         let timeout = self.inner.opts.response_timeout;
         let touched = plan.body != ReqBody::None;
+        // Anything at all from the upstream (an interim 1xx too) proves it got the request.
+        let mut received = false;
         let read = async {
             loop {
                 match respond_head(&mut conn.buf, plan, &mut self.out) {
@@ -497,8 +494,10 @@ impl ClientConn {
                     };
                     return Err((SendFail::upstream(error, touched), false));
                 }
-                let nothing_yet = conn.buf.is_empty();
-                match conn.fill().await {
+                let nothing_yet = !received;
+                let filled = conn.fill().await;
+                received |= matches!(filled, Ok(n) if n > 0);
+                match filled {
                     Ok(0) => {
                         let e = io::Error::new(
                             io::ErrorKind::UnexpectedEof,
@@ -557,8 +556,9 @@ impl ClientConn {
         }
         while left > 0 {
             self.buf.reserve(READ_CHUNK);
-            match self.stream.read_buf(&mut self.buf).await {
-                Ok(0) | Err(_) => return Err((client_gone(), false)),
+            let idle = self.inner.opts.response_timeout;
+            match tokio::time::timeout(idle, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err((client_gone(), false)),
                 Ok(_) => {}
             }
             let take = usize::try_from(left)
@@ -608,15 +608,18 @@ impl ClientConn {
                 return Ok(());
             }
             self.buf.reserve(READ_CHUNK);
-            match self.stream.read_buf(&mut self.buf).await {
-                Ok(0) | Err(_) => return Err((client_gone(), false)),
+            let idle = self.inner.opts.response_timeout;
+            match tokio::time::timeout(idle, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err((client_gone(), false)),
                 Ok(_) => {}
             }
         }
     }
 
-    /// Relays the response body; `out` holds the response head already.
+    /// Relays the response body; `out` holds the response head already. Each wait for
+    /// body data is bounded by `response_timeout`.
     async fn relay_body(&mut self, conn: &mut RawConn, resp: &RespPlan) -> io::Result<()> {
+        let idle = self.inner.opts.response_timeout;
         match resp.framing {
             Framing::Empty | Framing::Length(0) => self.flush().await,
             Framing::Length(n) => {
@@ -632,7 +635,7 @@ impl ClientConn {
                         return self.flush().await;
                     }
                     self.flush().await?;
-                    if conn.fill().await? == 0 {
+                    if fill_within(conn, idle).await? == 0 {
                         return Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
                             "upstream closed the connection before the end of the body",
@@ -665,7 +668,7 @@ impl ClientConn {
                         return self.flush().await;
                     }
                     self.flush().await?;
-                    if conn.fill().await? == 0 {
+                    if fill_within(conn, idle).await? == 0 {
                         return Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
                             "upstream closed the connection before the end of the body",
@@ -679,7 +682,7 @@ impl ClientConn {
                     self.body_piece(&data, resp.client_chunked);
                 }
                 self.flush().await?;
-                if conn.fill().await? == 0 {
+                if fill_within(conn, idle).await? == 0 {
                     if resp.client_chunked {
                         self.out.extend_from_slice(b"0\r\n\r\n");
                     }
@@ -741,6 +744,30 @@ impl ClientConn {
             websocket,
         )
         .await;
+    }
+}
+
+/// Logs a failed request: at most one warning a second (with the count held back), so
+/// that an outage does not become a log line per request.
+pub(crate) fn log_failure(inner: &Inner, slot: turnout_core::SlotName, error: &ProxyError) {
+    if matches!(
+        error,
+        ProxyError::NoHealthyUpstream { .. } | ProxyError::NoLiveSlot
+    ) {
+        tracing::debug!(slot = %slot, error = %error, "request failed");
+    } else if let Some(held_back) = inner.errors.allow() {
+        tracing::warn!(slot = %slot, error = %error, similar_not_logged = held_back, "request failed");
+    }
+}
+
+/// Reads more from the upstream, failing when nothing comes within `idle`.
+async fn fill_within(conn: &mut RawConn, idle: Duration) -> io::Result<usize> {
+    match tokio::time::timeout(idle, conn.fill()).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the upstream sent no body data within response_timeout",
+        )),
     }
 }
 

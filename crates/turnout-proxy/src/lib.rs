@@ -78,7 +78,44 @@ pub struct HealthEvent {
     pub reason: String,
 }
 
+/// Lets one warning a second through, counting the ones it holds back: an outage must
+/// not turn into a log line per request.
+pub(crate) struct LogLimiter {
+    start: std::time::Instant,
+    last: std::sync::atomic::AtomicU64,
+    held: std::sync::atomic::AtomicU64,
+}
+
+impl LogLimiter {
+    fn new() -> LogLimiter {
+        LogLimiter {
+            start: std::time::Instant::now(),
+            last: std::sync::atomic::AtomicU64::new(0),
+            held: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(held back since the last one)` when this warning may be logged.
+    pub(crate) fn allow(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.start.elapsed().as_secs() + 1;
+        let last = self.last.load(Relaxed);
+        if last != now
+            && self
+                .last
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            Some(self.held.swap(0, Relaxed))
+        } else {
+            self.held.fetch_add(1, Relaxed);
+            None
+        }
+    }
+}
+
 pub(crate) struct Inner {
+    pub(crate) errors: LogLimiter,
     pub(crate) table: ArcSwap<Table>,
     pub(crate) opts: ProxyOptions,
     pub(crate) live_tx: watch::Sender<Option<SlotName>>,
@@ -107,6 +144,7 @@ impl Proxy {
         let (health_tx, _) = broadcast::channel(256);
         let proxy = Proxy {
             inner: Arc::new(Inner {
+                errors: LogLimiter::new(),
                 table: ArcSwap::from_pointee(table),
                 opts,
                 live_tx,

@@ -50,6 +50,9 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// meantime: they are checked before use.
 const STALE_AFTER: Duration = Duration::from_secs(1);
 
+/// How long a request waits for a pooled hyper connection to become ready.
+const BUSY_WAIT: Duration = Duration::from_millis(50);
+
 /// The per-connection service: the proxy plus what is known about the client connection.
 #[derive(Clone)]
 pub(crate) struct ConnService {
@@ -128,12 +131,7 @@ impl ConnService {
                 Response::from_parts(parts, body)
             }
             Err(e) => {
-                match e {
-                    ProxyError::NoHealthyUpstream { .. } => {
-                        tracing::debug!(slot = %slot.name, error = %e, "request failed")
-                    }
-                    _ => tracing::warn!(slot = %slot.name, error = %e, "request failed"),
-                }
+                crate::h1server::log_failure(&self.inner, slot.name, &e);
                 error_response(&e)
             }
         }
@@ -179,14 +177,15 @@ impl ConnService {
             }
             match conn.exchange(&up.addr, parts, opts.response_timeout).await {
                 Ok(head) => return Ok(head.into_response(conn, up.clone())),
-                Err(e) if e.nothing_received && idempotent => continue,
+                // Sent once more, on a fresh connection below.
+                Err(e) if e.nothing_received && idempotent => break,
                 Err(e) => return Err((e.error, false)),
             }
         }
         let stream = match up.connect_tcp(opts.connect_timeout).await {
             Ok(s) => s,
             Err(e) => {
-                if matches!(e, ProxyError::Connect { .. }) && up.eject() {
+                if e.is_refused() && up.eject() {
                     tracing::warn!(slot = %up.slot, upstream = %up.addr, error = %e, "upstream ejected until its health check passes");
                 }
                 return Err((e, true));
@@ -211,13 +210,34 @@ impl ConnService {
             }
         }
         if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-            let pq = req
-                .uri()
-                .path_and_query()
-                .map_or("/", |pq| pq.as_str())
-                .parse::<Uri>()
-                .unwrap_or_else(|_| Uri::from_static("/"));
-            *req.uri_mut() = pq;
+            let mut parts = std::mem::take(req.uri_mut()).into_parts();
+            parts.scheme = None;
+            parts.authority = None;
+            if parts.path_and_query.is_none() {
+                parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+            }
+            *req.uri_mut() = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
+        }
+        // HTTP/2 may split the cookie field; HTTP/1.1 wants one line joined with "; "
+        // (RFC 9113 §8.2.3).
+        if req.version() == Version::HTTP_2
+            && req
+                .headers()
+                .get_all(header::COOKIE)
+                .iter()
+                .nth(1)
+                .is_some()
+        {
+            let joined = req
+                .headers()
+                .get_all(header::COOKIE)
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect::<Vec<_>>()
+                .join(&b"; "[..]);
+            if let Ok(v) = HeaderValue::from_bytes(&joined) {
+                req.headers_mut().insert(header::COOKIE, v);
+            }
         }
         *req.version_mut() = Version::HTTP_11;
 
@@ -290,8 +310,12 @@ impl ConnService {
         let opts = &self.inner.opts;
         if !upgrade {
             while let Some(mut sender) = up.checkout() {
-                if sender.ready().await.is_err() {
-                    continue;
+                // A connection still busy (say, writing an upload the upstream already
+                // answered) is waited for only briefly: it must not hold this request
+                // hostage.
+                match tokio::time::timeout(BUSY_WAIT, sender.ready()).await {
+                    Ok(Ok(())) => {}
+                    _ => continue,
                 }
                 match self.exchange(up, &mut sender, req).await {
                     Ok(resp) => {
@@ -311,7 +335,7 @@ impl ConnService {
         let mut sender = match up.connect(opts.connect_timeout, upgrade).await {
             Ok(s) => s,
             Err(e) => {
-                if matches!(e, ProxyError::Connect { .. }) && up.eject() {
+                if e.is_refused() && up.eject() {
                     tracing::warn!(slot = %up.slot, upstream = %up.addr, error = %e, "upstream ejected until its health check passes");
                 }
                 return Err((e, Some(req)));

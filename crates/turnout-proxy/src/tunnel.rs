@@ -85,6 +85,10 @@ pub(crate) async fn relay<C, U>(
         let deadline = drain_deadline(live, slot, drain);
         tokio::pin!(deadline);
         let mut draining = false;
+        // Once draining, a frame boundary must come within CLOSE_GRACE; an upstream
+        // stalled mid-frame is cut off then.
+        let cut = tokio::time::sleep(Duration::from_secs(86400 * 365));
+        tokio::pin!(cut);
         loop {
             if draining && (!websocket || frames.at_boundary()) {
                 if websocket {
@@ -107,7 +111,15 @@ pub(crate) async fn relay<C, U>(
                         frames.feed(&buf[..n]);
                     }
                 },
-                () = &mut deadline, if !draining => draining = true,
+                () = &mut deadline, if !draining => {
+                    draining = true;
+                    cut.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
+                }
+                () = &mut cut, if draining => {
+                    let _ = cw.shutdown().await;
+                    tracing::info!(slot = %slot, "upgraded connection cut off: no frame boundary within the close grace");
+                    return true;
+                }
             }
         }
     };
@@ -119,13 +131,10 @@ pub(crate) async fn relay<C, U>(
             // The client is done sending; let the upstream finish its answer.
             let _ = (&mut down).await;
         }
-        drained = &mut down => {
-            if drained {
-                // Let the client's Close reply reach the upstream, then end.
-                let _ = tokio::time::timeout(CLOSE_GRACE, &mut up).await;
-            } else {
-                let _ = (&mut up).await;
-            }
+        _ = &mut down => {
+            // Drained: let the client's Close reply reach the upstream. Upstream gone:
+            // let the client finish. Either way, not forever.
+            let _ = tokio::time::timeout(CLOSE_GRACE, &mut up).await;
         }
     }
 }

@@ -66,6 +66,12 @@ impl Upstream {
         self.healthy.load(Ordering::Relaxed)
     }
 
+    /// Whether its health is known: a check has run (or a connection was refused) since
+    /// it joined the routing table.
+    pub fn is_checked(&self) -> bool {
+        self.checked.load(Ordering::Relaxed)
+    }
+
     /// Records an active check result; returns `Some(new_state)` when the state changed.
     pub(crate) fn record_check(&self, pass: bool, rise: u32, fall: u32) -> Option<bool> {
         let first = !self.checked.swap(true, Ordering::Relaxed);
