@@ -99,6 +99,8 @@ enum Misbehave {
     Hang,
     /// Closes the connection as soon as the request head is read.
     Close,
+    /// Sends these bytes (a response cut short), then closes.
+    Truncate(&'static [u8]),
 }
 
 /// A minimal upstream speaking just enough HTTP/1.1: `GET /healthz` gets `200 ok` (so that
@@ -141,6 +143,10 @@ impl RawUpstream {
                     }
                     match mode {
                         Misbehave::Close => {
+                            let _ = stream.shutdown().await;
+                        }
+                        Misbehave::Truncate(bytes) => {
+                            let _ = stream.write_all(bytes).await;
                             let _ = stream.shutdown().await;
                         }
                         Misbehave::Hang => {
@@ -462,6 +468,41 @@ async fn upstream_closing_without_answer_gets_502() {
     let reply = client.get("/").await.expect("GET");
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{:?}", reply.text());
     assert!(reply.text().starts_with("turnout:"), "{:?}", reply.text());
+}
+
+/// An upstream that breaks off its response: the client must see a broken response,
+/// never one that looks complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_cut_short_never_looks_complete() {
+    let cases: &[(&str, &'static [u8])] = &[
+        (
+            "content-length",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly a part",
+        ),
+        (
+            "chunked",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        ),
+    ];
+    for (what, bytes) in cases {
+        let cutter = RawUpstream::start(Misbehave::Truncate(bytes)).await;
+        let r = router(RouterOptions {
+            blue: vec![cutter.addr.clone()],
+            ..Default::default()
+        })
+        .await;
+        cutter.wait_checked(&r).await;
+        // HTTP/1.1 and HTTP/2 clients alike get an error, not a short body.
+        let mut h1 = HttpClient::http1(&r.data).await.expect("connect");
+        let got = h1.get("/").await;
+        assert!(
+            got.is_err(),
+            "{what} over HTTP/1.1: looked complete: {got:?}"
+        );
+        let mut h2 = HttpClient::http2(&r.data).await.expect("connect h2");
+        let got = h2.get("/").await;
+        assert!(got.is_err(), "{what} over HTTP/2: looked complete: {got:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
