@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use turnout_core::{RoutingState, SlotName, SwitchError};
-use turnout_pipeline::{ControlError, Controller, Status};
+use turnout_pipeline::{ControlError, Controller, Status, StoreError};
 
 /// What the admin routes share.
 #[derive(Clone)]
@@ -81,14 +81,19 @@ impl From<ControlError> for ApiError {
             ControlError::Refused(SwitchError::NoStandby { .. }) => {
                 ApiError::new(StatusCode::CONFLICT, "no_standby", message)
             }
-            ControlError::Store(turnout_pipeline::StoreError::Conflict { .. }) => {
-                ApiError::new(StatusCode::CONFLICT, "conflict", message)
-            }
-            ControlError::Store(_) => ApiError::new(
+            ControlError::Store(StoreError::Conflict { .. })
+            | ControlError::NotSaved {
+                source: StoreError::Conflict { .. },
+                ..
+            } => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            ControlError::Store(_) | ControlError::NotSaved { .. } => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",
                 message,
             ),
+            ControlError::Interrupted(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "interrupted", message)
+            }
         }
     }
 }
@@ -142,7 +147,22 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .merge(api)
         .fallback(not_found)
+        // After the routes: it is set on the routes registered so far. Runs without the
+        // token check (it only says which methods a path takes; axum adds `Allow`).
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} is not allowed on {}; the Allow header lists the methods it takes",
+            req.method(),
+            req.uri().path()
+        ),
+    )
 }
 
 async fn not_found(req: Request) -> ApiError {
@@ -337,6 +357,22 @@ mod tests {
             ),
             (
                 "GET",
+                "/api/v1/switch",
+                Some("s3cret"),
+                "",
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+            ),
+            (
+                "DELETE",
+                "/api/v1/status",
+                None,
+                "",
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+            ),
+            (
+                "GET",
                 "/api/v1/nope",
                 Some("s3cret"),
                 "",
@@ -355,6 +391,19 @@ mod tests {
                 "{json}"
             );
         }
+        // A wrong method still says which one is right.
+        let resp = app
+            .clone()
+            .oneshot(
+                Request::builder()
+                    .uri("/api/v1/switch")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(resp.headers()["allow"], "POST");
         let (status, json) = call(&app, "GET", "/api/v1/status", Some("s3cret"), "").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(json["live"], "blue");

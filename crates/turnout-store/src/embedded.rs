@@ -1,7 +1,9 @@
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::{Connection, ErrorCode, OptionalExtension};
 use turnout_core::RoutingState;
 
 use crate::{BoxFuture, StateStore, StoreError};
@@ -12,26 +14,35 @@ use crate::{BoxFuture, StateStore, StoreError};
 /// repaired by an operator with the `sqlite3` shell at 3 a.m., history queries (a later
 /// stage) are plain SQL, and the demo service uses SQLite too, so the tree carries one
 /// database engine.
+///
+/// The store holds an exclusive lock on `lock` in the directory for as long as it (or a
+/// clone) lives, so that two routers never route from one state independently. The lock is
+/// the operating system's (`flock`): it goes away with the process, even after `kill -9`.
 #[derive(Clone)]
 pub struct EmbeddedStore {
+    dir: PathBuf,
     path: PathBuf,
     conn: Arc<Mutex<Connection>>,
+    /// Held, never read: the lock lives as long as the file stays open.
+    _lock: Arc<File>,
 }
 
 const ROUTING_KEY: &str = "routing";
 
 impl EmbeddedStore {
-    /// Opens (creating when needed) the store in `dir`.
+    /// Opens (creating when needed) the store in `dir`. Fails with [`StoreError::InUse`]
+    /// when another process has it open.
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        // Absolute, so that every message names the directory unambiguously.
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
         let path = dir.join("state.db");
-        let backend = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Backend {
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::Backend {
             location: path.display().to_string(),
-            source,
-        };
-        std::fs::create_dir_all(dir).map_err(|e| {
-            backend(format!("cannot create the state directory {}: {e}", dir.display()).into())
+            source: format!("cannot create the state directory {}: {e}", dir.display()).into(),
         })?;
-        let conn = Connection::open(&path).map_err(|e| backend(e.into()))?;
+        let lock = lock_dir(&dir)?;
+        let sqlite = |e| sqlite_error(&dir, &path, e);
+        let conn = Connection::open(&path).map_err(sqlite)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
@@ -42,11 +53,23 @@ impl EmbeddedStore {
                  value TEXT NOT NULL
              );",
         )
-        .map_err(|e| backend(e.into()))?;
+        .map_err(sqlite)?;
         Ok(EmbeddedStore {
+            dir,
             path,
             conn: Arc::new(Mutex::new(conn)),
+            _lock: Arc::new(lock),
         })
+    }
+
+    /// The state directory (absolute).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The database file (absolute).
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     fn location(&self) -> String {
@@ -54,10 +77,7 @@ impl EmbeddedStore {
     }
 
     fn backend_err(&self, e: rusqlite::Error) -> StoreError {
-        StoreError::Backend {
-            location: self.location(),
-            source: e.into(),
-        }
+        sqlite_error(&self.dir, &self.path, e)
     }
 
     fn load_sync(&self) -> Result<Option<RoutingState>, StoreError> {
@@ -117,7 +137,10 @@ impl EmbeddedStore {
 impl StateStore for EmbeddedStore {
     fn load_routing(&self) -> BoxFuture<'_, Result<Option<RoutingState>, StoreError>> {
         let this = self.clone();
-        Box::pin(async move { blocking(move || this.load_sync()).await })
+        Box::pin(async move {
+            let location = this.location();
+            blocking(location, move || this.load_sync()).await
+        })
     }
 
     fn save_routing<'a>(
@@ -127,7 +150,10 @@ impl StateStore for EmbeddedStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         let this = self.clone();
         let state = state.clone();
-        Box::pin(async move { blocking(move || this.save_sync(&state, expected)).await })
+        Box::pin(async move {
+            let location = this.location();
+            blocking(location, move || this.save_sync(&state, expected)).await
+        })
     }
 
     fn describe(&self) -> String {
@@ -135,15 +161,71 @@ impl StateStore for EmbeddedStore {
     }
 }
 
-/// Runs SQLite work off the async workers (fsync can take milliseconds).
+/// Takes the state directory's lock, or says who holds it.
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    let lock = dir.join("lock");
+    let failed = |what: &str, e: std::io::Error| StoreError::Backend {
+        location: lock.display().to_string(),
+        source: format!("cannot {what} the lock file: {e}").into(),
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock)
+        .map_err(|e| failed("open", e))?;
+    // `File::try_lock` is stable since Rust 1.89.
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            return Err(StoreError::InUse {
+                dir: dir.to_owned(),
+                lock,
+            })
+        }
+        Err(TryLockError::Error(e)) => return Err(failed("lock", e)),
+    }
+    // Who holds it, for an operator who looks (`cat lock`); the lock is what counts.
+    let _ = file
+        .set_len(0)
+        .and_then(|()| writeln!(file, "{}", std::process::id()));
+    Ok(file)
+}
+
+/// A SQLite error with the database as its location; "database is locked" says who may
+/// hold it.
+fn sqlite_error(dir: &Path, path: &Path, e: rusqlite::Error) -> StoreError {
+    let busy = matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    );
+    let source: Box<dyn std::error::Error + Send + Sync> = if busy {
+        format!(
+            "{e}; another process (another turnout, or a sqlite3 shell) may be using the state directory {}: stop it or use another [state] dir",
+            dir.display()
+        )
+        .into()
+    } else {
+        e.into()
+    };
+    StoreError::Backend {
+        location: path.display().to_string(),
+        source,
+    }
+}
+
+/// Runs SQLite work off the async workers (fsync can take milliseconds). `location` names
+/// the database in the error when the worker itself fails.
 async fn blocking<T: Send + 'static>(
+    location: String,
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r,
         Err(e) => Err(StoreError::Backend {
-            location: "state store worker".to_owned(),
-            source: e.into(),
+            location,
+            source: format!("the state store worker failed: {e}").into(),
         }),
     }
 }
@@ -190,6 +272,52 @@ mod tests {
         drop(store);
         let reopened = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(reopened.load_routing().await.unwrap(), Some(s1));
+    }
+
+    #[test]
+    fn a_second_open_of_one_directory_is_refused_until_the_first_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = EmbeddedStore::open(dir.path()).unwrap();
+        let clone = first.clone();
+        let abs = std::path::absolute(dir.path()).unwrap();
+        let err = EmbeddedStore::open(dir.path()).err().unwrap();
+        assert!(matches!(err, StoreError::InUse { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "state directory {} is in use by another turnout process (lock file {}); stop it or use another [state] dir",
+                abs.display(),
+                abs.join("lock").display()
+            )
+        );
+        // The lock lives as long as any clone.
+        drop(first);
+        assert!(EmbeddedStore::open(dir.path()).is_err());
+        drop(clone);
+        let again = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(again.dir(), abs);
+    }
+
+    #[test]
+    fn a_locked_database_names_the_directory_and_who_may_hold_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        // Another process (a sqlite3 shell, say) holds the write lock.
+        let other = Connection::open(store.path()).unwrap();
+        other.execute_batch("BEGIN EXCLUSIVE;").unwrap();
+        store
+            .conn
+            .lock()
+            .unwrap()
+            .execute_batch("PRAGMA busy_timeout = 0;")
+            .unwrap();
+        let err = store.save_sync(&state(), None).unwrap_err().to_string();
+        assert!(
+            err.contains(&store.location())
+                && err.contains("another process")
+                && err.contains(&store.dir().display().to_string()),
+            "{err}"
+        );
     }
 
     #[test]

@@ -29,6 +29,15 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// Another process holds the state directory's lock: two routers must never route
+    /// from one state independently.
+    #[error("state directory {} is in use by another turnout process (lock file {}); stop it or use another [state] dir", dir.display(), lock.display())]
+    InUse {
+        /// The state directory.
+        dir: std::path::PathBuf,
+        /// The lock file in it.
+        lock: std::path::PathBuf,
+    },
     /// The saved state could not be read back.
     #[error("state store at {location} holds an unreadable routing state ({source}); move the state directory aside to start from the configuration")]
     Corrupt {

@@ -59,13 +59,29 @@ impl AdminClient {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<serde_json::Value> {
-        tokio::time::timeout(TIMEOUT, self.call_inner(method, path, body))
+        self.call_within(TIMEOUT, method, path, body).await
+    }
+
+    async fn call_within(
+        &self,
+        timeout: Duration,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        // A change (anything but GET) may have been made even though no answer came.
+        let unknown = if method == Method::GET {
+            ""
+        } else {
+            "; the outcome of this change is unknown: check `turnout status`"
+        };
+        tokio::time::timeout(timeout, self.call_inner(method, path, body, unknown))
             .await
             .map_err(|_| {
                 anyhow!(
-                    "the router at http://{} did not answer within {}s",
+                    "the router at http://{} did not answer within {}s{unknown}",
                     self.authority,
-                    TIMEOUT.as_secs()
+                    timeout.as_secs_f32()
                 )
             })?
     }
@@ -75,6 +91,7 @@ impl AdminClient {
         method: Method,
         path: &str,
         body: Option<serde_json::Value>,
+        unknown: &str,
     ) -> anyhow::Result<serde_json::Value> {
         let stream = TcpStream::connect(&self.authority).await.with_context(|| {
             format!(
@@ -103,13 +120,18 @@ impl AdminClient {
         let resp = sender
             .send_request(req.body(Full::new(payload))?)
             .await
-            .with_context(|| format!("admin API request to http://{}{path}", self.authority))?;
+            .with_context(|| {
+                format!(
+                    "admin API request to http://{}{path}{unknown}",
+                    self.authority
+                )
+            })?;
         let status = resp.status();
         let bytes = resp
             .into_body()
             .collect()
             .await
-            .context("reading the admin API's answer")?
+            .with_context(|| format!("reading the admin API's answer{unknown}"))?
             .to_bytes();
         let json: serde_json::Value =
             serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
@@ -130,5 +152,49 @@ impl AdminClient {
             message,
         }
         .into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A router that takes the request and never answers.
+    async fn silent_router() -> (tokio::net::TcpListener, String) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        (l, url)
+    }
+
+    #[tokio::test]
+    async fn a_change_without_an_answer_says_its_outcome_is_unknown() {
+        let (listener, url) = silent_router().await;
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            loop {
+                conns.push(listener.accept().await.unwrap());
+            }
+        });
+        let client = AdminClient::new(&url, None).unwrap();
+        let wait = Duration::from_millis(200);
+        let cases: &[(Method, &str, bool)] = &[
+            (Method::POST, "/api/v1/switch", true),
+            (Method::POST, "/api/v1/rollback", true),
+            (Method::GET, "/api/v1/status", false),
+        ];
+        for (method, path, unknown) in cases {
+            let err = client
+                .call_within(wait, method.clone(), path, None)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("did not answer within"), "{err}");
+            assert_eq!(
+                err.contains("outcome of this change is unknown: check `turnout status`"),
+                *unknown,
+                "{method} {path}: {err}"
+            );
+        }
+        held.abort();
     }
 }

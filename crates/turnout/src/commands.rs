@@ -125,7 +125,7 @@ where
     let (url, token) = match &cli.admin {
         Some(url) => (url.clone(), env_token),
         None => {
-            let cfg = Config::load(&cli.config).map_err(|e| {
+            let mut cfg = Config::load(&cli.config).map_err(|e| {
                 if cli.config.exists() {
                     anyhow::Error::new(e)
                 } else {
@@ -136,6 +136,7 @@ where
                     .into()
                 }
             })?;
+            crate::serve::anchor_paths(&mut cfg, &cli.config);
             let mut addr = cfg.admin.addr;
             if addr.ip().is_unspecified() {
                 addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());

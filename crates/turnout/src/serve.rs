@@ -1,15 +1,15 @@
 //! `turnout serve`: the config applied to an empty process — store, controller, data
-//! plane, admin API — until SIGTERM or Ctrl-C.
+//! plane, admin API — until SIGTERM or Ctrl-C (a second one stops at once).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use turnout_config::{Config, StateBackend};
+use turnout_config::{Config, StateBackend, TokenSource};
 use turnout_core::{Role, SlotName, SlotState};
 use turnout_pipeline::Controller;
 use turnout_proxy::{HealthCheck, ProxyOptions};
@@ -19,7 +19,8 @@ use crate::cli::LogFormat;
 use crate::commands::UsageError;
 
 pub fn run(config: &Path, log_format: LogFormat) -> anyhow::Result<ExitCode> {
-    let cfg = Config::load(config)?;
+    let mut cfg = Config::load(config)?;
+    anchor_paths(&mut cfg, config);
     init_tracing(log_format);
     let threads = worker_threads(&cfg)?;
     // One worker: a current-thread runtime, which skips the work-stealing machinery
@@ -35,8 +36,43 @@ pub fn run(config: &Path, log_format: LogFormat) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(serve(cfg))?;
+    let result = rt.block_on(serve(cfg));
+    // Nothing is left after a graceful stop; after a forced one, do not wait for it.
+    rt.shutdown_background();
+    result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Makes the relative paths of `cfg` (`[state] dir`, `file:` tokens, TLS files) relative
+/// to the directory of the config file rather than to the working directory, so that a
+/// router started from anywhere finds the same state and secrets.
+pub(crate) fn anchor_paths(cfg: &mut Config, config: &Path) {
+    // The file was just read, so it exists: canonical, so that logs show no `..`.
+    let base = std::fs::canonicalize(config)
+        .or_else(|_| std::path::absolute(config))
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_owned))
+        .unwrap_or_default();
+    let anchor = |p: &mut PathBuf| {
+        if p.is_relative() {
+            let joined = base.join(&*p);
+            *p = std::path::absolute(&joined).unwrap_or(joined);
+        }
+    };
+    anchor(&mut cfg.state.dir);
+    let secrets = [
+        cfg.admin.token.as_mut(),
+        cfg.sessions.as_mut().and_then(|s| s.secret.as_mut()),
+    ];
+    for secret in secrets.into_iter().flatten() {
+        if let TokenSource::File(p) = secret {
+            anchor(p);
+        }
+    }
+    if let Some(tls) = &mut cfg.listen.tls {
+        anchor(&mut tls.cert);
+        anchor(&mut tls.key);
+    }
 }
 
 fn init_tracing(format: LogFormat) {
@@ -143,8 +179,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .into());
     }
     warn_unimplemented(&cfg);
+    // Before anything is started: a signal from here on stops the router in order.
+    let mut signals = Signals::new()?;
 
     let store = Arc::new(EmbeddedStore::open(&cfg.state.dir)?);
+    tracing::info!(dir = %store.dir().display(), "state directory {}", store.dir().display());
     let static_slots = SlotName::ALL.map(|name| {
         let s = cfg.slots.get(name);
         SlotState {
@@ -186,31 +225,70 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         }
     });
 
-    shutdown_signal().await;
-    tracing::info!("shutting down");
+    let first = signals.next().await;
+    tracing::info!(
+        signal = first,
+        "shutting down; requests in flight may finish (a second signal stops at once)"
+    );
     let _ = stop_tx.send(true);
-    let _ = data_task.await;
-    let _ = admin_task.await;
-    Ok(())
+    let drained = async {
+        let _ = data_task.await;
+        let _ = admin_task.await;
+    };
+    tokio::select! {
+        () = drained => Ok(()),
+        second = signals.next() => {
+            tracing::warn!(signal = second, "second signal: stopping at once");
+            Err(anyhow::anyhow!(
+                "stopped at once by a second {second}: requests still in flight were cut off"
+            ))
+        }
+    }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// SIGINT (Ctrl-C) and SIGTERM, listened for from startup on, so that a second one is
+/// seen as well as the first.
+#[cfg(unix)]
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+            term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+        })
+    }
+
+    /// The next signal's name.
+    async fn next(&mut self) -> &'static str {
+        async fn recv(s: &mut tokio::signal::unix::Signal) {
+            if s.recv().await.is_none() {
+                std::future::pending::<()>().await;
             }
-            Err(_) => std::future::pending().await,
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+        tokio::select! {
+            () = recv(&mut self.int) => "SIGINT",
+            () = recv(&mut self.term) => "SIGTERM",
+        }
+    }
+}
+
+#[cfg(not(unix))]
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        Ok(Signals)
+    }
+
+    async fn next(&mut self) -> &'static str {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
     }
 }

@@ -365,3 +365,55 @@ async fn bad_worker_threads_env_is_a_usage_error() {
         "turnout started serving anyway:\n{out}"
     );
 }
+
+/// Fixed bug: two routers on one state directory routed independently of each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_router_on_the_same_state_dir_is_refused() {
+    let (_blue, r) = blue_only().await;
+    let config = r.config.display().to_string();
+    let (code, out, err) = turnout(
+        r.dir(),
+        &["serve", "--config", &config],
+        &[("TURNOUT_ADMIN_TOKEN", "t")],
+    )
+    .await;
+    assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
+    let state = r.dir().join("state");
+    let want = format!(
+        "state directory {} is in use by another turnout process (lock file {}); stop it or use another [state] dir",
+        state.display(),
+        state.join("lock").display()
+    );
+    assert!(err.contains(&want), "stderr lacks {want:?}:\n{err}");
+    assert!(
+        !out.contains("listening"),
+        "the second router served:\n{out}"
+    );
+    // The first one is unaffected.
+    assert_eq!(live_slot(&r).await, "blue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_method_is_405_with_the_json_error_shape() {
+    let (_blue, r) = blue_only().await;
+    let token = format!("Bearer {}", turnout_testkit::router_token());
+    for (method, path) in [
+        (Method::GET, "/api/v1/switch"),
+        (Method::PUT, "/api/v1/rollback"),
+        (Method::POST, "/api/v1/status"),
+    ] {
+        let (status, json) = admin_raw(&r.admin, method.clone(), path, Some(&token), None).await;
+        assert_eq!(
+            status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}: {json}"
+        );
+        assert_eq!(json["error"]["code"], "method_not_allowed", "{json}");
+        let message = json["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(method.as_str()) && message.contains(path),
+            "{json}"
+        );
+    }
+    assert_eq!(live_slot(&r).await, "blue");
+}

@@ -246,3 +246,218 @@ async fn sigterm_lets_a_request_in_flight_finish() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.text(), "blue");
 }
+
+/// `turnout serve --config CONFIG` started in `cwd`, stderr to `stderr`; returns the child
+/// and its admin address once it listens.
+async fn serve_in(cwd: &Path, config: &Path, stderr: &Path) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(bin())
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .current_dir(cwd)
+        .env("TURNOUT_ADMIN_TOKEN", turnout_testkit::router_token())
+        .env("TURNOUT_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(stderr).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let admin = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(a) = line.strip_prefix("turnout: admin API listening on http://") {
+                return a.to_owned();
+            }
+        }
+        panic!(
+            "turnout exited before listening: {}",
+            std::fs::read_to_string(stderr).unwrap_or_default()
+        )
+    })
+    .await
+    .expect("turnout listening within 30s");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, admin)
+}
+
+/// The CLI against `admin`: exit code, stdout, stderr.
+async fn cli_at(admin: &str, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(bin())
+        .args(args)
+        .arg("--admin")
+        .arg(format!("http://{admin}"))
+        .env("TURNOUT_ADMIN_TOKEN", turnout_testkit::router_token())
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn status_at(admin: &str) -> serde_json::Value {
+    let (code, out, err) = cli_at(admin, &["status", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Fixed bug: a relative `[state] dir` (and `file:` token) was resolved against the working
+/// directory, so a router restarted from another directory silently started from scratch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relative_state_dir_is_relative_to_the_config_file() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("turnout.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\naddr = \"127.0.0.1:0\"\n\n\
+             [admin]\naddr = \"127.0.0.1:0\"\ntoken = \"file:secret\"\n\n\
+             [state]\ndir = \"state\"\n\n\
+             [health]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nhealthy = 1\nunhealthy = 1\n\n\
+             [slots.blue]\nupstreams = [{:?}]\n\n[slots.green]\nupstreams = [{:?}]\n",
+            blue.upstream(),
+            green.upstream()
+        ),
+    )
+    .unwrap();
+    std::fs::write(home.path().join("secret"), turnout_testkit::router_token()).unwrap();
+    let db = std::fs::canonicalize(home.path())
+        .unwrap()
+        .join("state")
+        .join("state.db");
+    let (elsewhere, again) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+
+    let log = home.path().join("first.log");
+    let (mut first, admin) = serve_in(elsewhere.path(), &config, &log).await;
+    let (code, _, err) = cli_at(&admin, &["switch", "--to", "green"]).await;
+    assert_eq!(code, 0, "{err}");
+    first.kill().await.unwrap();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains(&format!(
+            "no saved state in embedded SQLite at {}; starting from the configuration",
+            db.display()
+        )),
+        "{log}"
+    );
+    assert!(db.exists(), "no state under the config's directory");
+    assert!(
+        !elsewhere.path().join("state").exists(),
+        "state written under the working directory"
+    );
+
+    let log = home.path().join("second.log");
+    let (_second, admin) = serve_in(again.path(), &config, &log).await;
+    assert_eq!(status_at(&admin).await["live"], "green");
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains(&format!(
+            "loaded the saved routing state from embedded SQLite at {}",
+            db.display()
+        )),
+        "{log}"
+    );
+}
+
+/// A slot that loses its upstreams in the config keeps the saved ones (a deployment may
+/// have put them there), and the log says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saved_upstreams_are_kept_with_a_warning_when_the_config_has_none() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let mut router = router(&blue, &green).await;
+    let text = std::fs::read_to_string(&router.config).unwrap();
+    let listed = format!("upstreams = [{:?}]", green.upstream());
+    assert!(text.contains(&listed), "{text}");
+    std::fs::write(&router.config, text.replace(&listed, "upstreams = []")).unwrap();
+    router.restart().await.unwrap();
+
+    let s = router.status().await;
+    assert_eq!(
+        s["slots"]["green"]["upstreams"][0]["addr"],
+        green.upstream()
+    );
+    assert_eq!(s["slots"]["green"]["role"], "standby");
+    let log = router.stderr();
+    assert!(
+        log.contains(&format!(
+            "slots.green has no upstreams in the config; keeping the saved ones: [{:?}]",
+            green.upstream()
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("slots.blue has no upstreams"), "{log}");
+}
+
+/// Fixed bug: upstreams count as healthy until their first check, so a switch right after
+/// start went to a slot that was down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switch_right_after_start_waits_for_the_first_health_check() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    green.set_healthy(false);
+    let router = router(&blue, &green).await;
+    let (status, body) = router
+        .api(
+            Method::POST,
+            "/api/v1/switch",
+            Some(json!({ "to": "green" })),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "unhealthy_slot", "{body}");
+    assert_eq!(router.status().await["live"], "blue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_during_the_shutdown_grace_stops_at_once() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let mut router = router(&blue, &green).await;
+    wait_health(&router, "blue", true).await;
+    let data = router.data.clone();
+    // Longer than the test may take: only a forced stop ends it early.
+    let slow = tokio::spawn(async move {
+        let mut c = HttpClient::http1(&data).await.unwrap();
+        c.get("/slow?ms=60000").await
+    });
+    eventually(
+        "the slow request to arrive",
+        Duration::from_secs(10),
+        || async { (blue.requests() >= 1).then_some(()) },
+    )
+    .await;
+    let pid = router.pid().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    eventually(
+        "the router to start its graceful stop",
+        Duration::from_secs(10),
+        || async { router.stderr().contains("shutting down").then_some(()) },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    // terminate() sends the second SIGTERM and waits for the exit.
+    let code = router.terminate().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the second SIGTERM took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(code, Some(1), "a forced stop is not a clean exit");
+    let log = router.stderr();
+    assert!(log.contains("stopped at once by a second SIGTERM"), "{log}");
+    let cut = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .expect("the cut request to end")
+        .unwrap();
+    assert!(cut.is_err(), "the request in flight completed: {cut:?}");
+}
