@@ -123,8 +123,13 @@ impl RawConn {
         }
     }
 
+    /// Reads more into the buffer. Through `AsyncRead` rather than `try_read`, so that a
+    /// short read clears the socket's readiness and the next read waits for the reactor
+    /// instead of costing a system call that answers EAGAIN.
     pub(crate) async fn fill(&mut self) -> io::Result<usize> {
-        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+        use tokio::io::AsyncReadExt;
+        self.buf.reserve(READ_CHUNK);
+        self.stream.read_buf(&mut self.buf).await
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {

@@ -961,31 +961,23 @@ fn plan_request(buf: &[u8], ip: &[u8], up: &mut Vec<u8>) -> Result<Option<Plan>,
     up.push(b' ');
     up.extend_from_slice(path.as_bytes());
     up.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut forwarded_for = false;
+    // Earlier hops' addresses, in order; the client's is appended after them.
+    let mut forwarded_for: Vec<&[u8]> = Vec::new();
     for h in req.headers.iter() {
         let name = h.name;
+        if eq(name, "x-forwarded-for") {
+            forwarded_for.push(h.value);
+            continue;
+        }
         if hop_by_hop(name)
             || eq(name, "content-length")
             || eq(name, "expect")
-            || eq(name, "x-forwarded-for")
             || eq(name, "x-forwarded-proto")
             || eq(name, "x-forwarded-host")
             || named[..n_named]
                 .iter()
                 .any(|t| name.as_bytes().eq_ignore_ascii_case(t))
         {
-            if eq(name, "x-forwarded-for") {
-                // Every earlier hop, in order, then this client.
-                if !forwarded_for {
-                    up.extend_from_slice(b"x-forwarded-for: ");
-                    forwarded_for = true;
-                } else {
-                    up.extend_from_slice(b", ");
-                }
-                up.extend_from_slice(h.value);
-                // The line is finished below, after all x-forwarded-for lines.
-                up.push(0);
-            }
             continue;
         }
         up.extend_from_slice(name.as_bytes());
@@ -993,14 +985,13 @@ fn plan_request(buf: &[u8], ip: &[u8], up: &mut Vec<u8>) -> Result<Option<Plan>,
         up.extend_from_slice(h.value);
         up.extend_from_slice(b"\r\n");
     }
-    if forwarded_for {
-        // Join the collected values: they were written with a 0 marker after each.
-        finish_forwarded_for(up, ip);
-    } else {
-        up.extend_from_slice(b"x-forwarded-for: ");
-        up.extend_from_slice(ip);
-        up.extend_from_slice(b"\r\n");
+    up.extend_from_slice(b"x-forwarded-for: ");
+    for value in forwarded_for {
+        up.extend_from_slice(value);
+        up.extend_from_slice(b", ");
     }
+    up.extend_from_slice(ip);
+    up.extend_from_slice(b"\r\n");
     up.extend_from_slice(b"x-forwarded-proto: http\r\n");
     let host = host.or(authority.map(str::as_bytes));
     if let (Some(a), None) = (authority, req.headers.iter().find(|h| eq(h.name, "host"))) {
@@ -1045,28 +1036,6 @@ fn plan_request(buf: &[u8], ip: &[u8], up: &mut Vec<u8>) -> Result<Option<Plan>,
         upgrade: upgrade.map(|p| p.trim_ascii().eq_ignore_ascii_case(b"websocket")),
         expect_continue,
     }))
-}
-
-/// The `x-forwarded-for` values were written one after another, each followed by a 0
-/// byte, in the middle of the head; move them into one line at the end.
-fn finish_forwarded_for(up: &mut Vec<u8>, ip: &[u8]) {
-    const PREFIX: &[u8] = b"x-forwarded-for: ";
-    let Some(start) = up.windows(PREFIX.len()).position(|w| w == PREFIX) else {
-        return;
-    };
-    let Some(last_zero) = up.iter().rposition(|b| *b == 0) else {
-        return;
-    };
-    let mut line: Vec<u8> = up[start..=last_zero]
-        .iter()
-        .copied()
-        .filter(|b| *b != 0)
-        .collect();
-    up.drain(start..=last_zero);
-    line.extend_from_slice(b", ");
-    line.extend_from_slice(ip);
-    line.extend_from_slice(b"\r\n");
-    up.extend_from_slice(&line);
 }
 
 /// Parses the upstream's response head in `buf` (skipping interim 1xx responses) and
@@ -1430,15 +1399,5 @@ mod tests {
         // Incomplete: wait.
         let (r, out, _) = respond("HTTP/1.1 200 OK\r\ncontent-len", get11);
         assert!(r.is_none() && out.is_empty());
-    }
-
-    #[test]
-    fn forwarded_for_lines_are_joined_in_order() {
-        let mut up = b"GET / HTTP/1.1\r\nx-forwarded-for: 1.1.1.1\0, 2.2.2.2\0host: a\r\n".to_vec();
-        finish_forwarded_for(&mut up, b"9.9.9.9");
-        assert_eq!(
-            String::from_utf8(up).unwrap(),
-            "GET / HTTP/1.1\r\nhost: a\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 9.9.9.9\r\n"
-        );
     }
 }

@@ -161,9 +161,8 @@ async fn invalid_toml_is_reported_with_file_and_line() {
     .await;
 }
 
-// Known bug (turnout-config values.rs, `closest`): the suggestion is plain edit distance
-// <= 2, and "adress" is 4 edits from "addr", so the common misspelling of "address" gets
-// no "did you mean \"addr\"?".
+// Regression: suggestions were plain edit distance <= 2, and "adress" is 4 edits from
+// "addr", so the common misspelling of "address" got no "did you mean \"addr\"?".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_key_is_reported_with_its_line_and_a_suggestion() {
     let err = assert_rejected(

@@ -573,9 +573,8 @@ async fn keep_alive_connection_follows_a_switch_at_its_next_request() {
     assert_eq!(reply.text(), "green");
 }
 
-// Known bug (turnout-proxy service.rs, `strip_hop_by_hop`): only the first `Connection`
-// field line is parsed for the header names it lists; the others are removed unread, so
-// the headers they name reach the backend.
+// Regression: only the first `Connection` field line used to be read for the header names
+// it lists; the headers named on the others reached the backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_named_in_a_second_connection_line_are_dropped() {
     let blue = Backend::start("blue").await;
@@ -601,8 +600,8 @@ async fn hop_by_hop_headers_named_in_a_second_connection_line_are_dropped() {
     );
 }
 
-// Known bug (turnout-proxy service.rs, `prepare`): `X-Forwarded-For` sent on several field
-// lines keeps only the first line; the addresses on the others are lost.
+// Regression: `X-Forwarded-For` sent on several field lines used to keep only the first
+// line; the addresses on the others were lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x_forwarded_for_on_several_lines_keeps_every_address() {
     let blue = Backend::start("blue").await;
