@@ -462,7 +462,13 @@ pub(crate) struct Chunked {
     state: ChunkState,
     size: u64,
     digits: u8,
+    /// Bytes of the current chunk extension or trailer line.
+    line: usize,
 }
+
+/// Longest chunk extension or trailer line accepted: a peer could otherwise send them
+/// forever while the other side sees nothing.
+const MAX_CHUNK_LINE: usize = 16 * 1024;
 
 #[derive(Debug, Default, PartialEq, Clone, Copy)]
 enum ChunkState {
@@ -512,6 +518,14 @@ impl Chunked {
             }
             let b = buf[0];
             buf.advance(1);
+            if matches!(self.state, Extension | TrailerLine) {
+                self.line += 1;
+                if self.line > MAX_CHUNK_LINE {
+                    return Err(());
+                }
+            } else {
+                self.line = 0;
+            }
             self.state = match (self.state, b) {
                 (Size, b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F') => {
                     let digit = (b as char).to_digit(16).ok_or(())?;
@@ -600,6 +614,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn endless_chunk_extensions_and_trailers_are_refused() {
+        let long = "x".repeat(MAX_CHUNK_LINE + 1);
+        for input in [
+            format!("5;{long}\r\nhello\r\n0\r\n\r\n"),
+            format!("0\r\nx-t: {long}\r\n\r\n"),
+        ] {
+            assert_eq!(decode_all(input.as_bytes(), 4096), Err(()));
+        }
+        let fine = "x".repeat(MAX_CHUNK_LINE - 10);
+        let input = format!("0\r\nx-t: {fine}\r\n\r\n");
+        assert_eq!(
+            decode_all(input.as_bytes(), 4096),
+            Ok((Vec::new(), true, 0))
+        );
     }
 
     #[test]

@@ -45,11 +45,15 @@ const MAX_HEADERS: usize = 100;
 /// How long an idle keep-alive connection is kept between requests.
 const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// Pooled connections idle longer than this are checked before use.
-const STALE_AFTER: Duration = Duration::from_secs(1);
 /// Flush the client write buffer once it holds this much.
 const FLUSH_AT: usize = 32 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
+/// After the last response of a connection, how long and how much the client may still
+/// send while turnout closes (so that the response is not destroyed by a reset).
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 256 * 1024;
+/// When an upstream stops taking a request body, how long its early answer may take.
+const EARLY_ANSWER_WAIT: Duration = Duration::from_secs(1);
 
 /// Serves one client connection until it closes, the router stops, or it is upgraded.
 pub(crate) async fn serve_conn(
@@ -58,13 +62,15 @@ pub(crate) async fn serve_conn(
     peer: SocketAddr,
     stop: watch::Receiver<bool>,
 ) {
+    let inner_header_timeout = inner.opts.header_timeout;
     let mut conn = ClientConn {
-        ip: Bytes::from(peer.ip().to_string()),
+        ip: Bytes::from(peer.ip().to_canonical().to_string()),
         inner,
         stream,
         buf: BytesMut::with_capacity(8 * 1024),
         out: Vec::with_capacity(8 * 1024),
         up_head: Vec::with_capacity(2 * 1024),
+        first_deadline: deadline_after(inner_header_timeout),
         stop,
     };
     match conn.detect_h2().await {
@@ -80,7 +86,7 @@ pub(crate) async fn serve_conn(
             Next::Upgrade(tunnel) => return conn.tunnel(tunnel).await,
         }
     }
-    let _ = conn.stream.shutdown().await;
+    conn.linger().await;
 }
 
 struct ClientConn {
@@ -94,6 +100,8 @@ struct ClientConn {
     up_head: Vec<u8>,
     ip: Bytes,
     stop: watch::Receiver<bool>,
+    /// When the first request head must be complete (set at accept).
+    first_deadline: Instant,
 }
 
 /// What happens after a request.
@@ -110,6 +118,7 @@ struct Tunnel {
 }
 
 /// What the request head says, once checked.
+#[derive(Clone, Copy)]
 struct Plan {
     head_len: usize,
     head_request: bool,
@@ -178,7 +187,7 @@ impl ClientConn {
     /// Reads the first bytes: `Some(true)` for the HTTP/2 preface, `Some(false)` for
     /// anything else, `None` when the client went away or sent nothing in time.
     async fn detect_h2(&mut self) -> Option<bool> {
-        let deadline = Instant::now() + self.inner.opts.header_timeout;
+        let deadline = self.first_deadline;
         loop {
             let n = self.buf.len().min(H2_PREFACE.len());
             if self.buf[..n] != H2_PREFACE[..n] {
@@ -237,11 +246,15 @@ impl ClientConn {
             Ok(Some(plan)) => plan,
             Ok(None) => return Next::Close,
             Err(Refusal(status, message)) => {
-                self.write_error(status, message, true).await;
+                self.write_error(status, message, true, false).await;
                 return Next::Close;
             }
         };
         self.buf.advance(plan.head_len);
+        let mut plan = plan;
+        // A stopping router says so in the response, so the client does not reuse the
+        // connection.
+        plan.close |= *self.stop.borrow();
 
         // Phase 1: route.
         let Some(slot) = self.inner.table.load().choose().cloned() else {
@@ -256,29 +269,33 @@ impl ClientConn {
                     return Next::Close;
                 }
                 log_failure(&self.inner, slot.name, &f.error);
-                let close = f.close || !matches!(plan.body, ReqBody::None);
+                let close = f.close || plan.close || plan.body != ReqBody::None;
                 let (status, message) = (f.error.status().as_u16(), f.error.client_message());
-                self.write_error(status, message, close || plan.close).await;
-                return if close || plan.close {
-                    Next::Close
-                } else {
-                    Next::KeepAlive
-                };
+                self.write_error(status, message, close, plan.head_request)
+                    .await;
+                return if close { Next::Close } else { Next::KeepAlive };
             }
         };
 
         // Phase 6: tunnel.
         if resp.status == 101 {
-            if let Some(websocket) = plan.upgrade {
-                if self.flush().await.is_err() {
-                    return Next::Close;
-                }
-                return Next::Upgrade(Tunnel {
-                    upstream,
-                    slot: slot.name,
-                    websocket,
-                });
+            let Some(websocket) = plan.upgrade else {
+                // A switch of protocols nobody asked for: the connection is the
+                // upstream's no more.
+                let error = ProxyError::UpstreamProtocol {
+                    addr: up.addr.clone(),
+                    detail: "101 Switching Protocols to a request without Upgrade".into(),
+                };
+                return self.fail(&plan, &error).await;
+            };
+            if self.flush().await.is_err() {
+                return Next::Close;
             }
+            return Next::Upgrade(Tunnel {
+                upstream,
+                slot: slot.name,
+                websocket,
+            });
         }
 
         // Phase 5: respond.
@@ -303,8 +320,13 @@ impl ClientConn {
 
     async fn fail(&mut self, plan: &Plan, error: &ProxyError) -> Next {
         let close = plan.close || plan.body != ReqBody::None;
-        self.write_error(error.status().as_u16(), error.client_message(), close)
-            .await;
+        self.write_error(
+            error.status().as_u16(),
+            error.client_message(),
+            close,
+            plan.head_request,
+        )
+        .await;
         if close {
             Next::Close
         } else {
@@ -316,27 +338,28 @@ impl ClientConn {
     /// stayed idle too long, or the router is stopping.
     async fn read_head(&mut self, first: bool) -> Result<Option<Plan>, Refusal> {
         let header_timeout = self.inner.opts.header_timeout;
-        let mut deadline = None;
+        // The first head's clock started at accept; later ones at their first byte.
+        let mut deadline = first.then_some(self.first_deadline);
+        let mut parse = true;
         loop {
             if !self.buf.is_empty() {
                 // Only the first MAX_HEAD bytes may hold the head.
                 let window = &self.buf[..self.buf.len().min(MAX_HEAD)];
-                if let Some(plan) = plan_request(window, &self.ip, &mut self.up_head)? {
-                    return Ok(Some(plan));
+                if parse {
+                    if let Some(plan) = plan_request(window, &self.ip, &mut self.up_head)? {
+                        return Ok(Some(plan));
+                    }
                 }
                 if self.buf.len() >= MAX_HEAD {
                     return Err(Refusal(431, "turnout: request head too large\n"));
                 }
                 // The head has begun: it must be complete within header_timeout.
-                deadline.get_or_insert_with(|| Instant::now() + header_timeout);
+                deadline.get_or_insert_with(|| deadline_after(header_timeout));
             }
-            let limit = match deadline {
-                Some(d) => d,
-                None if first => Instant::now() + header_timeout,
-                None => Instant::now() + KEEP_ALIVE_IDLE,
-            };
+            let limit = deadline.unwrap_or_else(|| deadline_after(KEEP_ALIVE_IDLE));
             self.buf.reserve(READ_CHUNK);
             let idle = self.buf.is_empty();
+            let before = self.buf.len();
             let read = tokio::time::timeout_at(limit.into(), self.stream.read_buf(&mut self.buf));
             let stop = &mut self.stop;
             let stopping = async {
@@ -347,9 +370,12 @@ impl ClientConn {
                 }
             };
             tokio::select! {
+                biased;
                 r = read => match r {
                     Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
-                    Ok(Ok(_)) => {}
+                    // Parse again only when a line may have ended: a head sent a byte at
+                    // a time costs one parse per line, not one per byte.
+                    Ok(Ok(_)) => parse = self.buf[before..].contains(&b'\n'),
                     Err(_) => {
                         if !idle {
                             tracing::debug!("request head not complete within header_timeout; connection closed");
@@ -374,7 +400,7 @@ impl ClientConn {
             close: false,
             client_gone: false,
         })?;
-        let fail = match self.send_to(&first, plan).await {
+        let fail = match self.send_to(&first, plan, true).await {
             Ok((conn, resp)) => return Ok((conn, first, resp)),
             Err(f) if f.retry_elsewhere => f,
             Err(f) => return Err(f),
@@ -383,22 +409,26 @@ impl ClientConn {
             return Err(fail);
         };
         tracing::debug!(slot = %slot.name, from = %first.addr, to = %second.addr, error = %fail.error, "retrying on another upstream");
-        let (conn, resp) = self.send_to(&second, plan).await?;
+        // The resend (if any) was spent on the first upstream.
+        let (conn, resp) = self.send_to(&second, plan, false).await?;
         Ok((conn, second, resp))
     }
 
+    /// Sends on a pooled connection (or a new one). `may_resend`: a body-less idempotent
+    /// request that got nothing back on a pooled connection is sent once more, on a new
+    /// one.
     async fn send_to(
         &mut self,
         up: &UpstreamRef,
         plan: &Plan,
+        may_resend: bool,
     ) -> Result<(RawConn, RespPlan), SendFail> {
         let connect_timeout = self.inner.opts.connect_timeout;
-        let resendable = plan.body == ReqBody::None && plan.idempotent;
-        while let Some((mut conn, since)) = up.checkout_raw() {
-            // A connection the upstream closed meanwhile: a resendable request finds out
-            // by sending, and is sent once more on a fresh connection; others only go on
-            // one that looks alive.
-            if (!resendable || since.elapsed() > STALE_AFTER) && !conn.looks_alive() {
+        let resendable = may_resend && plan.body == ReqBody::None && plan.idempotent;
+        while let Some((mut conn, _)) = up.checkout_raw() {
+            // A connection the upstream closed, or sent stray bytes on, meanwhile. The
+            // check costs no system call unless the socket was reported readable.
+            if !conn.looks_alive() {
                 continue;
             }
             match self.exchange(&mut conn, up, plan).await {
@@ -436,6 +466,7 @@ impl ClientConn {
         up: &UpstreamRef,
         plan: &Plan,
     ) -> Result<RespPlan, (SendFail, bool)> {
+        let idle = self.inner.opts.response_timeout;
         let io_fail = |source: io::Error, touched: bool| {
             let error = ProxyError::UpstreamIo {
                 addr: up.addr.clone(),
@@ -445,7 +476,7 @@ impl ClientConn {
         };
         match plan.body {
             ReqBody::None => {
-                if let Err(e) = conn.stream.write_all(&self.up_head).await {
+                if let Err(e) = write_within(&mut conn.stream, &self.up_head, idle).await {
                     return Err(io_fail(e, false));
                 }
             }
@@ -457,7 +488,8 @@ impl ClientConn {
                         return Err((client_gone(), false));
                     }
                 }
-                self.send_length_body(conn, up, n).await?;
+                let sent = self.send_length_body(conn, up, n).await;
+                return self.after_body(conn, up, plan, sent).await;
             }
             ReqBody::Chunked => {
                 if plan.expect_continue && self.buf.is_empty() {
@@ -467,9 +499,63 @@ impl ClientConn {
                         return Err((client_gone(), false));
                     }
                 }
-                self.send_chunked_body(conn, up).await?;
+                let sent = self.send_chunked_body(conn, up).await;
+                return self.after_body(conn, up, plan, sent).await;
             }
         }
+        self.read_response(conn, up, plan).await
+    }
+
+    /// After sending a request body: the response as usual; or, when the upstream stopped
+    /// taking the body (it may have answered early — 413, 401 — and closed), the answer it
+    /// already sent, relayed on a connection that then closes, instead of a 502.
+    async fn after_body(
+        &mut self,
+        conn: &mut RawConn,
+        up: &UpstreamRef,
+        plan: &Plan,
+        sent: Result<(), (SendFail, bool)>,
+    ) -> Result<RespPlan, (SendFail, bool)> {
+        match sent {
+            Ok(()) => self.read_response(conn, up, plan).await,
+            Err((f, r)) if f.client_gone || !matches!(f.error, ProxyError::UpstreamIo { .. }) => {
+                Err((f, r))
+            }
+            Err((f, r)) => {
+                // The client's body was not read to its end: this connection closes.
+                let closing = Plan {
+                    close: true,
+                    ..*plan
+                };
+                let early =
+                    tokio::time::timeout(EARLY_ANSWER_WAIT, self.read_response(conn, up, &closing))
+                        .await;
+                match early {
+                    Ok(Ok(mut resp)) => {
+                        resp.close = true;
+                        resp.upstream_keep_alive = false;
+                        Ok(resp)
+                    }
+                    _ => Err((f, r)),
+                }
+            }
+        }
+    }
+
+    /// Reads the upstream's response head into `out`, within `response_timeout`.
+    async fn read_response(
+        &mut self,
+        conn: &mut RawConn,
+        up: &UpstreamRef,
+        plan: &Plan,
+    ) -> Result<RespPlan, (SendFail, bool)> {
+        let io_fail = |source: io::Error, touched: bool| {
+            let error = ProxyError::UpstreamIo {
+                addr: up.addr.clone(),
+                source,
+            };
+            (SendFail::upstream(error, touched), true)
+        };
         let timeout = self.inner.opts.response_timeout;
         let touched = plan.body != ReqBody::None;
         // Anything at all from the upstream (an interim 1xx too) proves it got the request.
@@ -533,6 +619,7 @@ impl ClientConn {
         up: &UpstreamRef,
         n: u64,
     ) -> Result<(), (SendFail, bool)> {
+        let idle = self.inner.opts.response_timeout;
         let up_fail = |source: io::Error| {
             let error = ProxyError::UpstreamIo {
                 addr: up.addr.clone(),
@@ -548,7 +635,7 @@ impl ClientConn {
         self.up_head.extend_from_slice(&self.buf[..now]);
         self.buf.advance(now);
         left -= now as u64;
-        let sent = conn.stream.write_all(&self.up_head).await;
+        let sent = write_within(&mut conn.stream, &self.up_head, idle).await;
         if let Err(e) = sent {
             // Nothing of the body was read beyond what is buffered: still, the head
             // may have gone out, so no resend.
@@ -556,7 +643,6 @@ impl ClientConn {
         }
         while left > 0 {
             self.buf.reserve(READ_CHUNK);
-            let idle = self.inner.opts.response_timeout;
             match tokio::time::timeout(idle, self.stream.read_buf(&mut self.buf)).await {
                 Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err((client_gone(), false)),
                 Ok(_) => {}
@@ -564,7 +650,7 @@ impl ClientConn {
             let take = usize::try_from(left)
                 .unwrap_or(usize::MAX)
                 .min(self.buf.len());
-            if let Err(e) = conn.stream.write_all(&self.buf[..take]).await {
+            if let Err(e) = write_within(&mut conn.stream, &self.buf[..take], idle).await {
                 return Err(up_fail(e));
             }
             self.buf.advance(take);
@@ -579,6 +665,7 @@ impl ClientConn {
         conn: &mut RawConn,
         up: &UpstreamRef,
     ) -> Result<(), (SendFail, bool)> {
+        let idle = self.inner.opts.response_timeout;
         let up_fail = |source: io::Error| {
             let error = ProxyError::UpstreamIo {
                 addr: up.addr.clone(),
@@ -599,7 +686,7 @@ impl ClientConn {
                 self.up_head.extend_from_slice(b"0\r\n\r\n");
             }
             if !self.up_head.is_empty() {
-                if let Err(e) = conn.stream.write_all(&self.up_head).await {
+                if let Err(e) = write_within(&mut conn.stream, &self.up_head, idle).await {
                     return Err(up_fail(e));
                 }
                 self.up_head.clear();
@@ -608,7 +695,6 @@ impl ClientConn {
                 return Ok(());
             }
             self.buf.reserve(READ_CHUNK);
-            let idle = self.inner.opts.response_timeout;
             match tokio::time::timeout(idle, self.stream.read_buf(&mut self.buf)).await {
                 Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err((client_gone(), false)),
                 Ok(_) => {}
@@ -700,26 +786,63 @@ impl ClientConn {
         }
     }
 
+    /// Writes `out` to the client; a client that takes nothing for `response_timeout`
+    /// is given up on.
     async fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
+            write_within(
+                &mut self.stream,
+                &self.out,
+                self.inner.opts.response_timeout,
+            )
+            .await?;
             self.out.clear();
         }
         Ok(())
     }
 
-    async fn write_error(&mut self, status: u16, message: &str, close: bool) {
+    /// Closes the connection so that a response already written is read by the client:
+    /// shut down our side, then drain (bounded) what the client still sends, since
+    /// closing with unread data makes the kernel send a reset that can destroy the
+    /// response (RFC 9112 §9.6).
+    async fn linger(mut self) {
+        if self.stream.shutdown().await.is_err() {
+            return;
+        }
+        let drain = async {
+            let mut sink = [0u8; 4096];
+            let mut total = 0usize;
+            while total < LINGER_BYTES {
+                match self.stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => total += n,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    }
+
+    /// Writes one of turnout's own responses (`head_request`: its length but no body).
+    async fn write_error(&mut self, status: u16, message: &str, close: bool, head_request: bool) {
         self.out.clear();
         let reason = http::StatusCode::from_u16(status)
             .ok()
             .and_then(|s| s.canonical_reason())
             .unwrap_or("");
-        self.out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n", message.len()).as_bytes());
+        self.out.extend_from_slice(
+            format!(
+                "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n",
+                message.len()
+            )
+            .as_bytes(),
+        );
         if close {
             self.out.extend_from_slice(b"connection: close\r\n");
         }
         self.out.extend_from_slice(b"\r\n");
-        self.out.extend_from_slice(message.as_bytes());
+        if !head_request {
+            self.out.extend_from_slice(message.as_bytes());
+        }
         let _ = self.flush().await;
     }
 
@@ -757,6 +880,33 @@ pub(crate) fn log_failure(inner: &Inner, slot: turnout_core::SlotName, error: &P
         tracing::debug!(slot = %slot, error = %error, "request failed");
     } else if let Some(held_back) = inner.errors.allow() {
         tracing::warn!(slot = %slot, error = %error, similar_not_logged = held_back, "request failed");
+    }
+}
+
+/// `now + d`, or far in the future when that overflows (an absurd configured timeout).
+fn deadline_after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or(now + Duration::from_secs(86400 * 365))
+}
+
+/// Writes all of `data`, failing when the peer takes nothing for `idle`. The common
+/// case — the socket takes it all at once — needs no timer.
+async fn write_within(stream: &mut TcpStream, data: &[u8], idle: Duration) -> io::Result<()> {
+    let written = match stream.try_write(data) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    if written == data.len() {
+        return Ok(());
+    }
+    match tokio::time::timeout(idle, stream.write_all(&data[written..])).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the peer took nothing for response_timeout",
+        )),
     }
 }
 
@@ -824,6 +974,39 @@ fn hop_by_hop(name: &str) -> bool {
     .any(|h| eq(name, h))
 }
 
+/// `http://` or `https://` stripped, in any case.
+fn strip_scheme(target: &str) -> Option<&str> {
+    ["http://", "https://"].iter().find_map(|scheme| {
+        let n = scheme.len();
+        (target.len() >= n && target.as_bytes()[..n].eq_ignore_ascii_case(scheme.as_bytes()))
+            .then(|| &target[n..])
+    })
+}
+
+/// Headers turnout sets itself, in every spelling a framework may fold into the same
+/// variable (`X_Forwarded_For` is `HTTP_X_FORWARDED_FOR` to CGI, WSGI, Rack and PHP), and
+/// `Forwarded`, which turnout does not vouch for.
+fn set_by_turnout(name: &str) -> bool {
+    name.eq_ignore_ascii_case("forwarded")
+        || ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"]
+            .iter()
+            .any(|h| {
+                h.len() == name.len()
+                    && h.bytes()
+                        .zip(name.bytes())
+                        .all(|(a, b)| a == b.to_ascii_lowercase() || (a == b'-' && b == b'_'))
+            })
+}
+
+/// Whether a `Connection` field (any line) names `name` as hop-by-hop.
+fn listed_in_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
+    headers
+        .iter()
+        .filter(|h| eq(h.name, "connection"))
+        .flat_map(|h| tokens(h.value))
+        .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+}
+
 /// Parses and checks a request head in `buf`, and writes the upstream's head into
 /// `up`. `Ok(None)`: the head is not complete yet.
 fn plan_request(buf: &[u8], ip: &[u8], up: &mut Vec<u8>) -> Result<Option<Plan>, Refusal> {
@@ -847,10 +1030,9 @@ fn plan_request(buf: &[u8], ip: &[u8], up: &mut Vec<u8>) -> Result<Option<Plan>,
     let mut transfer_encoding = false;
     let mut host: Option<&[u8]> = None;
     let mut upgrade: Option<&[u8]> = None;
-    let mut close = minor == 0;
-    let mut conn_upgrade = false;
-    let mut named: [&[u8]; 8] = [&[]; 8];
-    let mut n_named = 0;
+    let (mut saw_close, mut saw_keep_alive, mut conn_upgrade) = (false, false, false);
+    // Whether `Connection` names other headers to drop (looked up again when copying).
+    let mut conn_names = false;
     let mut expect_continue = false;
     for h in req.headers.iter() {
         let name = h.name;
@@ -889,22 +1071,25 @@ fn plan_request(buf: &[u8], ip: &[u8], up: &mut Vec<u8>) -> Result<Option<Plan>,
         } else if eq(name, "connection") {
             for t in tokens(h.value) {
                 if t.eq_ignore_ascii_case(b"close") {
-                    close = true;
+                    saw_close = true;
                 } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                    close = false;
+                    saw_keep_alive = true;
                 } else if t.eq_ignore_ascii_case(b"upgrade") {
                     conn_upgrade = true;
-                } else if n_named < named.len() {
-                    named[n_named] = t;
-                    n_named += 1;
+                } else {
+                    conn_names = true;
                 }
             }
         } else if eq(name, "upgrade") {
             upgrade = Some(h.value);
         } else if eq(name, "expect") {
-            expect_continue = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+            // HTTP/1.0 clients know no 100 Continue (RFC 9110 §10.1.1).
+            expect_continue =
+                minor == 1 && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }
     }
+    // `close` wins over `keep-alive`; HTTP/1.0 closes unless it asks otherwise.
+    let close = saw_close || (minor == 0 && !saw_keep_alive);
     if transfer_encoding && !chunked {
         return Err(Refusal(400, "turnout: invalid Transfer-Encoding\n"));
     }
@@ -923,26 +1108,23 @@ fn plan_request(buf: &[u8], ip: &[u8], up: &mut Vec<u8>) -> Result<Option<Plan>,
     if method == "CONNECT" {
         return Err(Refusal(405, "turnout: CONNECT is not supported\n"));
     }
-    // Origin form, or absolute form whose authority stands in for Host.
+    // Origin form, or absolute form whose authority replaces Host (RFC 9112 §3.2.2).
     let (path, authority) = if target.starts_with('/') || target == "*" {
         (target, None)
-    } else if let Some(rest) = target
-        .strip_prefix("http://")
-        .or_else(|| target.strip_prefix("https://"))
-    {
-        let split = rest.find('/').unwrap_or(rest.len());
-        let path = if split == rest.len() {
-            "/"
-        } else {
-            &rest[split..]
-        };
-        (path, Some(&rest[..split]))
+    } else if let Some(rest) = strip_scheme(target) {
+        let split = rest.find(['/', '?']).unwrap_or(rest.len());
+        (&rest[split..], Some(&rest[..split]))
     } else {
         return Err(Refusal(400, "turnout: invalid request target\n"));
     };
     if minor == 1 && host.is_none() && authority.is_none() {
         return Err(Refusal(400, "turnout: HTTP/1.1 request without Host\n"));
     }
+    let host: &[u8] = match authority {
+        Some(a) => a.as_bytes(),
+        // An HTTP/1.0 request may have none; the upstream gets an empty Host (§3.2).
+        None => host.unwrap_or(b""),
+    };
     let body = if chunked {
         ReqBody::Chunked
     } else {
@@ -951,16 +1133,28 @@ fn plan_request(buf: &[u8], ip: &[u8], up: &mut Vec<u8>) -> Result<Option<Plan>,
             _ => ReqBody::None,
         }
     };
+    // h2c by Upgrade is not passed on: turnout serves HTTP/2 itself, and a tunnel would
+    // take the connection out of its hands.
     let upgrade = match upgrade {
-        Some(proto) if conn_upgrade && minor == 1 => Some(proto),
+        Some(proto)
+            if conn_upgrade && minor == 1 && !proto.trim_ascii().eq_ignore_ascii_case(b"h2c") =>
+        {
+            Some(proto)
+        }
         _ => None,
     };
 
     up.clear();
     up.extend_from_slice(method.as_bytes());
     up.push(b' ');
+    if !path.starts_with('/') && path != "*" {
+        // Absolute form with no path, or a query only.
+        up.push(b'/');
+    }
     up.extend_from_slice(path.as_bytes());
-    up.extend_from_slice(b" HTTP/1.1\r\n");
+    up.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    up.extend_from_slice(host);
+    up.extend_from_slice(b"\r\n");
     // Earlier hops' addresses, in order; the client's is appended after them.
     let mut forwarded_for: Vec<&[u8]> = Vec::new();
     for h in req.headers.iter() {
@@ -969,14 +1163,12 @@ fn plan_request(buf: &[u8], ip: &[u8], up: &mut Vec<u8>) -> Result<Option<Plan>,
             forwarded_for.push(h.value);
             continue;
         }
-        if hop_by_hop(name)
+        if eq(name, "host")
+            || hop_by_hop(name)
             || eq(name, "content-length")
             || eq(name, "expect")
-            || eq(name, "x-forwarded-proto")
-            || eq(name, "x-forwarded-host")
-            || named[..n_named]
-                .iter()
-                .any(|t| name.as_bytes().eq_ignore_ascii_case(t))
+            || set_by_turnout(name)
+            || (conn_names && listed_in_connection(req.headers, name))
         {
             continue;
         }
@@ -986,22 +1178,16 @@ fn plan_request(buf: &[u8], ip: &[u8], up: &mut Vec<u8>) -> Result<Option<Plan>,
         up.extend_from_slice(b"\r\n");
     }
     up.extend_from_slice(b"x-forwarded-for: ");
-    for value in forwarded_for {
+    for value in forwarded_for.iter().filter(|v| !v.trim_ascii().is_empty()) {
         up.extend_from_slice(value);
         up.extend_from_slice(b", ");
     }
     up.extend_from_slice(ip);
     up.extend_from_slice(b"\r\n");
     up.extend_from_slice(b"x-forwarded-proto: http\r\n");
-    let host = host.or(authority.map(str::as_bytes));
-    if let (Some(a), None) = (authority, req.headers.iter().find(|h| eq(h.name, "host"))) {
-        up.extend_from_slice(b"host: ");
-        up.extend_from_slice(a.as_bytes());
-        up.extend_from_slice(b"\r\n");
-    }
     // turnout is the edge: the forwarded host is the one this client asked for, never a
     // value the client made up.
-    if let Some(host) = host {
+    if !host.is_empty() {
         up.extend_from_slice(b"x-forwarded-host: ");
         up.extend_from_slice(host);
         up.extend_from_slice(b"\r\n");
@@ -1064,9 +1250,7 @@ fn respond_head(
         let minor = resp.version.unwrap_or(1);
         let mut length: Option<u64> = None;
         let mut te: Option<bool> = None; // Some(chunked last)
-        let mut up_close = minor == 0;
-        let mut named: [&[u8]; 8] = [&[]; 8];
-        let mut n_named = 0;
+        let (mut saw_close, mut saw_keep_alive, mut conn_names) = (false, false, false);
         for h in resp.headers.iter() {
             if eq(h.name, "content-length") {
                 for part in tokens(h.value) {
@@ -1089,16 +1273,16 @@ fn respond_head(
             } else if eq(h.name, "connection") {
                 for t in tokens(h.value) {
                     if t.eq_ignore_ascii_case(b"close") {
-                        up_close = true;
+                        saw_close = true;
                     } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                        up_close = false;
-                    } else if n_named < named.len() {
-                        named[n_named] = t;
-                        n_named += 1;
+                        saw_keep_alive = true;
+                    } else {
+                        conn_names = true;
                     }
                 }
             }
         }
+        let up_close = saw_close || (minor == 0 && !saw_keep_alive);
         let framing = if plan.head_request || status == 101 || status == 204 || status == 304 {
             Framing::Empty
         } else {
@@ -1121,17 +1305,23 @@ fn respond_head(
         for h in resp.headers.iter() {
             let name = h.name;
             let keep_upgrade = status == 101 && eq(name, "upgrade");
-            let listed = named[..n_named]
-                .iter()
-                .any(|t| name.as_bytes().eq_ignore_ascii_case(t));
             if !keep_upgrade
-                && (hop_by_hop(name) || listed || (stream_body && eq(name, "content-length")))
+                && (hop_by_hop(name)
+                    || eq(name, "content-length")
+                    || (conn_names && listed_in_connection(resp.headers, name)))
             {
                 continue;
             }
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(h.value);
+            out.extend_from_slice(b"\r\n");
+        }
+        // One length line, turnout's: for a body it relays whole, and for HEAD and 304,
+        // where it describes the body not sent.
+        if let (Some(n), false) = (length, stream_body || status == 204 || status == 101) {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(n.to_string().as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         if client_chunked {
@@ -1279,6 +1469,66 @@ mod tests {
     }
 
     #[test]
+    fn connection_and_host_edge_cases() {
+        // `close` wins, whatever else the lines say.
+        assert!(
+            plan("GET / HTTP/1.1\r\nhost: a\r\nconnection: close, keep-alive\r\n\r\n")
+                .unwrap()
+                .0
+                .close
+        );
+        assert!(
+            plan(
+                "GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\nconnection: keep-alive\r\n\r\n"
+            )
+            .unwrap()
+            .0
+            .close
+        );
+        // Every header named in Connection is dropped, however many; Host never is.
+        let names: Vec<String> = (0..12).map(|i| format!("x-h{i}")).collect();
+        let head = format!(
+            "GET / HTTP/1.1\r\nhost: a\r\nconnection: host, {}\r\n{}\r\n",
+            names.join(", "),
+            names
+                .iter()
+                .map(|n| format!("{n}: 1\r\n"))
+                .collect::<String>()
+        );
+        let (_, up) = plan(&head).unwrap();
+        assert!(!up.contains("x-h"), "{up}");
+        assert!(up.contains("host: a\r\n"), "{up}");
+        // Absolute form: the authority replaces Host, the query survives, any case.
+        let (_, up) = plan("GET HTTP://api.example?q=1 HTTP/1.1\r\nhost: other\r\n\r\n").unwrap();
+        assert!(
+            up.starts_with("GET /?q=1 HTTP/1.1\r\nhost: api.example\r\n"),
+            "{up}"
+        );
+        assert!(!up.contains("other"), "{up}");
+        // HTTP/1.0 without Host: an empty Host upstream, not none.
+        let (_, up) = plan("GET / HTTP/1.0\r\n\r\n").unwrap();
+        assert!(up.starts_with("GET / HTTP/1.1\r\nhost: \r\n"), "{up}");
+        // HTTP/1.0 knows no 100 Continue.
+        assert!(
+            !plan("POST / HTTP/1.0\r\ncontent-length: 1\r\nexpect: 100-continue\r\n\r\n")
+                .unwrap()
+                .0
+                .expect_continue
+        );
+        // h2c is not tunnelled.
+        let (p, up) = plan("GET / HTTP/1.1\r\nhost: a\r\nconnection: upgrade, http2-settings\r\nupgrade: h2c\r\nhttp2-settings: x\r\n\r\n").unwrap();
+        assert_eq!(p.upgrade, None);
+        assert!(
+            !up.contains("upgrade") && !up.contains("http2-settings"),
+            "{up}"
+        );
+        // Spellings of the forwarding headers a framework would fold together, and
+        // Forwarded, do not get through.
+        let (_, up) = plan("GET / HTTP/1.1\r\nhost: a\r\nX_Forwarded_Host: evil\r\nx_forwarded_proto: https\r\nForwarded: host=evil\r\n\r\n").unwrap();
+        assert!(!up.contains("evil") && !up.contains("https"), "{up}");
+    }
+
+    #[test]
     fn upstream_head_is_rewritten() {
         let (p, up) = plan(
             "GET /a?b=1 HTTP/1.1\r\nHost: shop.example\r\nConnection: keep-alive, x-hop\r\nx-hop: 1\r\n\
@@ -1290,7 +1540,7 @@ mod tests {
         assert!(!p.close && p.idempotent && p.body == ReqBody::None);
         assert_eq!(
             up,
-            "GET /a?b=1 HTTP/1.1\r\nHost: shop.example\r\naccept: */*\r\n\
+            "GET /a?b=1 HTTP/1.1\r\nhost: shop.example\r\naccept: */*\r\n\
              x-forwarded-for: 1.2.3.4, 5.6.7.8, 10.0.0.9\r\nx-forwarded-proto: http\r\n\
              x-forwarded-host: shop.example\r\n\r\n"
         );
@@ -1340,6 +1590,28 @@ mod tests {
     }
 
     #[test]
+    fn response_connection_and_length_are_turnouts() {
+        let get11 = "GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+        let (r, out, _) = respond(
+            "HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\nconnection: close, keep-alive\r\n\r\nabc",
+            get11,
+        );
+        assert!(!r.unwrap().upstream_keep_alive, "close wins");
+        assert_eq!(out, "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n");
+        let names: Vec<String> = (0..12).map(|i| format!("x-h{i}")).collect();
+        let up = format!(
+            "HTTP/1.1 200 OK\r\nconnection: {}\r\n{}content-length: 0\r\n\r\n",
+            names.join(", "),
+            names
+                .iter()
+                .map(|n| format!("{n}: 1\r\n"))
+                .collect::<String>()
+        );
+        let (_, out, _) = respond(&up, get11);
+        assert!(!out.contains("x-h"), "{out}");
+    }
+
+    #[test]
     fn response_head_is_rewritten() {
         let get11 = "GET / HTTP/1.1\r\nhost: a\r\n\r\n";
         let (r, out, left) = respond("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: x-h\r\nx-h: 1\r\nkeep-alive: 5\r\nx-a: 1\r\n\r\nhi", get11);
@@ -1350,7 +1622,7 @@ mod tests {
         );
         assert_eq!(
             out,
-            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: 1\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 2\r\n\r\n"
         );
         assert_eq!(left, 2, "the body stays in the buffer");
         // Interim responses are skipped; chunked upstream, chunked to an HTTP/1.1 client

@@ -46,10 +46,6 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Pooled connections idle longer than this may have been closed by the upstream in the
-/// meantime: they are checked before use.
-const STALE_AFTER: Duration = Duration::from_secs(1);
-
 /// How long a request waits for a pooled hyper connection to become ready.
 const BUSY_WAIT: Duration = Duration::from_millis(50);
 
@@ -168,11 +164,10 @@ impl ConnService {
     ) -> Result<Response<RawBody>, (ProxyError, bool)> {
         let opts = &self.inner.opts;
         let idempotent = is_idempotent(&parts.method);
-        while let Some((mut conn, since)) = up.checkout_raw() {
-            // An idle connection may have been closed by the upstream meanwhile. Sending
-            // an idempotent request on it costs nothing (it is resent below when nothing
-            // came back); any other request is only sent on one that looks alive.
-            if (!idempotent || since.elapsed() > STALE_AFTER) && !conn.looks_alive() {
+        while let Some((mut conn, _)) = up.checkout_raw() {
+            // A connection the upstream closed, or sent stray bytes on, meanwhile. The
+            // check costs no system call unless the socket was reported readable.
+            if !conn.looks_alive() {
                 continue;
             }
             match conn.exchange(&up.addr, parts, opts.response_timeout).await {

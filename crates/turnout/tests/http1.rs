@@ -238,3 +238,36 @@ async fn an_unfinished_head_is_cut_off_after_header_timeout() {
     let mut idle = connect(&router).await;
     assert!(read_to_close(&mut idle).await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turnouts_own_answer_to_head_has_no_body() {
+    // Blue's only upstream is a port where nothing listens: turnout answers itself.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let router = Router::start(
+        Path::new(env!("CARGO_BIN_EXE_turnout")),
+        &RouterOptions {
+            blue: vec![dead.to_string()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut s = connect(&router).await;
+    let mut buf = Vec::new();
+    s.write_all(b"HEAD / HTTP/1.1\r\nhost: a\r\n\r\nGET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, head, _) = read_response(&mut s, &mut buf, true).await;
+    assert!(status == 502 || status == 503, "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: "),
+        "{head}"
+    );
+    // The next response starts right after the HEAD's head: no body bytes between.
+    let (status, _, body) = read_response(&mut s, &mut buf, false).await;
+    assert!(status == 502 || status == 503);
+    assert!(body.starts_with("turnout:"), "{body:?}");
+}
