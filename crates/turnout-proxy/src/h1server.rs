@@ -467,17 +467,10 @@ impl ClientConn {
         plan: &Plan,
     ) -> Result<RespPlan, (SendFail, bool)> {
         let idle = self.inner.opts.response_timeout;
-        let io_fail = |source: io::Error, touched: bool| {
-            let error = ProxyError::UpstreamIo {
-                addr: up.addr.clone(),
-                source,
-            };
-            (SendFail::upstream(error, touched), true)
-        };
         match plan.body {
             ReqBody::None => {
                 if let Err(e) = write_within(&mut conn.stream, &self.up_head, idle).await {
-                    return Err(io_fail(e, false));
+                    return Err(upstream_io(up, e, false));
                 }
             }
             ReqBody::Length(n) => {
@@ -549,13 +542,6 @@ impl ClientConn {
         up: &UpstreamRef,
         plan: &Plan,
     ) -> Result<RespPlan, (SendFail, bool)> {
-        let io_fail = |source: io::Error, touched: bool| {
-            let error = ProxyError::UpstreamIo {
-                addr: up.addr.clone(),
-                source,
-            };
-            (SendFail::upstream(error, touched), true)
-        };
         let timeout = self.inner.opts.response_timeout;
         let touched = plan.body != ReqBody::None;
         // Anything at all from the upstream (an interim 1xx too) proves it got the request.
@@ -589,12 +575,12 @@ impl ClientConn {
                             io::ErrorKind::UnexpectedEof,
                             "connection closed before a response",
                         );
-                        let (f, _) = io_fail(e, touched);
+                        let (f, _) = upstream_io(up, e, touched);
                         return Err((f, nothing_yet));
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        let (f, _) = io_fail(e, touched);
+                        let (f, _) = upstream_io(up, e, touched);
                         return Err((f, nothing_yet));
                     }
                 }
@@ -620,18 +606,9 @@ impl ClientConn {
         n: u64,
     ) -> Result<(), (SendFail, bool)> {
         let idle = self.inner.opts.response_timeout;
-        let up_fail = |source: io::Error| {
-            let error = ProxyError::UpstreamIo {
-                addr: up.addr.clone(),
-                source,
-            };
-            (SendFail::upstream(error, true), false)
-        };
         let mut left = n;
         // What is already here goes out with the head, in one write.
-        let now = usize::try_from(left)
-            .unwrap_or(usize::MAX)
-            .min(self.buf.len());
+        let now = body_part(left, self.buf.len());
         self.up_head.extend_from_slice(&self.buf[..now]);
         self.buf.advance(now);
         left -= now as u64;
@@ -639,7 +616,7 @@ impl ClientConn {
         if let Err(e) = sent {
             // Nothing of the body was read beyond what is buffered: still, the head
             // may have gone out, so no resend.
-            return Err(up_fail(e));
+            return Err((upstream_io(up, e, true).0, false));
         }
         while left > 0 {
             self.buf.reserve(READ_CHUNK);
@@ -647,11 +624,9 @@ impl ClientConn {
                 Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err((client_gone(), false)),
                 Ok(_) => {}
             }
-            let take = usize::try_from(left)
-                .unwrap_or(usize::MAX)
-                .min(self.buf.len());
+            let take = body_part(left, self.buf.len());
             if let Err(e) = write_within(&mut conn.stream, &self.buf[..take], idle).await {
-                return Err(up_fail(e));
+                return Err((upstream_io(up, e, true).0, false));
             }
             self.buf.advance(take);
             left -= take as u64;
@@ -666,13 +641,6 @@ impl ClientConn {
         up: &UpstreamRef,
     ) -> Result<(), (SendFail, bool)> {
         let idle = self.inner.opts.response_timeout;
-        let up_fail = |source: io::Error| {
-            let error = ProxyError::UpstreamIo {
-                addr: up.addr.clone(),
-                source,
-            };
-            (SendFail::upstream(error, true), false)
-        };
         let mut dec = Chunked::default();
         loop {
             loop {
@@ -687,7 +655,7 @@ impl ClientConn {
             }
             if !self.up_head.is_empty() {
                 if let Err(e) = write_within(&mut conn.stream, &self.up_head, idle).await {
-                    return Err(up_fail(e));
+                    return Err((upstream_io(up, e, true).0, false));
                 }
                 self.up_head.clear();
             }
@@ -711,9 +679,7 @@ impl ClientConn {
             Framing::Length(n) => {
                 let mut left = n;
                 loop {
-                    let take = usize::try_from(left)
-                        .unwrap_or(usize::MAX)
-                        .min(conn.buf.len());
+                    let take = body_part(left, conn.buf.len());
                     self.out.extend_from_slice(&conn.buf[..take]);
                     conn.buf.advance(take);
                     left -= take as u64;
@@ -881,6 +847,21 @@ pub(crate) fn log_failure(inner: &Inner, slot: turnout_core::SlotName, error: &P
     } else if let Some(held_back) = inner.errors.allow() {
         tracing::warn!(slot = %slot, error = %error, similar_not_logged = held_back, "request failed");
     }
+}
+
+/// An IO failure on the upstream connection; `touched`: the client's body was (partly)
+/// read. The second value says "nothing came back" (for the resend decision).
+fn upstream_io(up: &UpstreamRef, source: io::Error, touched: bool) -> (SendFail, bool) {
+    let error = ProxyError::UpstreamIo {
+        addr: up.addr.clone(),
+        source,
+    };
+    (SendFail::upstream(error, touched), true)
+}
+
+/// How much of `avail` bytes belongs to a body with `left` bytes still to come.
+fn body_part(left: u64, avail: usize) -> usize {
+    usize::try_from(left).unwrap_or(usize::MAX).min(avail)
 }
 
 /// `now + d`, or far in the future when that overflows (an absurd configured timeout).
