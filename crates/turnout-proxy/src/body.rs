@@ -42,8 +42,8 @@ pub enum ProxyBody {
 pub struct PoolReturnSlot(pub(crate) PoolReturn);
 
 impl ProxyBody {
-    pub(crate) fn upstream(inner: Incoming, ret: Option<PoolReturn>) -> ProxyBody {
-        let mut ret = ret.map(PoolReturnSlot);
+    pub(crate) fn upstream(inner: Incoming, ret: PoolReturn) -> ProxyBody {
+        let mut ret = Some(PoolReturnSlot(ret));
         if inner.is_end_stream() {
             if let Some(r) = ret.take() {
                 r.0.finish();

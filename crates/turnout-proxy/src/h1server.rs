@@ -831,6 +831,7 @@ impl ClientConn {
             self.inner.live_rx.clone(),
             self.inner.opts.upgrade_drain,
             websocket,
+            self.stop.clone(),
         )
         .await;
     }

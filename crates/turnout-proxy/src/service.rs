@@ -1,24 +1,25 @@
-//! The request path. Every request goes through these phases, in order:
+//! The HTTP/2 request path (HTTP/1.x is served by `h1server.rs`). hyper's HTTP/2 server
+//! calls [`ConnService`] for each request, which goes through these phases:
 //!
 //! 1. **route** — load the routing table (one atomic load) and choose the slot: the live
 //!    one, or by weight during a canary. No live slot: `503`.
-//! 2. **prepare** — rewrite the head for the upstream in place: origin-form URI, `Host`
-//!    (from the authority for HTTP/2), hop-by-hop headers removed (RFC 9110 §7.6.1),
-//!    `X-Forwarded-For`/`-Proto`/`-Host` set. An `Upgrade` request keeps its `Upgrade` and
-//!    `Connection: upgrade`, and its client side upgrade is taken now.
+//! 2. **prepare** — rewrite the head for the HTTP/1.1 upstream in place: origin-form URI,
+//!    `Host` from the authority, split cookies joined, hop-by-hop headers removed (RFC
+//!    9110 §7.6.1), `X-Forwarded-For` appended to, `-Proto` and `-Host` set.
 //! 3. **pick** — round robin over the slot's healthy upstreams. None healthy: `503`.
-//! 4. **send** — on a pooled keep-alive connection, or a new one. When nothing was sent
-//!    (connect refused or timed out, a pooled connection found closed before writing) the
-//!    request goes once to another upstream of the same slot; a refused connect also ejects
-//!    the upstream until its health check passes again. Failure after sending: `502`; no
-//!    response head within `response_timeout`: `504`.
+//! 4. **send** — a request without body through the hand-written client (`h1.rs`), others
+//!    through hyper's; on a pooled keep-alive connection, or a new one. When nothing was
+//!    sent (connect refused or timed out, a pooled connection found closed before
+//!    writing) the request goes once to another upstream of the same slot; a refused
+//!    connect also ejects the upstream until its health check passes again. Failure after
+//!    sending: `502`; no response head within `response_timeout`: `504`.
 //! 5. **respond** — hop-by-hop headers removed from the response; the body is streamed and
 //!    its connection returns to the pool when the body ends.
-//! 6. **tunnel** — a `101` response starts a tunnel between the two upgraded connections,
-//!    which keeps running after a switch until it closes or `upgrade_drain` ends it.
+//!
+//! There is no tunnel phase: HTTP/2 has no `Upgrade`.
 //!
 //! Requests in flight finish on the slot chosen in phase 1, whatever switches happen
-//! meanwhile; a keep-alive client connection is routed afresh at each request.
+//! meanwhile.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,7 +30,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
@@ -38,7 +39,7 @@ use crate::error::ProxyError;
 use crate::h1::{RawBody, RawConn};
 use crate::table::SlotPool;
 use crate::upstream::{Sender, UpstreamRef};
-use crate::{tunnel, Inner};
+use crate::Inner;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -91,31 +92,20 @@ impl ConnService {
 
         // Phase 2: prepare.
         let client_version = req.version();
-        let upgrade = upgrade_protocol(&req);
-        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-        self.prepare(&mut req, upgrade.as_ref());
+        self.prepare(&mut req);
 
-        // Phases 3 and 4: pick and send. A request without body or upgrade (most of
-        // them) goes through the hand-written client; the others through hyper's.
-        let sent = if upgrade.is_none() && req.body().is_end_stream() {
+        // Phases 3 and 4: pick and send. A request without body (most of them) goes
+        // through the hand-written client; the others through hyper's.
+        let sent = if req.body().is_end_stream() {
             let (parts, _) = req.into_parts();
             self.send_raw(&slot, &parts)
                 .await
                 .map(|r| r.map(ProxyBody::Raw))
         } else {
             // Boxed: the rarer path keeps the common request's future small.
-            let sent =
-                Box::pin(self.send(&slot, req.map(RequestBody::Client), upgrade.is_some())).await;
-            match (sent, client_upgrade) {
-                // Phase 6: tunnel.
-                (Ok((resp, _, upstream)), Some(client_upgrade))
-                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS =>
-                {
-                    return self.start_tunnel(resp, client_upgrade, &upstream, upgrade);
-                }
-                (Ok((resp, ret, _)), _) => Ok(resp.map(|b| ProxyBody::upstream(b, ret))),
-                (Err(e), _) => Err(e),
-            }
+            Box::pin(self.send(&slot, req.map(RequestBody::Client)))
+                .await
+                .map(|(resp, ret)| resp.map(|b| ProxyBody::upstream(b, ret)))
         };
 
         // Phase 5: respond.
@@ -193,7 +183,7 @@ impl ConnService {
         }
     }
 
-    fn prepare(&self, req: &mut Request<Incoming>, upgrade: Option<&HeaderValue>) {
+    fn prepare(&self, req: &mut Request<Incoming>) {
         // HTTP/2 requests carry the host in the authority; HTTP/1.1 upstreams need `Host`.
         if !req.headers().contains_key(header::HOST) {
             if let Some(host) = req
@@ -238,10 +228,6 @@ impl ConnService {
 
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
-        if let Some(proto) = upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, proto.clone());
-        }
         let xff = if headers.contains_key(&X_FORWARDED_FOR) {
             // Keep every address of every line, then append the client's.
             let mut v = BytesMut::new();
@@ -272,14 +258,13 @@ impl ConnService {
         &self,
         slot: &SlotPool,
         req: Request<RequestBody>,
-        upgrade: bool,
-    ) -> Result<(Response<Incoming>, Option<PoolReturn>, UpstreamRef), ProxyError> {
+    ) -> Result<(Response<Incoming>, PoolReturn), ProxyError> {
         let first = slot
             .pick(None)
             .ok_or(ProxyError::NoHealthyUpstream { slot: slot.name })?
             .clone();
-        let (err, req) = match self.send_to(&first, req, upgrade).await {
-            Ok((resp, ret)) => return Ok((resp, ret, first)),
+        let (err, req) = match self.send_to(&first, req).await {
+            Ok(sent) => return Ok(sent),
             Err(failed) => failed,
         };
         let Some(req) = req else { return Err(err) };
@@ -287,10 +272,7 @@ impl ConnService {
             return Err(err);
         };
         tracing::debug!(slot = %slot.name, from = %first.addr, to = %second.addr, error = %err, "retrying on another upstream");
-        match self.send_to(&second, req, upgrade).await {
-            Ok((resp, ret)) => Ok((resp, ret, second)),
-            Err((err, _)) => Err(err),
-        }
+        self.send_to(&second, req).await.map_err(|(err, _)| err)
     }
 
     /// Sends to one upstream. On failure the request comes back when it was not sent (or,
@@ -299,11 +281,9 @@ impl ConnService {
         &self,
         up: &UpstreamRef,
         mut req: Request<RequestBody>,
-        upgrade: bool,
-    ) -> Result<(Response<Incoming>, Option<PoolReturn>), (ProxyError, Option<Request<RequestBody>>)>
-    {
+    ) -> Result<(Response<Incoming>, PoolReturn), (ProxyError, Option<Request<RequestBody>>)> {
         let opts = &self.inner.opts;
-        if !upgrade {
+        {
             while let Some(mut sender) = up.checkout() {
                 // A connection still busy (say, writing an upload the upstream already
                 // answered) is waited for only briefly: it must not hold this request
@@ -314,20 +294,18 @@ impl ConnService {
                 }
                 match self.exchange(up, &mut sender, req).await {
                     Ok(resp) => {
-                        return Ok((
-                            resp,
-                            Some(PoolReturn {
-                                upstream: up.clone(),
-                                sender,
-                            }),
-                        ))
+                        let ret = PoolReturn {
+                            upstream: up.clone(),
+                            sender,
+                        };
+                        return Ok((resp, ret));
                     }
                     Err((_, Some(back))) => req = back,
                     Err((err, None)) => return Err((err, None)),
                 }
             }
         }
-        let mut sender = match up.connect(opts.connect_timeout, upgrade).await {
+        let mut sender = match up.connect(opts.connect_timeout).await {
             Ok(s) => s,
             Err(e) => {
                 if e.is_refused() && up.eject() {
@@ -338,10 +316,10 @@ impl ConnService {
         };
         match self.exchange(up, &mut sender, req).await {
             Ok(resp) => {
-                let ret = (!upgrade).then(|| PoolReturn {
+                let ret = PoolReturn {
                     upstream: up.clone(),
                     sender,
-                });
+                };
                 Ok((resp, ret))
             }
             Err(e) => Err(e),
@@ -376,42 +354,6 @@ impl ConnService {
             )),
         }
     }
-
-    fn start_tunnel(
-        &self,
-        mut resp: Response<Incoming>,
-        client: hyper::upgrade::OnUpgrade,
-        upstream: &UpstreamRef,
-        protocol: Option<HeaderValue>,
-    ) -> Response<ProxyBody> {
-        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let websocket = protocol.is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"websocket"));
-        tunnel::spawn(
-            client,
-            upstream_upgrade,
-            upstream.slot,
-            self.inner.live_rx.clone(),
-            self.inner.opts.upgrade_drain,
-            websocket,
-        );
-        let (parts, _) = resp.into_parts();
-        Response::from_parts(parts, ProxyBody::Full(None))
-    }
-}
-
-/// The protocol of an HTTP/1.1 `Upgrade` request (`Connection: upgrade` + `Upgrade: X`).
-fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
-    if req.version() != Version::HTTP_11 {
-        return None;
-    }
-    let proto = req.headers().get(header::UPGRADE)?;
-    let wants = req.headers().get_all(header::CONNECTION).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        })
-    });
-    wants.then(|| proto.clone())
 }
 
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1: those named in `Connection`, and

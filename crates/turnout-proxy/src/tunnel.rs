@@ -5,8 +5,6 @@
 
 use std::time::Duration;
 
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use turnout_core::SlotName;
@@ -18,37 +16,6 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// A WebSocket Close frame from a server: status 1001 (going away) and a reason.
 const WS_CLOSE_GOING_AWAY: &[u8] = b"\x88\x1b\x03\xe9turnout: slot is not live";
 
-pub(crate) fn spawn(
-    client: OnUpgrade,
-    upstream: OnUpgrade,
-    slot: SlotName,
-    live: watch::Receiver<Option<SlotName>>,
-    drain: Duration,
-    websocket: bool,
-) {
-    tokio::spawn(async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
-                return;
-            }
-        };
-        tracing::debug!(slot = %slot, websocket, "tunnel open");
-        relay(
-            TokioIo::new(client),
-            TokioIo::new(upstream),
-            bytes::Bytes::new(),
-            slot,
-            live,
-            drain,
-            websocket,
-        )
-        .await;
-        tracing::debug!(slot = %slot, "tunnel closed");
-    });
-}
-
 /// Relays until both sides are done; `early` holds bytes the upstream sent right after
 /// its 101 response, which go to the client first.
 pub(crate) async fn relay<C, U>(
@@ -59,6 +26,7 @@ pub(crate) async fn relay<C, U>(
     live: watch::Receiver<Option<SlotName>>,
     drain: Duration,
     websocket: bool,
+    mut stop: watch::Receiver<bool>,
 ) where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -82,7 +50,14 @@ pub(crate) async fn relay<C, U>(
             frames.feed(&early);
         }
         let mut buf = vec![0u8; 16 * 1024];
-        let deadline = drain_deadline(live, slot, drain);
+        // Drain when the slot has not been live for `drain`, or at once when the router
+        // stops (a graceful stop closes WebSockets with 1001 too).
+        let deadline = async {
+            tokio::select! {
+                () = drain_deadline(live, slot, drain) => {}
+                () = async { let _ = stop.wait_for(|s| *s).await; } => {}
+            }
+        };
         tokio::pin!(deadline);
         let mut draining = false;
         // Once draining, a frame boundary must come within CLOSE_GRACE; an upstream

@@ -200,12 +200,9 @@ impl Upstream {
         Ok(stream)
     }
 
-    /// Opens a new HTTP/1.1 connection; its driver runs on its own task.
-    pub(crate) async fn connect(
-        &self,
-        timeout: Duration,
-        upgrades: bool,
-    ) -> Result<Sender, ProxyError> {
+    /// Opens a new HTTP/1.1 connection for hyper's client; its driver runs on its own
+    /// task.
+    pub(crate) async fn connect(&self, timeout: Duration) -> Result<Sender, ProxyError> {
         let stream = self.connect_tcp(timeout).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
@@ -214,15 +211,9 @@ impl Upstream {
                 addr: self.addr.clone(),
                 source,
             })?;
-        if upgrades {
-            tokio::spawn(async move {
-                let _ = conn.with_upgrades().await;
-            });
-        } else {
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-        }
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
         Ok(sender)
     }
 }

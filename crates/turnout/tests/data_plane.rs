@@ -622,3 +622,36 @@ async fn x_forwarded_for_on_several_lines_keeps_every_address() {
     .await;
     assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 127.0.0.1", "{h:#}");
 }
+
+/// A graceful stop closes open WebSockets with 1001 (going away) and still exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_websockets_going_away() {
+    let blue = Backend::start("blue").await;
+    let mut r = router(RouterOptions {
+        blue: vec![blue.upstream()],
+        ..Default::default()
+    })
+    .await;
+    let tcp = TcpStream::connect(&r.data).await.expect("connect");
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/ws", r.data), tcp)
+        .await
+        .expect("WebSocket handshake through turnout");
+    ws.send(Message::text("hi")).await.expect("send");
+    match tokio::time::timeout(DEADLINE, ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => assert_eq!(t.as_str(), "blue:hi"),
+        other => panic!("expected a reply, got {other:?}"),
+    }
+    let stopping = tokio::spawn(async move { r.terminate().await });
+    let close = tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .expect("no Close frame within the deadline");
+    match close {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Away),
+        other => panic!("expected a Close frame with code 1001, got {other:?}"),
+    }
+    // Answer the close and hang up, as a client does; the router then finishes its stop.
+    let _ = ws.close(None).await;
+    drop(ws);
+    let code = stopping.await.expect("join").expect("terminate");
+    assert_eq!(code, Some(0));
+}
