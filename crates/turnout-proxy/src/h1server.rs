@@ -823,17 +823,13 @@ impl ClientConn {
             return;
         }
         let early = upstream.buf.split().freeze();
-        tunnel::relay(
-            self.stream,
-            upstream.stream,
-            early,
+        let when = tunnel::DrainWhen {
             slot,
-            self.inner.live_rx.clone(),
-            self.inner.opts.upgrade_drain,
-            websocket,
-            self.stop.clone(),
-        )
-        .await;
+            live: self.inner.live_rx.clone(),
+            after: self.inner.opts.upgrade_drain,
+            stop: self.stop.clone(),
+        };
+        tunnel::relay(self.stream, upstream.stream, early, websocket, when).await;
     }
 }
 

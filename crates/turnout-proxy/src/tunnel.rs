@@ -16,21 +16,36 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// A WebSocket Close frame from a server: status 1001 (going away) and a reason.
 const WS_CLOSE_GOING_AWAY: &[u8] = b"\x88\x1b\x03\xe9turnout: slot is not live";
 
+/// When a tunnel must end.
+pub(crate) struct DrainWhen {
+    /// The slot the tunnel's upstream belongs to.
+    pub(crate) slot: SlotName,
+    /// The live slot, as it changes.
+    pub(crate) live: watch::Receiver<Option<SlotName>>,
+    /// How long the tunnel may go on once its slot is not live.
+    pub(crate) after: Duration,
+    /// The router's stop signal: drain at once.
+    pub(crate) stop: watch::Receiver<bool>,
+}
+
 /// Relays until both sides are done; `early` holds bytes the upstream sent right after
 /// its 101 response, which go to the client first.
 pub(crate) async fn relay<C, U>(
     client: C,
     upstream: U,
     early: bytes::Bytes,
-    slot: SlotName,
-    live: watch::Receiver<Option<SlotName>>,
-    drain: Duration,
     websocket: bool,
-    mut stop: watch::Receiver<bool>,
+    when: DrainWhen,
 ) where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let DrainWhen {
+        slot,
+        live,
+        after: drain,
+        mut stop,
+    } = when;
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut ur, mut uw) = tokio::io::split(upstream);
 
