@@ -44,6 +44,8 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// How long an idle keep-alive connection is kept between requests.
 const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
+/// After this long without a request, a keep-alive connection frees its buffers.
+const IDLE_SHRINK: Duration = Duration::from_secs(1);
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Flush the client write buffer once it holds this much.
 const FLUSH_AT: usize = 32 * 1024;
@@ -341,6 +343,7 @@ impl ClientConn {
         // The first head's clock started at accept; later ones at their first byte.
         let mut deadline = first.then_some(self.first_deadline);
         let mut parse = true;
+        let mut shrunk = false;
         loop {
             if !self.buf.is_empty() {
                 // Only the first MAX_HEAD bytes may hold the head.
@@ -357,10 +360,30 @@ impl ClientConn {
                 deadline.get_or_insert_with(|| deadline_after(header_timeout));
             }
             let limit = deadline.unwrap_or_else(|| deadline_after(KEEP_ALIVE_IDLE));
-            self.buf.reserve(READ_CHUNK);
             let idle = self.buf.is_empty();
+            if idle && shrunk {
+                // A quiet keep-alive connection holds no buffers while it waits.
+                let ready = tokio::time::timeout_at(limit.into(), self.stream.readable());
+                let stop = &mut self.stop;
+                tokio::select! {
+                    biased;
+                    r = ready => match r {
+                        Ok(Ok(())) => shrunk = false,
+                        _ => return Ok(None),
+                    },
+                    () = async { let _ = stop.wait_for(|s| *s).await; } => return Ok(None),
+                }
+                continue;
+            }
+            // Between requests, the first wait is short: a connection still quiet after
+            // it gives its buffers back.
+            let shrink_at = (idle && deadline.is_none())
+                .then(|| deadline_after(IDLE_SHRINK))
+                .filter(|s| *s < limit);
+            let wake = shrink_at.unwrap_or(limit);
+            self.buf.reserve(READ_CHUNK);
             let before = self.buf.len();
-            let read = tokio::time::timeout_at(limit.into(), self.stream.read_buf(&mut self.buf));
+            let read = tokio::time::timeout_at(wake.into(), self.stream.read_buf(&mut self.buf));
             let stop = &mut self.stop;
             let stopping = async {
                 if idle {
@@ -376,6 +399,12 @@ impl ClientConn {
                     // Parse again only when a line may have ended: a head sent a byte at
                     // a time costs one parse per line, not one per byte.
                     Ok(Ok(_)) => parse = self.buf[before..].contains(&b'\n'),
+                    Err(_) if shrink_at.is_some() => {
+                        self.buf = BytesMut::new();
+                        self.out = Vec::new();
+                        self.up_head = Vec::new();
+                        shrunk = true;
+                    }
                     Err(_) => {
                         if !idle {
                             tracing::debug!("request head not complete within header_timeout; connection closed");
@@ -543,6 +572,7 @@ impl ClientConn {
         plan: &Plan,
     ) -> Result<RespPlan, (SendFail, bool)> {
         let timeout = self.inner.opts.response_timeout;
+        self.out.clear();
         let touched = plan.body != ReqBody::None;
         // Anything at all from the upstream (an interim 1xx too) proves it got the request.
         let mut received = false;
@@ -1219,6 +1249,11 @@ fn respond_head(
         };
         let status = resp.code.unwrap_or(0);
         if (100..200).contains(&status) && status != 101 {
+            // Interim responses go on to HTTP/1.1 clients (103 Early Hints, say), except
+            // 100 Continue: turnout answered the client's Expect itself.
+            if status != 100 && plan.minor == 1 {
+                out.extend_from_slice(&buf[..len]);
+            }
             buf.advance(len);
             continue;
         }
@@ -1274,7 +1309,7 @@ fn respond_head(
         let client_chunked = stream_body && plan.minor == 1;
         let close = plan.close || (stream_body && plan.minor == 0);
 
-        out.clear();
+        // `out` may hold interim responses already; the final head follows them.
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(itoa3(status).as_slice());
         out.push(b' ');
@@ -1565,6 +1600,21 @@ mod tests {
         let mut out = Vec::new();
         let r = respond_head(&mut buf, &p, &mut out).unwrap();
         (r, String::from_utf8(out).unwrap(), buf.len())
+    }
+
+    #[test]
+    fn early_hints_go_on_to_http_1_1_clients() {
+        let up = "HTTP/1.1 103 Early Hints\r\nlink: </s.css>; rel=preload\r\n\r\n\
+                  HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        let (_, out, _) = respond(up, "GET / HTTP/1.1\r\nhost: a\r\n\r\n");
+        assert_eq!(
+            out,
+            "HTTP/1.1 103 Early Hints\r\nlink: </s.css>; rel=preload\r\n\r\n\
+             HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+        );
+        // HTTP/1.0 clients know no interim responses.
+        let (_, out, _) = respond(up, "GET / HTTP/1.0\r\n\r\n");
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
     }
 
     #[test]

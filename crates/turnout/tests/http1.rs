@@ -271,3 +271,23 @@ async fn turnouts_own_answer_to_head_has_no_body() {
     assert!(status == 502 || status == 503);
     assert!(body.starts_with("turnout:"), "{body:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_quiet_for_a_while_still_serves() {
+    let (_blue, router) = setup("").await;
+    let mut s = connect(&router).await;
+    let mut buf = Vec::new();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _, body) = read_response(&mut s, &mut buf, false).await;
+    assert_eq!((status, body.as_str()), (200, "blue"));
+    // Being quiet is the behaviour under test (after 1 s turnout frees the connection's
+    // buffers while it waits), not a wait for something else to happen.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _, body) = read_response(&mut s, &mut buf, false).await;
+    assert_eq!((status, body.as_str()), (200, "blue"));
+}
