@@ -344,6 +344,8 @@ impl ClientConn {
         let mut deadline = first.then_some(self.first_deadline);
         let mut parse = true;
         let mut shrunk = false;
+        // The keep-alive wait is measured once, from the end of the last response.
+        let idle_limit = deadline_after(KEEP_ALIVE_IDLE);
         loop {
             if !self.buf.is_empty() {
                 // Only the first MAX_HEAD bytes may hold the head.
@@ -359,7 +361,7 @@ impl ClientConn {
                 // The head has begun: it must be complete within header_timeout.
                 deadline.get_or_insert_with(|| deadline_after(header_timeout));
             }
-            let limit = deadline.unwrap_or_else(|| deadline_after(KEEP_ALIVE_IDLE));
+            let limit = deadline.unwrap_or(idle_limit);
             let idle = self.buf.is_empty();
             if idle && shrunk {
                 // A quiet keep-alive connection holds no buffers while it waits.
