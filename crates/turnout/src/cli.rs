@@ -83,3 +83,12 @@ pub enum Command {
     /// Parse and validate the configuration; print every problem with its key and line.
     CheckConfig,
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn arguments_are_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

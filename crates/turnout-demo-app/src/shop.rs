@@ -1,0 +1,358 @@
+//! The shop: arguments, the SQLite catalogue, and the axum routes.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use rusqlite::{Connection, OptionalExtension};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Command-line arguments.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "turnout-demo-app",
+    about = "A tiny shop to release with turnout",
+    // `--version` names the version this instance plays, not the binary's.
+    disable_version_flag = true
+)]
+pub struct Args {
+    /// Port to listen on (127.0.0.1).
+    #[arg(long)]
+    pub port: u16,
+    /// The version this instance reports.
+    #[arg(long)]
+    pub version: String,
+    /// SQLite database file (created when missing); versions sharing it share the items.
+    #[arg(long, default_value = "shop.db")]
+    pub db: PathBuf,
+    /// Share of API requests answered with 500 (0 to 1).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    pub fail_rate: f64,
+    /// Added to every API answer, e.g. `200ms`.
+    #[arg(long, value_parser = parse_duration)]
+    pub extra_latency: Option<Duration>,
+    /// Report prices as strings ("2.50"): one changed field, for shadow comparisons.
+    #[arg(long)]
+    pub price_as_string: bool,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a share between 0 and 1, e.g. 0.3")),
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration like 200ms or 2s");
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        _ => Err(bad()),
+    }
+}
+
+/// What the routes share.
+#[derive(Clone)]
+pub struct Shop {
+    args: Arc<Args>,
+    db: Arc<Mutex<Connection>>,
+    /// A small xorshift state for `--fail-rate` (no need for a random crate).
+    dice: Arc<AtomicU64>,
+}
+
+impl Shop {
+    /// Opens (creating when needed) the catalogue.
+    pub fn open(args: Args) -> anyhow::Result<Shop> {
+        let conn = Connection::open(&args.db)
+            .with_context(|| format!("opening the database {}", args.db.display()))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA busy_timeout = 5000;
+             CREATE TABLE IF NOT EXISTS items (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 name TEXT NOT NULL,
+                 price_cents INTEGER NOT NULL
+             );",
+        )
+        .with_context(|| format!("preparing the database {}", args.db.display()))?;
+        let empty: i64 = conn.query_row("SELECT COUNT(*) FROM items", [], |r| r.get(0))?;
+        if empty == 0 {
+            conn.execute_batch(
+                "INSERT INTO items (name, price_cents) VALUES ('coffee', 250), ('tea', 200), ('cake', 450);",
+            )?;
+        }
+        let seed = u64::from(args.port) << 32 | 0x9e37_79b9;
+        Ok(Shop {
+            args: Arc::new(args),
+            db: Arc::new(Mutex::new(conn)),
+            dice: Arc::new(AtomicU64::new(seed)),
+        })
+    }
+
+    fn roll(&self) -> f64 {
+        let mut x = self.dice.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.dice.store(x, Ordering::Relaxed);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn item(&self, id: i64, name: String, cents: i64) -> Value {
+        let price = if self.args.price_as_string {
+            json!(format!("{}.{:02}", cents / 100, cents % 100))
+        } else {
+            json!(cents as f64 / 100.0)
+        };
+        json!({ "id": id, "name": name, "price": price })
+    }
+
+    /// Misbehaves as configured: `Some(500)` when this request fails.
+    async fn misbehave(&self) -> Option<Response> {
+        if let Some(d) = self.args.extra_latency {
+            tokio::time::sleep(d).await;
+        }
+        (self.args.fail_rate > 0.0 && self.roll() < self.args.fail_rate).then(|| {
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "injected failure (--fail-rate)",
+            )
+        })
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// The routes.
+pub fn router(shop: Shop) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/", get(index))
+        .route("/api/items", get(list).post(create))
+        .route("/api/items/{id}", get(one))
+        .with_state(shop)
+}
+
+async fn index(State(shop): State<Shop>) -> Json<Value> {
+    Json(json!({ "service": "turnout-demo-app", "version": shop.args.version }))
+}
+
+async fn list(State(shop): State<Shop>) -> Response {
+    if let Some(failed) = shop.misbehave().await {
+        return failed;
+    }
+    let rows: Result<Vec<Value>, rusqlite::Error> = (|| {
+        let db = shop.db.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stmt = db.prepare("SELECT id, name, price_cents FROM items ORDER BY id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.map(|r| r.map(|(id, name, cents)| shop.item(id, name, cents)))
+            .collect()
+    })();
+    match rows {
+        Ok(items) => Json(json!({ "version": shop.args.version, "items": items })).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("database: {e}")),
+    }
+}
+
+async fn one(State(shop): State<Shop>, Path(id): Path<i64>) -> Response {
+    if let Some(failed) = shop.misbehave().await {
+        return failed;
+    }
+    let row = {
+        let db = shop.db.lock().unwrap_or_else(|p| p.into_inner());
+        db.query_row(
+            "SELECT name, price_cents FROM items WHERE id = ?1",
+            [id],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+        )
+        .optional()
+    };
+    match row {
+        Ok(Some((name, cents))) => Json(shop.item(id, name, cents)).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, &format!("no item {id}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("database: {e}")),
+    }
+}
+
+#[derive(Deserialize)]
+struct NewItem {
+    name: String,
+    price: f64,
+}
+
+async fn create(
+    State(shop): State<Shop>,
+    body: Result<Json<NewItem>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Some(failed) = shop.misbehave().await {
+        return failed;
+    }
+    let Ok(Json(item)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            r#"expected JSON {"name": "...", "price": 1.5}"#,
+        );
+    };
+    if item.name.trim().is_empty() || !(0.0..1e9).contains(&item.price) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "name must not be empty and price must be between 0 and 1e9",
+        );
+    }
+    let cents = (item.price * 100.0).round() as i64;
+    let id = {
+        let db = shop.db.lock().unwrap_or_else(|p| p.into_inner());
+        db.execute(
+            "INSERT INTO items (name, price_cents) VALUES (?1, ?2)",
+            rusqlite::params![item.name, cents],
+        )
+        .map(|_| db.last_insert_rowid())
+    };
+    match id {
+        Ok(id) => (StatusCode::CREATED, Json(shop.item(id, item.name, cents))).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("database: {e}")),
+    }
+}
+
+/// Serves until Ctrl-C or SIGTERM.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let port = args.port;
+    let version = args.version.clone();
+    let shop = Shop::open(args)?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
+    println!(
+        "turnout-demo-app {version} listening on http://{}",
+        listener.local_addr()?
+    );
+    axum::serve(listener, router(shop))
+        .with_graceful_shutdown(async {
+            let term = async {
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                () = term => {}
+            }
+        })
+        .await
+        .context("serving")
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn args(dir: &std::path::Path, f: impl FnOnce(&mut Args)) -> Args {
+        let mut a = Args {
+            port: 1,
+            version: "v1".into(),
+            db: dir.join("shop.db"),
+            fail_rate: 0.0,
+            extra_latency: None,
+            price_as_string: false,
+        };
+        f(&mut a);
+        a
+    }
+
+    async fn call(app: &Router, method: &str, path: &str, body: &str) -> (StatusCode, Value) {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn catalogue_is_shared_through_the_database_and_one_field_can_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = router(Shop::open(args(dir.path(), |_| {})).unwrap());
+        let (status, created) =
+            call(&v1, "POST", "/api/items", r#"{"name":"scone","price":3.2}"#).await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(created["price"], json!(3.2));
+        // v2 on the same database sees the item, with its price as a string.
+        let v2 = router(
+            Shop::open(args(dir.path(), |a| {
+                a.version = "v2".into();
+                a.price_as_string = true;
+            }))
+            .unwrap(),
+        );
+        let (status, list) = call(&v2, "GET", "/api/items", "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(list["version"], "v2");
+        let scone = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == "scone")
+            .unwrap();
+        assert_eq!(scone["price"], json!("3.20"));
+        let (status, _) = call(&v2, "GET", "/api/items/999", "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _) = call(&v1, "POST", "/api/items", r#"{"name":""}"#).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn fail_rate_fails_about_that_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(Shop::open(args(dir.path(), |a| a.fail_rate = 0.3)).unwrap());
+        let mut failed = 0;
+        for _ in 0..1000 {
+            if call(&app, "GET", "/api/items", "").await.0 == StatusCode::INTERNAL_SERVER_ERROR {
+                failed += 1;
+            }
+        }
+        assert!((230..=370).contains(&failed), "{failed} of 1000 failed");
+        // Health stays fine: a bad version is found by its answers, not its health check.
+        assert_eq!(call(&app, "GET", "/healthz", "").await.0, StatusCode::OK);
+    }
+
+    #[test]
+    fn arguments_are_well_formed() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn knobs_are_checked() {
+        assert!(parse_rate("1.5").is_err());
+        assert_eq!(parse_duration("200ms"), Ok(Duration::from_millis(200)));
+        assert!(parse_duration("fast").is_err());
+    }
+}
