@@ -287,15 +287,52 @@ fn framing(
     }
     let mut length = None;
     for v in headers.get_all(header::CONTENT_LENGTH) {
-        for part in v.to_str().map_err(|_| "invalid content-length")?.split(',') {
-            let n: u64 = part.trim().parse().map_err(|_| "invalid content-length")?;
-            if length.is_some_and(|l| l != n) {
-                return Err("conflicting content-length values");
-            }
-            length = Some(n);
-        }
+        add_content_length(v.as_bytes(), &mut length).map_err(LengthError::message)?;
     }
     Ok(length.map_or(Framing::UntilClose, Framing::Length))
+}
+
+/// Why a `Content-Length` field was refused.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum LengthError {
+    /// Not a list of plain decimal numbers.
+    Invalid,
+    /// Two different values.
+    Conflict,
+}
+
+impl LengthError {
+    pub(crate) fn message(self) -> &'static str {
+        match self {
+            LengthError::Invalid => "invalid content-length",
+            LengthError::Conflict => "conflicting content-length values",
+        }
+    }
+}
+
+/// Adds one `Content-Length` field value (a comma-separated list, RFC 9110 §8.6) to
+/// `length`: digits only (no sign, no space inside), and every value the same. The one
+/// parser of the field, for requests and responses alike.
+pub(crate) fn add_content_length(
+    value: &[u8],
+    length: &mut Option<u64>,
+) -> Result<(), LengthError> {
+    let parts = value
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|p| !p.is_empty());
+    for part in parts {
+        let n = std::str::from_utf8(part)
+            .ok()
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or(LengthError::Invalid)?;
+        if length.is_some_and(|l| l != n) {
+            return Err(LengthError::Conflict);
+        }
+        *length = Some(n);
+    }
+    Ok(())
 }
 
 fn wants_keep_alive(minor: u8, headers: &HeaderMap) -> bool {

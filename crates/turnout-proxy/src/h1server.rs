@@ -34,7 +34,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::error::ProxyError;
-use crate::h1::{Chunked, RawConn};
+use crate::h1::{add_content_length, Chunked, LengthError, RawConn};
 use crate::service::ConnService;
 use crate::table::SlotPool;
 use crate::upstream::UpstreamRef;
@@ -1047,17 +1047,12 @@ fn plan_request(buf: &[u8], ip: &[u8], up: &mut Vec<u8>) -> Result<Option<Plan>,
     for h in req.headers.iter() {
         let name = h.name;
         if eq(name, "content-length") {
-            for part in tokens(h.value) {
-                let n = std::str::from_utf8(part)
-                    .ok()
-                    .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .ok_or(Refusal(400, "turnout: invalid Content-Length\n"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(Refusal(400, "turnout: conflicting Content-Length values\n"));
+            add_content_length(h.value, &mut length).map_err(|e| match e {
+                LengthError::Invalid => Refusal(400, "turnout: invalid Content-Length\n"),
+                LengthError::Conflict => {
+                    Refusal(400, "turnout: conflicting Content-Length values\n")
                 }
-                length = Some(n);
-            }
+            })?;
         } else if eq(name, "transfer-encoding") {
             for coding in tokens(h.value) {
                 if chunked {
@@ -1268,17 +1263,7 @@ fn respond_head(
         let (mut saw_close, mut saw_keep_alive, mut conn_names) = (false, false, false);
         for h in resp.headers.iter() {
             if eq(h.name, "content-length") {
-                for part in tokens(h.value) {
-                    let n = std::str::from_utf8(part)
-                        .ok()
-                        .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
-                        .and_then(|s| s.parse::<u64>().ok())
-                        .ok_or("invalid content-length")?;
-                    if length.is_some_and(|l| l != n) {
-                        return Err("conflicting content-length values");
-                    }
-                    length = Some(n);
-                }
+                add_content_length(h.value, &mut length).map_err(LengthError::message)?;
             } else if eq(h.name, "transfer-encoding") {
                 te = Some(
                     tokens(h.value)
