@@ -8,15 +8,16 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use turnout_core::Deployment;
 use turnout_core::{RoutingState, SlotName, SwitchError};
-use turnout_pipeline::{ControlError, Controller, Status, StoreError};
+use turnout_pipeline::{ControlError, Controller, DeployRequest, Status, StoreError};
 
 /// What the admin routes share.
 #[derive(Clone)]
@@ -81,6 +82,14 @@ impl From<ControlError> for ApiError {
             ControlError::Refused(SwitchError::NoStandby { .. }) => {
                 ApiError::new(StatusCode::CONFLICT, "no_standby", message)
             }
+            ControlError::Refused(SwitchError::LiveSlot { .. }) => {
+                ApiError::new(StatusCode::CONFLICT, "live_slot", message)
+            }
+            ControlError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            ControlError::Invalid(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+            }
+            ControlError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
             ControlError::Store(StoreError::Conflict { .. })
             | ControlError::NotSaved {
                 source: StoreError::Conflict { .. },
@@ -143,6 +152,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/status", get(status))
         .route("/api/v1/switch", post(switch))
         .route("/api/v1/rollback", post(rollback))
+        .route("/api/v1/deployments", post(deploy).get(deployments))
+        .route("/api/v1/deployments/{id}", get(deployment))
+        .route("/api/v1/promote", post(promote))
+        .route("/api/v1/abort", post(abort))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(api)
@@ -228,6 +241,72 @@ async fn rollback(State(state): State<AdminState>) -> Result<Json<SwitchResponse
     Ok(Json(state.controller.rollback().await?.into()))
 }
 
+/// The body of `POST /api/v1/deployments`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployBody {
+    /// The version to deploy.
+    pub version: String,
+    /// Already-running upstreams for it.
+    #[serde(default)]
+    pub upstreams: Vec<String>,
+    /// Stop at a manual gate before the switch.
+    #[serde(default)]
+    pub manual: bool,
+}
+
+async fn deploy(
+    State(state): State<AdminState>,
+    body: Result<Json<DeployBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Deployment>), ApiError> {
+    let Json(req) = body?;
+    let d = state
+        .controller
+        .deploy(DeployRequest {
+            version: req.version,
+            upstreams: req.upstreams,
+            manual: req.manual,
+        })
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(d)))
+}
+
+/// `GET /api/v1/deployments?limit=N`.
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+}
+
+async fn deployments(
+    State(state): State<AdminState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<Deployment>>, ApiError> {
+    let Query(q) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{}; limit is a number of deployments", e.body_text()),
+        )
+    })?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    Ok(Json(state.controller.deployments(limit).await?))
+}
+
+async fn deployment(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<Deployment>, ApiError> {
+    Ok(Json(state.controller.deployment(&id).await?))
+}
+
+async fn promote(State(state): State<AdminState>) -> Result<Json<Deployment>, ApiError> {
+    Ok(Json(state.controller.promote().await?))
+}
+
+async fn abort(State(state): State<AdminState>) -> Result<Json<Deployment>, ApiError> {
+    Ok(Json(state.controller.abort().await?))
+}
+
 #[cfg(test)]
 mod tests {
     use axum::body::Body;
@@ -252,6 +331,7 @@ mod tests {
             ProxyOptions::default(),
             store,
             [slot("127.0.0.1:9"), slot("127.0.0.1:9")],
+            turnout_pipeline::PipelineOptions::default(),
         )
         .await
         .unwrap();

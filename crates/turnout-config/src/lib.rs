@@ -256,6 +256,10 @@ pub struct Provision {
     pub down: Option<String>,
     /// `health_timeout`, default 60s: how long new instances may take to become healthy.
     pub health_timeout: Duration,
+    /// `stop_timeout`, default 10s: instances get SIGTERM, then SIGKILL after this.
+    pub stop_timeout: Duration,
+    /// `timeout`, default 5m: for each `up` or `down` command.
+    pub timeout: Duration,
 }
 
 /// `[verify]`: smoke checks against the candidate before it gets any traffic.
@@ -329,13 +333,26 @@ impl Default for Shadow {
 }
 
 /// `[promote]`: how the candidate becomes live.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Promote {
     /// `mode`, default `auto`.
     pub mode: PromoteMode,
     /// `steps`: canary weights in percent, strictly increasing, ending at 100; empty unless
     /// `mode = "canary"` (default `[5, 25, 50, 100]` then).
     pub steps: Vec<u8>,
+    /// `step_duration`, default 1m: how long each canary step is analysed before the
+    /// next (`turnout promote` moves on early).
+    pub step_duration: Duration,
+}
+
+impl Default for Promote {
+    fn default() -> Promote {
+        Promote {
+            mode: PromoteMode::Auto,
+            steps: Vec::new(),
+            step_duration: Duration::from_secs(60),
+        }
+    }
 }
 
 /// `promote.mode`.
@@ -357,6 +374,8 @@ pub struct Bake {
     pub duration: Duration,
     /// `interval`, default 1s: how often the rules are evaluated.
     pub interval: Duration,
+    /// `window`, default 10s: the sliding window each evaluation looks at.
+    pub window: Duration,
     /// `max_error_rate`, default 0.01: share of 5xx responses allowed, 0 to 1.
     pub max_error_rate: f64,
     /// `max_p99`: p99 latency allowed, if any.
@@ -376,6 +395,7 @@ impl Default for Bake {
         Bake {
             duration: Duration::from_secs(300),
             interval: Duration::from_secs(1),
+            window: Duration::from_secs(10),
             max_error_rate: 0.01,
             max_p99: None,
             max_p99_ratio: None,

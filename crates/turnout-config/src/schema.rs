@@ -274,7 +274,15 @@ fn health(ctx: &mut Ctx, root: &Table) -> Option<Health> {
     })
 }
 
-const PROVISION: &[&str] = &["command", "instances", "up", "down", "health_timeout"];
+const PROVISION: &[&str] = &[
+    "command",
+    "instances",
+    "up",
+    "down",
+    "health_timeout",
+    "stop_timeout",
+    "timeout",
+];
 
 fn provision(ctx: &mut Ctx, root: &Table) -> Option<Provision> {
     let t = root.table(ctx, "provision", PROVISION).present()?;
@@ -286,6 +294,12 @@ fn provision(ctx: &mut Ctx, root: &Table) -> Option<Provision> {
         health_timeout: t
             .duration(ctx, "health_timeout", Zero::Rejected)
             .unwrap_or(Duration::from_secs(60)),
+        stop_timeout: t
+            .duration(ctx, "stop_timeout", Zero::Rejected)
+            .unwrap_or(Duration::from_secs(10)),
+        timeout: t
+            .duration(ctx, "timeout", Zero::Rejected)
+            .unwrap_or(Duration::from_secs(300)),
     };
     let (command, up, down) = (t.has("command"), t.has("up"), t.has("down"));
     if command && (up || down) {
@@ -410,7 +424,10 @@ fn shadow(ctx: &mut Ctx, root: &Table) -> Option<Shadow> {
 }
 
 fn promote(ctx: &mut Ctx, root: &Table) -> Promote {
-    let t = root.table(ctx, "promote", &["mode", "steps"]);
+    let t = root.table(ctx, "promote", &["mode", "steps", "step_duration"]);
+    let step_duration = t
+        .duration(ctx, "step_duration", Zero::Rejected)
+        .unwrap_or(Duration::from_secs(60));
     let mode = t
         .parse(ctx, "mode", |s| match s {
             "auto" => Ok(PromoteMode::Auto),
@@ -428,6 +445,7 @@ fn promote(ctx: &mut Ctx, root: &Table) -> Promote {
         (PromoteMode::Canary, None) => Promote {
             mode,
             steps: vec![5, 25, 50, 100],
+            step_duration,
         },
         (PromoteMode::Canary, Some(steps)) => {
             let increasing = steps.windows(2).all(|w| w[0] < w[1]);
@@ -437,7 +455,11 @@ fn promote(ctx: &mut Ctx, root: &Table) -> Promote {
                                e.g. [5, 25, 50, 100]";
                 t.error(ctx, "steps", message.to_string());
             }
-            Promote { mode, steps }
+            Promote {
+                mode,
+                steps,
+                step_duration,
+            }
         }
         (_, steps) => {
             if steps.is_some() {
@@ -448,6 +470,7 @@ fn promote(ctx: &mut Ctx, root: &Table) -> Promote {
             Promote {
                 mode,
                 steps: Vec::new(),
+                step_duration,
             }
         }
     }
@@ -456,6 +479,7 @@ fn promote(ctx: &mut Ctx, root: &Table) -> Promote {
 const BAKE: &[&str] = &[
     "duration",
     "interval",
+    "window",
     "max_error_rate",
     "max_p99",
     "max_p99_ratio",
@@ -474,6 +498,9 @@ fn bake(ctx: &mut Ctx, root: &Table) -> Bake {
         interval: t
             .duration(ctx, "interval", Zero::Rejected)
             .unwrap_or(d.interval),
+        window: t
+            .duration(ctx, "window", Zero::Rejected)
+            .unwrap_or(d.window),
         max_error_rate: t
             .float(ctx, "max_error_rate", Number::Fraction)
             .unwrap_or(d.max_error_rate),

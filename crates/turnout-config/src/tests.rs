@@ -265,7 +265,7 @@ checks = [{ path = \"/\", stauts = 200 }]
             (
                 "bake.colour",
                 7,
-                "Valid keys here: duration, interval, max_error_rate",
+                "Valid keys here: duration, interval, window, max_error_rate",
             ),
             ("slots.blu", 8, "did you mean \"blue\"?"),
             ("verify.checks[0].stauts", 11, "did you mean \"status\"?"),

@@ -5,8 +5,10 @@
 //! rules can be tested exhaustively and shared by the admin API, the pipeline and the
 //! store backends.
 
+mod deployment;
 mod routing;
 mod slot;
 
+pub use deployment::{Analysis, Deployment, Outcome, Stage, StageRecord, Verdict};
 pub use routing::{RoutingState, SlotState, SwitchError, Weights};
 pub use slot::{ParseSlotError, Role, SlotName};

@@ -91,6 +91,12 @@ pub enum SwitchError {
         /// How many upstreams the slot has.
         total: usize,
     },
+    /// A deployment may not replace or empty the live slot.
+    #[error("slot {slot} is live; a deployment goes to the other slot, and a live slot is never emptied")]
+    LiveSlot {
+        /// The refused slot.
+        slot: SlotName,
+    },
     /// A rollback needs a standby slot to go back to.
     #[error("there is no standby slot to roll back to (live: {live}); use `turnout switch --to SLOT` instead")]
     NoStandby {
@@ -196,6 +202,82 @@ impl RoutingState {
         self.switch(standby, healthy, false)
     }
 
+    /// The state with a deployment's candidate in `slot`: its upstreams and version
+    /// replace whatever the slot held, and it gets no traffic yet. Refused for the live
+    /// slot: a deployment never replaces what users are on.
+    pub fn place_candidate(
+        &self,
+        slot: SlotName,
+        version: String,
+        upstreams: Vec<String>,
+    ) -> Result<RoutingState, SwitchError> {
+        if self.live == Some(slot) {
+            return Err(SwitchError::LiveSlot { slot });
+        }
+        if upstreams.is_empty() {
+            return Err(SwitchError::EmptySlot { slot });
+        }
+        let mut next = self.clone();
+        next.revision += 1;
+        let s = next.slot_mut(slot);
+        s.upstreams = upstreams;
+        s.version = Some(version);
+        s.role = Role::Candidate;
+        Ok(next)
+    }
+
+    /// The state with `percent` of new requests on the candidate `slot` and the rest on
+    /// the live slot (a canary step). 100 is a switch; 0 takes the canary's share back.
+    /// Without a live slot there is nothing to split with: all traffic goes to `slot`.
+    pub fn set_canary(
+        &self,
+        slot: SlotName,
+        percent: u8,
+        healthy: usize,
+    ) -> Result<RoutingState, SwitchError> {
+        let live = match self.live {
+            Some(live) if live != slot && percent < 100 => live,
+            _ => return self.switch(slot, healthy, false),
+        };
+        if self.slot(slot).upstreams.is_empty() {
+            return Err(SwitchError::EmptySlot { slot });
+        }
+        if healthy == 0 && percent > 0 {
+            return Err(SwitchError::Unhealthy {
+                slot,
+                total: self.slot(slot).upstreams.len(),
+            });
+        }
+        let mut next = self.clone();
+        next.revision += 1;
+        next.weights = match slot {
+            SlotName::Blue => Weights {
+                blue: percent,
+                green: 100 - percent,
+            },
+            SlotName::Green => Weights {
+                blue: 100 - percent,
+                green: percent,
+            },
+        };
+        debug_assert_eq!(next.weights.of(live), 100 - percent);
+        next.slot_mut(slot).role = Role::Candidate;
+        Ok(next)
+    }
+
+    /// The state with `slot` emptied (its version retired or a candidate dropped). Refused
+    /// for the live slot. Any canary share goes back to the live slot.
+    pub fn clear_slot(&self, slot: SlotName) -> Result<RoutingState, SwitchError> {
+        if self.live == Some(slot) {
+            return Err(SwitchError::LiveSlot { slot });
+        }
+        let mut next = self.clone();
+        next.revision += 1;
+        *next.slot_mut(slot) = SlotState::idle();
+        next.set_live(next.live);
+        Ok(next)
+    }
+
     /// Makes `live` the live slot with all traffic, and derives the other roles: the other
     /// slot is standby when it has upstreams, idle when it has none.
     fn set_live(&mut self, live: Option<SlotName>) {
@@ -207,6 +289,9 @@ impl RoutingState {
                 Role::Live
             } else if s.upstreams.is_empty() {
                 Role::Idle
+            } else if s.role == Role::Candidate {
+                // A candidate stays one until it goes live or is cleared.
+                Role::Candidate
             } else {
                 Role::Standby
             };
@@ -305,6 +390,66 @@ mod tests {
         s.set_static_upstreams(SlotName::Green, vec![], None);
         assert_eq!(s.live, Some(SlotName::Blue));
         assert_eq!(s.slot(SlotName::Green).role, Role::Idle);
+    }
+
+    #[test]
+    fn a_deployment_places_a_candidate_then_splits_then_switches_then_retires_the_old() {
+        let s = RoutingState::initial(slot(&["a:1"]), slot(&[]));
+        assert!(matches!(
+            s.place_candidate(SlotName::Blue, "v2".into(), vec!["b:1".into()]),
+            Err(SwitchError::LiveSlot { .. })
+        ));
+        let s = s
+            .place_candidate(SlotName::Green, "v2".into(), vec!["b:1".into()])
+            .unwrap();
+        assert_eq!(s.slot(SlotName::Green).role, Role::Candidate);
+        assert_eq!(s.weights, Weights::all_to(Some(SlotName::Blue)));
+        let steps: &[(u8, Weights)] = &[
+            (5, Weights { blue: 95, green: 5 }),
+            (
+                50,
+                Weights {
+                    blue: 50,
+                    green: 50,
+                },
+            ),
+        ];
+        let mut c = s.clone();
+        for (percent, weights) in steps {
+            c = c.set_canary(SlotName::Green, *percent, 1).unwrap();
+            assert_eq!(c.weights, *weights);
+            assert_eq!(c.live, Some(SlotName::Blue));
+            assert_eq!(c.slot(SlotName::Green).role, Role::Candidate);
+        }
+        assert!(matches!(
+            s.set_canary(SlotName::Green, 5, 0),
+            Err(SwitchError::Unhealthy { .. })
+        ));
+        let done = c.set_canary(SlotName::Green, 100, 1).unwrap();
+        assert_eq!(done.live, Some(SlotName::Green));
+        assert_eq!(done.slot(SlotName::Blue).role, Role::Standby);
+        let retired = done.clear_slot(SlotName::Blue).unwrap();
+        assert_eq!(retired.slot(SlotName::Blue), &SlotState::idle());
+        assert_eq!(retired.weights, Weights::all_to(Some(SlotName::Green)));
+        // Dropping a canary gives its share back.
+        let dropped = c.clear_slot(SlotName::Green).unwrap();
+        assert_eq!(dropped.weights, Weights::all_to(Some(SlotName::Blue)));
+        assert!(matches!(
+            done.clear_slot(SlotName::Green),
+            Err(SwitchError::LiveSlot { .. })
+        ));
+    }
+
+    #[test]
+    fn the_first_deployment_becomes_live_without_a_standby() {
+        let s = RoutingState::initial(slot(&[]), slot(&[]));
+        let s = s
+            .place_candidate(SlotName::Blue, "v1".into(), vec!["a:1".into()])
+            .unwrap();
+        let s = s.set_canary(SlotName::Blue, 5, 1).unwrap();
+        assert_eq!(s.live, Some(SlotName::Blue));
+        assert_eq!(s.standby(), None);
+        assert_eq!(s.weights, Weights::all_to(Some(SlotName::Blue)));
     }
 
     #[test]

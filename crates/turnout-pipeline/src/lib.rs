@@ -9,15 +9,34 @@
 //! but not applied. When a save fails, the store is read back and the data plane follows
 //! what it holds, so that memory, data plane and store agree again.
 
+mod analysis;
+pub mod commands;
+mod deploy;
+pub mod instances;
+mod options;
+mod runtime;
+pub mod verify;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
-use turnout_core::{Role, RoutingState, SlotName, SlotState, SwitchError, Weights};
-use turnout_proxy::Proxy;
+use tokio::sync::{broadcast, Mutex};
+use turnout_core::{
+    Deployment, Outcome, Role, RoutingState, SlotName, SlotState, Stage, SwitchError, Verdict,
+    Weights,
+};
+use turnout_proxy::{Proxy, StatsSnapshot};
 use turnout_store::StateStore;
 pub use turnout_store::StoreError;
+
+pub use options::{
+    BakeOptions, Hooks, PipelineOptions, PromoteMode, PromoteOptions, Provisioner, VerifyOptions,
+};
+pub use runtime::{SavedSlot, SlotKind};
+
+use deploy::{Run, RunHandle, Signal, SignalKind};
+use runtime::SlotRuntime;
 
 /// Why a control-plane action failed.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +57,16 @@ pub enum ControlError {
         /// The routing state after the failure.
         now: AfterFailure,
     },
+    /// The request does not fit the current state (a deployment in progress, nothing to
+    /// promote, ...); the message says what to do.
+    #[error("{0}")]
+    Conflict(String),
+    /// The request itself is wrong (a bad version or upstream address).
+    #[error("{0}")]
+    Invalid(String),
+    /// No such deployment.
+    #[error("no deployment {0}; `turnout history` lists them")]
+    NotFound(String),
     /// The task making the change failed (a bug, or the process is stopping).
     #[error(
         "the routing change was interrupted ({0}); its outcome is unknown: check `turnout status`"
@@ -172,6 +201,53 @@ struct Inner {
     state: Mutex<RoutingState>,
     /// How long a switch waits for the target's first health checks.
     first_check_wait: Duration,
+    /// How deployments run.
+    pipeline: PipelineOptions,
+    /// The deployment running now, if any (one at a time).
+    run: std::sync::Mutex<Option<RunHandle>>,
+    /// What each slot runs (instances turnout started, who brought upstreams up).
+    slots: Mutex<[Option<SlotRuntime>; 2]>,
+    /// The previous live slot's statistics when the running deployment started: its
+    /// baseline for `max_p99_ratio` is measured from here to the switch.
+    mark: std::sync::Mutex<Option<(String, SlotName, StatsSnapshot)>>,
+    /// Deployment and routing events, for the event stream and webhooks.
+    events: broadcast::Sender<Event>,
+}
+
+/// Something that happened: a stage started or ended, a verdict, a switch.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    /// RFC 3339 time.
+    pub at: String,
+    /// `deployment` (more kinds come with the event stream).
+    pub kind: String,
+    /// The deployment's id.
+    pub deployment: Option<String>,
+    /// Its version.
+    pub version: Option<String>,
+    /// Its slot.
+    pub slot: Option<SlotName>,
+    /// The stage it is in.
+    pub stage: Option<Stage>,
+    /// That stage's outcome so far.
+    pub outcome: Option<Outcome>,
+    /// The deployment's verdict so far.
+    pub verdict: Option<Verdict>,
+    /// What happened, in a sentence.
+    pub message: String,
+}
+
+/// `POST /api/v1/deployments`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DeployRequest {
+    /// The version to deploy.
+    pub version: String,
+    /// Already-running upstreams for it; empty: `[provision]` brings them up.
+    #[serde(default)]
+    pub upstreams: Vec<String>,
+    /// Stop at a manual gate before the switch.
+    #[serde(default)]
+    pub manual: bool,
 }
 
 impl Controller {
@@ -183,6 +259,7 @@ impl Controller {
         proxy_opts: turnout_proxy::ProxyOptions,
         store: Arc<dyn StateStore>,
         static_slots: [SlotState; 2],
+        pipeline: PipelineOptions,
     ) -> Result<Controller, ControlError> {
         let saved = store.load_routing().await?;
         let expected = saved.as_ref().map(|s| s.revision);
@@ -230,14 +307,21 @@ impl Controller {
         // A check takes at most its timeout; the first one starts at once.
         let first_check_wait = proxy_opts.health.timeout + Duration::from_secs(1);
         let proxy = Proxy::new(proxy_opts, &state);
-        Ok(Controller {
+        let controller = Controller {
             inner: Arc::new(Inner {
                 proxy,
                 store,
                 state: Mutex::new(state),
                 first_check_wait,
+                pipeline,
+                run: std::sync::Mutex::new(None),
+                slots: Mutex::new([None, None]),
+                mark: std::sync::Mutex::new(None),
+                events: broadcast::channel(1024).0,
             }),
-        })
+        };
+        controller.inner.recover().await?;
+        Ok(controller)
     }
 
     /// The data plane this controller drives.
@@ -270,6 +354,10 @@ impl Controller {
     /// Sends traffic back to the standby slot (after its first health checks, as
     /// [`Controller::switch`]); runs in a task of its own like a switch.
     pub async fn rollback(&self) -> Result<RoutingState, ControlError> {
+        if let Some(d) = self.signal(SignalKind::Rollback).await? {
+            tracing::info!(deployment = %d.id, verdict = %d.verdict, "rollback ended the deployment");
+            return Ok(self.inner.state.lock().await.clone());
+        }
         let standby = self.inner.state.lock().await.standby();
         if let Some(slot) = standby {
             self.inner.await_first_checks(slot).await;
@@ -312,10 +400,255 @@ impl Controller {
                 blue: slot(SlotName::Blue),
                 green: slot(SlotName::Green),
             },
-            deployment: None,
+            deployment: self.current().map(|d| DeploymentStatus {
+                stage: d
+                    .current_stage()
+                    .map_or("start", |s| s.stage.as_str())
+                    .to_owned(),
+                id: d.id,
+                version: d.version,
+            }),
+        }
+    }
+
+    /// The running deployment's record, if one runs.
+    pub fn current(&self) -> Option<Deployment> {
+        let run = self.inner.run.lock().unwrap_or_else(|p| p.into_inner());
+        run.as_ref().map(|h| h.record.borrow().clone())
+    }
+
+    /// Starts a deployment of `req.version` into the idle slot (blue for the first one)
+    /// and returns its record; the pipeline runs in a task of its own.
+    pub async fn deploy(&self, req: DeployRequest) -> Result<Deployment, ControlError> {
+        validate_version(&req.version)?;
+        for addr in &req.upstreams {
+            validate_upstream(addr)?;
+        }
+        if req.upstreams.is_empty() && self.inner.pipeline.provision == Provisioner::Static {
+            return Err(ControlError::Invalid(
+                "no upstreams given and no [provision] section configured: name the running instances of this version with --upstream HOST:PORT (repeatable), or configure [provision] so that turnout starts them".into(),
+            ));
+        }
+        let mut run = self.inner.run.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = run.as_ref() {
+            let d = h.record.borrow();
+            let stage = d.current_stage().map_or("start", |s| s.stage.as_str());
+            return Err(ControlError::Conflict(format!(
+                "deployment {} of {} is in progress (stage: {stage}); wait for it, or end it with `turnout abort` (before its switch) or `turnout rollback`",
+                d.id, d.version
+            )));
+        }
+        // The state lock is not held across an await here: the routing state is read
+        // with try_lock and the run slot taken under the std mutex.
+        let state = match self.inner.state.try_lock() {
+            Ok(state) => state.clone(),
+            Err(_) => {
+                return Err(ControlError::Conflict(
+                    "a routing change is being saved; retry in a moment".into(),
+                ))
+            }
+        };
+        let slot = match state.live {
+            None => SlotName::Blue,
+            Some(live) => live.other(),
+        };
+        let previous = state.live;
+        let d = Deployment {
+            id: deploy::new_id(),
+            version: req.version.clone(),
+            slot,
+            verdict: Verdict::InProgress,
+            reason: None,
+            started_at: deploy::now(),
+            ended_at: None,
+            stages: Vec::new(),
+            previous,
+            previous_version: previous.and_then(|p| state.slot(p).version.clone()),
+            upstreams: Vec::new(),
+            manual: req.manual,
+            analysis: None,
+        };
+        if let Some(prev) = previous {
+            *self.inner.mark.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((d.id.clone(), prev, self.inner.proxy.stats(prev).snapshot()));
+        }
+        let (runner, handle) = Run::new(self.inner.clone(), d.clone(), req.upstreams);
+        *run = Some(handle);
+        drop(run);
+        let store = self.inner.store.clone();
+        let first = d.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.save_deployment(&first).await {
+                tracing::warn!(deployment = %first.id, error = %e, "the deployment record was not saved: {e}");
+            }
+            runner.drive().await
+        });
+        Ok(d)
+    }
+
+    /// Passes the manual gate, or moves a canary on to its next step.
+    pub async fn promote(&self) -> Result<Deployment, ControlError> {
+        match self.signal(SignalKind::Promote).await? {
+            Some(d) => Ok(d),
+            None => Err(ControlError::Conflict(
+                "no deployment is in progress; there is nothing to promote".into(),
+            )),
+        }
+    }
+
+    /// Ends the running deployment before its switch; returns its final record.
+    pub async fn abort(&self) -> Result<Deployment, ControlError> {
+        match self.signal(SignalKind::Abort).await? {
+            Some(d) => Ok(d),
+            None => Err(ControlError::Conflict(
+                "no deployment is in progress; there is nothing to abort".into(),
+            )),
+        }
+    }
+
+    /// Sends `kind` to the running deployment. `Ok(None)`: none runs. For abort and
+    /// rollback, waits (bounded) until the run has ended and returns its last record; for
+    /// promote, returns the record once the signal was taken.
+    async fn signal(&self, kind: SignalKind) -> Result<Option<Deployment>, ControlError> {
+        let (tx, mut record) = {
+            let run = self.inner.run.lock().unwrap_or_else(|p| p.into_inner());
+            match run.as_ref() {
+                Some(h) => (h.tx.clone(), h.record.clone()),
+                None => return Ok(None),
+            }
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if tx.send(Signal { kind, reply }).await.is_err() {
+            return Ok(None);
+        }
+        match answer.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Ok(Some(record.borrow().clone())),
+        }
+        if kind == SignalKind::Promote {
+            return Ok(Some(record.borrow().clone()));
+        }
+        // The run ends when its record's sender is dropped.
+        let wait = async { while record.changed().await.is_ok() {} };
+        if tokio::time::timeout(Duration::from_secs(120), wait)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the deployment did not end within 120s of the signal");
+        }
+        let last = record.borrow().clone();
+        Ok(Some(last))
+    }
+
+    /// Recent deployments, newest first (the running one as it is now).
+    pub async fn deployments(&self, limit: usize) -> Result<Vec<Deployment>, ControlError> {
+        let mut list = self.inner.store.load_deployments(limit).await?;
+        if let Some(current) = self.current() {
+            match list.iter_mut().find(|d| d.id == current.id) {
+                Some(d) => *d = current,
+                None => list.insert(0, current),
+            }
+        }
+        Ok(list)
+    }
+
+    /// One deployment.
+    pub async fn deployment(&self, id: &str) -> Result<Deployment, ControlError> {
+        if let Some(current) = self.current().filter(|d| d.id == id) {
+            return Ok(current);
+        }
+        // The store keeps a few hundred; an id is looked up among them.
+        let list = self.inner.store.load_deployments(1000).await?;
+        list.into_iter()
+            .find(|d| d.id == id)
+            .ok_or_else(|| ControlError::NotFound(id.to_owned()))
+    }
+
+    /// Deployment events as they happen.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// Stops every instance turnout started (SIGTERM, then SIGKILL after the stop
+    /// timeout), for a router that is stopping. Their records stay saved, so the next
+    /// start brings the live and standby slots back up on the same ports.
+    pub async fn shutdown(&self) {
+        let taken: Vec<_> = {
+            let mut slots = self.inner.slots.lock().await;
+            slots
+                .iter_mut()
+                .filter_map(|s| s.as_mut().and_then(|rt| rt.instances.take()))
+                .collect()
+        };
+        let n = taken.len();
+        futures_join_all(taken.into_iter().map(|i| i.stop())).await;
+        if n > 0 {
+            tracing::info!(slots = n, "stopped the instances turnout started");
         }
     }
 }
+
+impl Controller {
+    /// Kills every instance turnout started at once (SIGKILL), for a router stopped by a
+    /// second signal.
+    pub async fn kill_all(&self) {
+        let mut slots = self.inner.slots.lock().await;
+        for rt in slots.iter_mut().flatten() {
+            // Dropping `Instances` kills their process groups.
+            drop(rt.instances.take());
+        }
+    }
+}
+
+/// Runs futures to completion concurrently.
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
+    futs: impl Iterator<Item = F>,
+) {
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+fn validate_version(version: &str) -> Result<(), ControlError> {
+    let ok = !version.is_empty()
+        && version.len() <= 128
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-+:/@".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ControlError::Invalid(format!(
+            "version {version:?} is not usable: use 1 to 128 characters of letters, digits and . _ - + : / @ (for example v2.1.0 or 2026-11-26.3)"
+        )))
+    }
+}
+
+fn validate_upstream(addr: &str) -> Result<(), ControlError> {
+    let bad = |why: &str| {
+        Err(ControlError::Invalid(format!(
+            "upstream {addr:?} {why}: give HOST:PORT without a scheme, like 127.0.0.1:7001"
+        )))
+    };
+    if addr.contains("://") {
+        return bad("has a scheme");
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return bad("has no port");
+    };
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '/') {
+        return bad("has no usable host");
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => bad("has no usable port (1-65535)"),
+    }
+}
+
+/// The store key of the slots' runtime ([`SavedSlot`] per slot).
+const SLOTS_KEY: &str = "slots";
 
 /// Runs a change to its end even when the caller stops waiting.
 async fn detached<T: Send + 'static>(
@@ -327,6 +660,278 @@ async fn detached<T: Send + 'static>(
 }
 
 impl Inner {
+    /// Computes a change from the current state and commits it, in a task of its own
+    /// (see [`Controller::switch`]).
+    async fn change(
+        self: &Arc<Inner>,
+        f: impl FnOnce(&RoutingState, &Proxy) -> Result<RoutingState, SwitchError> + Send + 'static,
+    ) -> Result<RoutingState, ControlError> {
+        let inner = self.clone();
+        detached(async move {
+            let mut state = inner.state.lock().await;
+            let next = f(&state, &inner.proxy)?;
+            if next == *state {
+                return Ok(next);
+            }
+            inner.commit(&mut state, next).await
+        })
+        .await
+    }
+
+    /// Records what `slot` runs, and saves it.
+    async fn set_runtime(&self, slot: SlotName, rt: Option<SlotRuntime>) {
+        let mut slots = self.slots.lock().await;
+        slots[slot.index()] = rt;
+        self.save_slots(&slots).await;
+    }
+
+    async fn save_slots(&self, slots: &[Option<SlotRuntime>; 2]) {
+        let saved: [Option<SavedSlot>; 2] = [
+            slots[0].as_ref().map(SlotRuntime::saved),
+            slots[1].as_ref().map(SlotRuntime::saved),
+        ];
+        let text = match serde_json::to_string(&saved) {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot encode the slots' runtime");
+                return;
+            }
+        };
+        if let Err(e) = self.store.save_value(SLOTS_KEY, &text).await {
+            tracing::warn!(error = %e, "the slots' runtime was not saved: {e}");
+        }
+    }
+
+    /// The first of `slot`'s instances that exited, if any.
+    async fn instance_exit(&self, slot: SlotName) -> Option<instances::InstanceExit> {
+        let slots = self.slots.lock().await;
+        slots[slot.index()]
+            .as_ref()
+            .and_then(|rt| rt.instances.as_ref())
+            .and_then(|i| i.exited())
+    }
+
+    /// The statistics of the previous live slot when deployment `id` started.
+    fn baseline_mark(&self, slot: SlotName, id: &str) -> Option<StatsSnapshot> {
+        let mark = self.mark.lock().unwrap_or_else(|p| p.into_inner());
+        mark.as_ref()
+            .filter(|(mid, mslot, _)| mid == id && *mslot == slot)
+            .map(|(_, _, snap)| snap.clone())
+    }
+
+    /// Forgets the running deployment `id` (its task has ended).
+    async fn run_ended(&self, id: &str) {
+        let mut run = self.run.lock().unwrap_or_else(|p| p.into_inner());
+        if run.as_ref().is_some_and(|h| h.id == id) {
+            *run = None;
+        }
+    }
+
+    /// Empties `slot`: routing first (so no new request goes there), then its processes
+    /// are stopped or `[provision] down` is run.
+    async fn retire(self: &Arc<Inner>, slot: SlotName) -> Result<(), ControlError> {
+        let has = !self.state.lock().await.slot(slot).upstreams.is_empty();
+        if has {
+            self.change(move |s: &RoutingState, _| s.clear_slot(slot))
+                .await?;
+        }
+        let rt = {
+            let mut slots = self.slots.lock().await;
+            let rt = slots[slot.index()].take();
+            self.save_slots(&slots).await;
+            rt
+        };
+        let Some(mut rt) = rt else {
+            return Ok(());
+        };
+        if let Some(instances) = rt.instances.take() {
+            instances.stop().await;
+            tracing::info!(slot = %slot, version = %rt.version, "stopped the instances of {}", rt.version);
+        }
+        if rt.kind == SlotKind::External {
+            if let Provisioner::External {
+                down: Some(down),
+                timeout,
+                ..
+            } = &self.pipeline.provision
+            {
+                let env = vec![
+                    ("TURNOUT_SLOT".to_owned(), slot.to_string()),
+                    ("TURNOUT_VERSION".to_owned(), rt.version.clone()),
+                    ("TURNOUT_DEPLOYMENT".to_owned(), rt.deployment.clone()),
+                ];
+                let log = self
+                    .pipeline
+                    .state_dir
+                    .join("logs")
+                    .join(format!("{}-provision-down.log", rt.deployment));
+                commands::run(commands::CommandSpec {
+                    name: "provision down",
+                    command: down,
+                    env,
+                    timeout: *timeout,
+                    log: Some(log),
+                })
+                .await
+                .map_err(|e| ControlError::Conflict(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// At start: stops what a router that died left running, brings the slots' instances
+    /// back up, and settles a deployment that was in progress: one that was baking goes on
+    /// baking, one that had not switched is aborted, a canary half-way is rolled back.
+    async fn recover(self: &Arc<Inner>) -> Result<(), ControlError> {
+        let saved: [Option<SavedSlot>; 2] = match self.store.load_value(SLOTS_KEY).await? {
+            None => [None, None],
+            Some(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "the saved slots' runtime is unreadable; ignoring it");
+                [None, None]
+            }),
+        };
+        let records: Vec<_> = saved
+            .iter()
+            .flatten()
+            .flat_map(|s| s.instances.iter().cloned())
+            .collect();
+        let reaped = instances::reap_orphans(&records);
+        if reaped > 0 {
+            tracing::warn!(
+                reaped,
+                "stopped instances left running by a router that did not stop cleanly"
+            );
+        }
+        let deployments = self.store.load_deployments(20).await?;
+        let unfinished = deployments.iter().find(|d| !d.is_over()).cloned();
+        for (slot, saved) in SlotName::ALL.into_iter().zip(saved) {
+            let Some(saved) = saved else { continue };
+            let upstreams = self.state.lock().await.slot(slot).upstreams.clone();
+            if upstreams.is_empty() {
+                continue;
+            }
+            // A candidate that never got traffic is not brought back: it is aborted below.
+            let aborted = unfinished.as_ref().is_some_and(|d| {
+                d.slot == slot && d.id == saved.deployment && !d.reached(Stage::Switch)
+            });
+            let mut rt = SlotRuntime {
+                kind: saved.kind,
+                version: saved.version.clone(),
+                deployment: saved.deployment.clone(),
+                instances: None,
+            };
+            if saved.kind == SlotKind::Command && !aborted {
+                let Provisioner::Command {
+                    command,
+                    instances: count,
+                    stop_timeout,
+                } = self.pipeline.provision.clone()
+                else {
+                    tracing::warn!(slot = %slot, "slot {slot} ran instances started by turnout, but [provision] command is no longer configured; they are not restarted");
+                    self.set_runtime(slot, Some(rt)).await;
+                    continue;
+                };
+                let ports = upstreams
+                    .iter()
+                    .filter_map(|a| a.rsplit_once(':').and_then(|(_, p)| p.parse().ok()))
+                    .collect();
+                let spec = instances::InstanceSpec {
+                    command,
+                    version: saved.version.clone(),
+                    slot,
+                    deployment: saved.deployment.clone(),
+                    count,
+                    log_dir: self.pipeline.state_dir.join("logs"),
+                    stop_timeout,
+                    ports,
+                };
+                match instances::Instances::start(spec).await {
+                    Ok(started) => {
+                        let addrs = started.addrs();
+                        tracing::info!(slot = %slot, version = %saved.version, addrs = ?addrs, "restarted the instances of {}", saved.version);
+                        rt.instances = Some(started);
+                        if addrs != upstreams {
+                            self.change(move |s: &RoutingState, _| {
+                                let mut next = s.clone();
+                                next.revision += 1;
+                                next.slot_mut(slot).upstreams = addrs;
+                                Ok(next)
+                            })
+                            .await?;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(slot = %slot, error = %e, "could not restart the instances of {}: {e}", saved.version)
+                    }
+                }
+            }
+            self.set_runtime(slot, Some(rt)).await;
+        }
+        // The latest deployment only: older unfinished ones (from a crash long ago) are
+        // closed as aborted.
+        for d in deployments.into_iter().filter(|d| !d.is_over()) {
+            if unfinished.as_ref().is_some_and(|u| u.id == d.id) {
+                self.resume(d).await;
+            } else {
+                let mut d = d;
+                d.finish(
+                    Verdict::Aborted,
+                    Some("left unfinished by a router that stopped; superseded".into()),
+                    Outcome::Aborted,
+                    &deploy::now(),
+                );
+                self.store.save_deployment(&d).await?;
+            }
+        }
+        // A promoted deployment whose decommission was pending.
+        let latest = self.store.load_deployments(1).await?;
+        if let Some(d) = latest.into_iter().next().filter(|d| {
+            d.verdict == Verdict::Promoted
+                && d.current_stage().is_some_and(|s| {
+                    s.stage == Stage::Decommission && s.outcome == Outcome::Running
+                })
+        }) {
+            let (run, handle) = Run::new(self.clone(), d, Vec::new());
+            *self.run.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+            tokio::spawn(run.resume_decommission());
+        }
+        Ok(())
+    }
+
+    /// Settles deployment `d` that a previous process left in progress.
+    async fn resume(self: &Arc<Inner>, d: Deployment) {
+        let state = self.state.lock().await.clone();
+        let baking = state.live == Some(d.slot) && d.reached(Stage::Switch);
+        let share = state.weights.of(d.slot);
+        let (run, handle) = Run::new(self.clone(), d.clone(), Vec::new());
+        *self.run.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        if baking {
+            let bake = &self.pipeline.bake;
+            let remaining =
+                d.stages
+                    .iter()
+                    .find(|s| s.stage == Stage::Bake)
+                    .map_or(bake.duration, |s| {
+                        bake.duration
+                            .saturating_sub(deploy::elapsed_since(&s.started_at))
+                    });
+            let baseline = d
+                .analysis
+                .as_ref()
+                .and_then(|a| a.baseline_p99_ms)
+                .map(|ms| Duration::from_secs_f64(ms / 1000.0));
+            tokio::spawn(run.resume_bake(baseline, remaining));
+        } else if share > 0 && state.live != Some(d.slot) {
+            tokio::spawn(run.resume_rollback(
+                "the router restarted during a canary step; traffic went back to the previous version".into(),
+            ));
+        } else {
+            tokio::spawn(run.resume_abort(
+                "the router restarted before the switch; users never saw this version, and its instances were stopped".into(),
+            ));
+        }
+    }
+
     /// Saves `next` over `state`, then routes by it. When the save fails, the outcome is
     /// not always known (a conflict means another writer; a failed commit may have landed):
     /// the store is read back and the data plane follows what it holds.
@@ -501,6 +1106,35 @@ mod tests {
             })
         }
 
+        fn save_deployment<'a>(
+            &'a self,
+            _d: &'a turnout_core::Deployment,
+        ) -> BoxFuture<'a, Result<(), StoreError>> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn load_deployments(
+            &self,
+            _limit: usize,
+        ) -> BoxFuture<'_, Result<Vec<turnout_core::Deployment>, StoreError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+
+        fn load_value<'a>(
+            &'a self,
+            _key: &'a str,
+        ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+            Box::pin(async { Ok(None) })
+        }
+
+        fn save_value<'a>(
+            &'a self,
+            _key: &'a str,
+            _value: &'a str,
+        ) -> BoxFuture<'a, Result<(), StoreError>> {
+            Box::pin(async { Ok(()) })
+        }
+
         fn describe(&self) -> String {
             "memory".into()
         }
@@ -517,9 +1151,14 @@ mod tests {
     /// A controller with blue live and green standby; port 9 on loopback refuses, so a
     /// slot there fails its checks.
     async fn controller(store: Arc<MemStore>, blue: &str, green: &str) -> Controller {
-        Controller::start(ProxyOptions::default(), store, [slot(blue), slot(green)])
-            .await
-            .unwrap()
+        Controller::start(
+            ProxyOptions::default(),
+            store,
+            [slot(blue), slot(green)],
+            PipelineOptions::default(),
+        )
+        .await
+        .unwrap()
     }
 
     const DOWN: &str = "127.0.0.1:9";
@@ -672,6 +1311,7 @@ mod tests {
             ProxyOptions::default(),
             store.clone(),
             [slot(DOWN), SlotState::idle()],
+            PipelineOptions::default(),
         )
         .await
         .unwrap();

@@ -9,7 +9,8 @@
 //! trailing nginx and passing it.
 //!
 //! The phases of `service.rs` apply here too: route, prepare, pick, send, respond,
-//! tunnel. What this file adds is the HTTP/1.1 framing, done strictly:
+//! tunnel; so do the statistics and the retry on standby. What this file adds is the
+//! HTTP/1.1 framing, done strictly:
 //! - a request with both `Content-Length` and `Transfer-Encoding`, differing or invalid
 //!   lengths, `chunked` not last, several `Host` lines, or no `Host` in HTTP/1.1 is
 //!   refused with 400 (an unknown transfer coding with 501), and nothing reaches an
@@ -252,27 +253,44 @@ impl ClientConn {
                 return Next::Close;
             }
         };
+        // The latency clock starts with the complete head.
+        let received = Instant::now();
         self.buf.advance(plan.head_len);
         let mut plan = plan;
         // A stopping router says so in the response, so the client does not reuse the
         // connection.
         plan.close |= *self.stop.borrow();
 
-        // Phase 1: route.
+        // Phase 1: route. Requests with no live slot are in no slot's statistics.
         let Some(slot) = self.inner.table.load().choose().cloned() else {
             return self.fail(&plan, &ProxyError::NoLiveSlot).await;
         };
 
         // Phases 3 and 4: pick and send.
-        let (mut upstream, up, resp) = match self.send(&slot, &plan).await {
+        let mut sent = self.send(&slot, &plan).await;
+        let (slot, started) = match self.standby_for(&slot, &plan, &sent) {
+            None => (slot, received),
+            Some(standby) => {
+                // The retried attempt's latency is the standby's own.
+                let retried = Instant::now();
+                sent = self
+                    .retry_on_standby(&slot, &standby, &plan, sent, received)
+                    .await;
+                (standby, retried)
+            }
+        };
+        let stats = self.inner.stats(slot.name);
+        let (mut upstream, up, resp) = match sent {
             Ok(r) => r,
             Err(f) => {
                 if f.client_gone {
+                    stats.record_failure(started.elapsed());
                     return Next::Close;
                 }
                 log_failure(&self.inner, slot.name, &f.error);
                 let close = f.close || plan.close || plan.body != ReqBody::None;
                 let (status, message) = (f.error.status().as_u16(), f.error.client_message());
+                stats.record(status, started.elapsed());
                 self.write_error(status, message, close, plan.head_request)
                     .await;
                 return if close { Next::Close } else { Next::KeepAlive };
@@ -288,8 +306,10 @@ impl ClientConn {
                     addr: up.addr.clone(),
                     detail: "101 Switching Protocols to a request without Upgrade".into(),
                 };
+                stats.record(error.status().as_u16(), started.elapsed());
                 return self.fail(&plan, &error).await;
             };
+            stats.record(101, started.elapsed());
             if self.flush().await.is_err() {
                 return Next::Close;
             }
@@ -299,6 +319,7 @@ impl ClientConn {
                 websocket,
             });
         }
+        stats.record(resp.status, started.elapsed());
 
         // Phase 5: respond.
         match self.relay_body(&mut upstream, &resp).await {
@@ -334,6 +355,58 @@ impl ClientConn {
         } else {
             Next::KeepAlive
         }
+    }
+
+    /// Whether a failed attempt on `slot` goes once more to the standby (retry on
+    /// standby, see `Proxy::set_retry_on`): a body-less idempotent request, not an
+    /// upgrade, that got no response or a 5xx head — nothing of which has reached the
+    /// client yet (interim responses included: they are only flushed with the body).
+    /// Only then is the setting read, so a request that went well pays nothing.
+    fn standby_for(
+        &self,
+        slot: &SlotPool,
+        plan: &Plan,
+        sent: &Result<(RawConn, UpstreamRef, RespPlan), SendFail>,
+    ) -> Option<Arc<SlotPool>> {
+        let failed = match sent {
+            Ok((_, _, resp)) => resp.status >= 500,
+            Err(f) => !f.client_gone,
+        };
+        if !failed || plan.body != ReqBody::None || !plan.idempotent || plan.upgrade.is_some() {
+            return None;
+        }
+        let to = self.inner.retry_target(slot.name)?;
+        let standby = self.inner.table.load().slot(to).clone();
+        // A standby with nothing healthy would only turn one error into another.
+        (standby.healthy_count() > 0).then_some(standby)
+    }
+
+    /// Counts the failed attempt on `slot` and sends the request to `standby`. A 5xx
+    /// response head is dropped unseen; its connection goes back to the pool only when
+    /// the whole body is already here, and is closed otherwise.
+    async fn retry_on_standby(
+        &mut self,
+        slot: &SlotPool,
+        standby: &SlotPool,
+        plan: &Plan,
+        failed: Result<(RawConn, UpstreamRef, RespPlan), SendFail>,
+        received: Instant,
+    ) -> Result<(RawConn, UpstreamRef, RespPlan), SendFail> {
+        let stats = self.inner.stats(slot.name);
+        match failed {
+            Ok((conn, up, resp)) => {
+                stats.record(resp.status, received.elapsed());
+                tracing::debug!(slot = %slot.name, upstream = %up.addr, status = resp.status, to = %standby.name, "retrying on the standby slot");
+                discard_response(conn, &up, &resp);
+                self.out.clear();
+            }
+            Err(f) => {
+                stats.record(f.error.status().as_u16(), received.elapsed());
+                log_failure(&self.inner, slot.name, &f.error);
+                tracing::debug!(slot = %slot.name, error = %f.error, to = %standby.name, "retrying on the standby slot");
+            }
+        }
+        self.send(standby, plan).await
     }
 
     /// Waits for a complete request head and checks it. `Ok(None)`: the client closed,
@@ -875,6 +948,21 @@ pub(crate) fn log_failure(inner: &Inner, slot: turnout_core::SlotName, error: &P
         tracing::debug!(slot = %slot, error = %error, "request failed");
     } else if let Some(held_back) = inner.errors.allow() {
         tracing::warn!(slot = %slot, error = %error, similar_not_logged = held_back, "request failed");
+    }
+}
+
+/// Drops a response that is not relayed (retry on standby). Its connection is reused
+/// only when the body is already read whole (no body, or exactly its length buffered);
+/// any other is closed, never pooled half-read.
+fn discard_response(mut conn: RawConn, up: &UpstreamRef, resp: &RespPlan) {
+    let whole = match resp.framing {
+        Framing::Empty => conn.buf.is_empty(),
+        Framing::Length(n) => conn.buf.len() as u64 == n,
+        Framing::Chunked | Framing::UntilClose => false,
+    };
+    if whole && resp.upstream_keep_alive {
+        conn.buf.clear();
+        up.checkin_raw(conn);
     }
 }
 

@@ -10,12 +10,16 @@ mod error;
 mod h1;
 mod h1server;
 mod health;
+#[cfg(test)]
+mod proxy_tests;
 mod server;
 mod service;
+mod stats;
 mod table;
 mod tunnel;
 mod upstream;
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +30,7 @@ use turnout_core::{RoutingState, SlotName};
 pub use body::{BodyError, ProxyBody, RequestBody};
 pub use error::ProxyError;
 pub use health::HealthCheck;
+pub use stats::{SlotStats, StatsSnapshot};
 pub use table::{SlotPool, Table};
 pub use upstream::{Upstream, UpstreamRef};
 
@@ -121,6 +126,30 @@ pub(crate) struct Inner {
     pub(crate) live_tx: watch::Sender<Option<SlotName>>,
     pub(crate) live_rx: watch::Receiver<Option<SlotName>>,
     pub(crate) health_tx: broadcast::Sender<HealthEvent>,
+    /// Request statistics per slot (by `SlotName::index`); they outlive every table.
+    pub(crate) stats: [SlotStats; 2],
+    /// Retry on standby: 0 off, else `1 + 2 × from + to` (slot indexes). Read only when a
+    /// request failed.
+    pub(crate) retry_on: AtomicU8,
+}
+
+impl Inner {
+    /// The statistics of `slot`.
+    pub(crate) fn stats(&self, slot: SlotName) -> &SlotStats {
+        &self.stats[slot.index()]
+    }
+
+    /// The slot a failed request routed to `from` may be retried on, if any.
+    pub(crate) fn retry_target(&self, from: SlotName) -> Option<SlotName> {
+        match self.retry_on.load(Ordering::Relaxed) {
+            0 => None,
+            code => {
+                let code = code - 1;
+                let (f, t) = (usize::from(code / 2), usize::from(code % 2));
+                (f == from.index()).then(|| SlotName::ALL[t])
+            }
+        }
+    }
 }
 
 /// The data plane. Cheap to clone.
@@ -150,6 +179,8 @@ impl Proxy {
                 live_tx,
                 live_rx,
                 health_tx,
+                stats: [SlotStats::new(), SlotStats::new()],
+                retry_on: AtomicU8::new(0),
             }),
         };
         proxy.apply(state);
@@ -207,6 +238,29 @@ impl Proxy {
     /// How many upstreams of `slot` are healthy now.
     pub fn healthy_count(&self, slot: SlotName) -> usize {
         self.inner.table.load().slot(slot).healthy_count()
+    }
+
+    /// Request statistics of `slot` since the router started: every proxied request
+    /// routed to it (turnout's own 502/503/504 included; requests refused for bad input
+    /// before routing, and requests while no slot is live, are not). Take two
+    /// [`SlotStats::snapshot`]s and [`StatsSnapshot::since`] for a window. They survive
+    /// switches and [`Proxy::apply`].
+    pub fn stats(&self, slot: SlotName) -> &SlotStats {
+        self.inner.stats(slot)
+    }
+
+    /// Retry on standby (`[bake] retry_on_standby`): with `Some((from, to))`, a body-less
+    /// idempotent request (GET, HEAD, OPTIONS, PUT, DELETE, TRACE; not an upgrade) routed
+    /// to `from` that fails there — no response, or a 5xx response head — before
+    /// anything reached the client is sent once to `to`. The failed attempt counts in
+    /// `from`'s statistics, the retry in `to`'s. `None` (the default), or `from == to`,
+    /// turns it off. Kept across [`Proxy::apply`].
+    pub fn set_retry_on(&self, retry: Option<(SlotName, SlotName)>) {
+        let code = match retry {
+            Some((from, to)) if from != to => 1 + 2 * from.index() as u8 + to.index() as u8,
+            _ => 0,
+        };
+        self.inner.retry_on.store(code, Ordering::Relaxed);
     }
 
     /// Upstream health changes, as they happen.

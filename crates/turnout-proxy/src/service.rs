@@ -12,9 +12,15 @@
 //!    sent (connect refused or timed out, a pooled connection found closed before
 //!    writing) the request goes once to another upstream of the same slot; a refused
 //!    connect also ejects the upstream until its health check passes again. Failure after
-//!    sending: `502`; no response head within `response_timeout`: `504`.
+//!    sending: `502`; no response head within `response_timeout`: `504`. With retry on
+//!    standby set (`Proxy::set_retry_on`), a body-less idempotent request that failed so,
+//!    or got a 5xx head, is sent once more to the standby slot.
 //! 5. **respond** — hop-by-hop headers removed from the response; the body is streamed and
 //!    its connection returns to the pool when the body ends.
+//!
+//! Each request routed to a slot is counted once in its `SlotStats` (status and time to
+//! the response head); a retry on standby counts the failed attempt in the first slot
+//! and the retry in the standby.
 //!
 //! There is no tunnel phase: HTTP/2 has no `Upgrade`.
 //!
@@ -26,7 +32,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -37,6 +43,7 @@ use hyper::body::Incoming;
 use crate::body::{PoolReturn, ProxyBody, RequestBody};
 use crate::error::ProxyError;
 use crate::h1::{RawBody, RawConn};
+use crate::stats::SlotStats;
 use crate::table::SlotPool;
 use crate::upstream::{Sender, UpstreamRef};
 use crate::Inner;
@@ -84,23 +91,46 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 
 impl ConnService {
     async fn handle(self, mut req: Request<Incoming>) -> Response<ProxyBody> {
-        // Phase 1: route.
-        let slot = match self.inner.table.load().choose() {
+        // The latency clock starts with the request head, as hyper hands it over.
+        let received = Instant::now();
+        // Phase 1: route. Requests with no live slot are in no slot's statistics.
+        let mut slot = match self.inner.table.load().choose() {
             Some(slot) => Arc::clone(slot),
             None => return error_response(&ProxyError::NoLiveSlot),
         };
+        // Counts the request once: with its status, or as a failure if it is dropped
+        // before (the client reset the stream or went away).
+        let mut outcome = Outcome::new(self.inner.stats(slot.name), received);
 
         // Phase 2: prepare.
         let client_version = req.version();
         self.prepare(&mut req);
 
         // Phases 3 and 4: pick and send. A request without body (most of them) goes
-        // through the hand-written client; the others through hyper's.
+        // through the hand-written client; the others through hyper's (and are not
+        // retried on standby: their body is streamed and cannot be sent twice).
         let sent = if req.body().is_end_stream() {
             let (parts, _) = req.into_parts();
-            self.send_raw(&slot, &parts)
-                .await
-                .map(|r| r.map(ProxyBody::Raw))
+            let mut sent = self.send_raw(&slot, &parts).await;
+            if let Some(standby) = self.standby_for(&slot, &parts.method, &sent) {
+                // Retry on standby: the failed attempt counts for the live slot; a 5xx
+                // response is dropped unread (its connection closes unless its body
+                // was already complete, see `Head::into_response`).
+                let status = match &sent {
+                    Ok(resp) => resp.status(),
+                    Err(e) => {
+                        crate::h1server::log_failure(&self.inner, slot.name, e);
+                        e.status()
+                    }
+                };
+                outcome.record(status.as_u16());
+                drop(sent);
+                tracing::debug!(slot = %slot.name, status = status.as_u16(), to = %standby.name, "retrying on the standby slot");
+                outcome = Outcome::new(self.inner.stats(standby.name), Instant::now());
+                slot = standby;
+                sent = self.send_raw(&slot, &parts).await;
+            }
+            sent.map(|r| r.map(ProxyBody::Raw))
         } else {
             // Boxed: the rarer path keeps the common request's future small.
             Box::pin(self.send(&slot, req.map(RequestBody::Client)))
@@ -111,16 +141,41 @@ impl ConnService {
         // Phase 5: respond.
         match sent {
             Ok(resp) => {
+                outcome.record(resp.status().as_u16());
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 parts.version = client_version;
                 Response::from_parts(parts, body)
             }
             Err(e) => {
+                outcome.record(e.status().as_u16());
                 crate::h1server::log_failure(&self.inner, slot.name, &e);
                 error_response(&e)
             }
         }
+    }
+
+    /// The standby slot a failed body-less request goes to once more (retry on standby,
+    /// see `Proxy::set_retry_on`): an idempotent one that got no response, or a 5xx
+    /// head, on a slot being retried from. Nothing has reached the client yet. The
+    /// setting is read only after a failure.
+    fn standby_for<B>(
+        &self,
+        slot: &SlotPool,
+        method: &Method,
+        sent: &Result<Response<B>, ProxyError>,
+    ) -> Option<Arc<SlotPool>> {
+        let failed = match sent {
+            Ok(resp) => resp.status().as_u16() >= 500,
+            Err(_) => true,
+        };
+        if !failed || !is_idempotent(method) {
+            return None;
+        }
+        let to = self.inner.retry_target(slot.name)?;
+        let standby = self.inner.table.load().slot(to).clone();
+        // A standby with nothing healthy would only turn one error into another.
+        (standby.healthy_count() > 0).then_some(standby)
     }
 
     /// Phases 3 and 4 for a request without body: once more on another upstream when
@@ -352,6 +407,40 @@ impl ConnService {
                 },
                 None,
             )),
+        }
+    }
+}
+
+/// Records one request in a slot's statistics exactly once: with a status, or — when
+/// dropped unrecorded (hyper dropped the request: the client reset the stream or left)
+/// — as a failure.
+struct Outcome<'a> {
+    stats: &'a SlotStats,
+    since: Instant,
+    done: bool,
+}
+
+impl<'a> Outcome<'a> {
+    fn new(stats: &'a SlotStats, since: Instant) -> Outcome<'a> {
+        Outcome {
+            stats,
+            since,
+            done: false,
+        }
+    }
+
+    fn record(&mut self, status: u16) {
+        if !self.done {
+            self.done = true;
+            self.stats.record(status, self.since.elapsed());
+        }
+    }
+}
+
+impl Drop for Outcome<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.stats.record_failure(self.since.elapsed());
         }
     }
 }

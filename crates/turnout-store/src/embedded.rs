@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension};
-use turnout_core::RoutingState;
+use turnout_core::{Deployment, RoutingState};
 
 use crate::{BoxFuture, StateStore, StoreError};
 
@@ -50,6 +50,11 @@ impl EmbeddedStore {
              CREATE TABLE IF NOT EXISTS kv (
                  key TEXT PRIMARY KEY,
                  revision INTEGER NOT NULL,
+                 value TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS deployments (
+                 id TEXT PRIMARY KEY,
+                 started_at TEXT NOT NULL,
                  value TEXT NOT NULL
              );",
         )
@@ -134,7 +139,103 @@ impl EmbeddedStore {
     }
 }
 
+impl EmbeddedStore {
+    fn corrupt(&self, source: serde_json::Error) -> StoreError {
+        StoreError::Corrupt {
+            location: self.location(),
+            source,
+        }
+    }
+
+    fn save_deployment_sync(&self, d: &Deployment) -> Result<(), StoreError> {
+        let value = serde_json::to_string(d).map_err(|e| self.corrupt(e))?;
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.execute(
+            "INSERT INTO deployments (id, started_at, value) VALUES (?1, ?2, ?3)
+             ON CONFLICT(id) DO UPDATE SET value = excluded.value",
+            rusqlite::params![d.id, d.started_at, value],
+        )
+        .map_err(|e| self.backend_err(e))?;
+        Ok(())
+    }
+
+    fn load_deployments_sync(&self, limit: usize) -> Result<Vec<Deployment>, StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stmt = conn
+            .prepare("SELECT value FROM deployments ORDER BY started_at DESC, id DESC LIMIT ?1")
+            .map_err(|e| self.backend_err(e))?;
+        let rows = stmt
+            .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+                r.get::<_, String>(0)
+            })
+            .map_err(|e| self.backend_err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let text = row.map_err(|e| self.backend_err(e))?;
+            out.push(serde_json::from_str(&text).map_err(|e| self.corrupt(e))?);
+        }
+        Ok(out)
+    }
+
+    fn load_value_sync(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.backend_err(e))
+    }
+
+    fn save_value_sync(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.execute(
+            "INSERT INTO kv (key, revision, value) VALUES (?1, 0, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            rusqlite::params![key, value],
+        )
+        .map_err(|e| self.backend_err(e))?;
+        Ok(())
+    }
+}
+
 impl StateStore for EmbeddedStore {
+    fn save_deployment<'a>(&'a self, d: &'a Deployment) -> BoxFuture<'a, Result<(), StoreError>> {
+        let this = self.clone();
+        let d = d.clone();
+        Box::pin(async move {
+            let location = this.location();
+            blocking(location, move || this.save_deployment_sync(&d)).await
+        })
+    }
+
+    fn load_deployments(&self, limit: usize) -> BoxFuture<'_, Result<Vec<Deployment>, StoreError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let location = this.location();
+            blocking(location, move || this.load_deployments_sync(limit)).await
+        })
+    }
+
+    fn load_value<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        let this = self.clone();
+        let key = key.to_owned();
+        Box::pin(async move {
+            let location = this.location();
+            blocking(location, move || this.load_value_sync(&key)).await
+        })
+    }
+
+    fn save_value<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let this = self.clone();
+        let (key, value) = (key.to_owned(), value.to_owned());
+        Box::pin(async move {
+            let location = this.location();
+            blocking(location, move || this.save_value_sync(&key, &value)).await
+        })
+    }
+
     fn load_routing(&self) -> BoxFuture<'_, Result<Option<RoutingState>, StoreError>> {
         let this = self.clone();
         Box::pin(async move {
@@ -272,6 +373,44 @@ mod tests {
         drop(store);
         let reopened = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(reopened.load_routing().await.unwrap(), Some(s1));
+    }
+
+    #[tokio::test]
+    async fn deployments_and_values_survive_reopen_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let mut d = turnout_core::Deployment {
+            id: "20261126-100000-aaaa".into(),
+            version: "v1".into(),
+            slot: SlotName::Blue,
+            verdict: turnout_core::Verdict::InProgress,
+            reason: None,
+            started_at: "2026-11-26T10:00:00.000Z".into(),
+            ended_at: None,
+            stages: Vec::new(),
+            previous: None,
+            previous_version: None,
+            upstreams: Vec::new(),
+            manual: false,
+            analysis: None,
+        };
+        store.save_deployment(&d).await.unwrap();
+        let mut d2 = d.clone();
+        d2.id = "20261126-110000-bbbb".into();
+        d2.started_at = "2026-11-26T11:00:00.000Z".into();
+        store.save_deployment(&d2).await.unwrap();
+        d.verdict = turnout_core::Verdict::Promoted;
+        store.save_deployment(&d).await.unwrap();
+        store.save_value("instances", "[1]").await.unwrap();
+        drop(store);
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(store.load_deployments(10).await.unwrap(), [d2.clone(), d]);
+        assert_eq!(store.load_deployments(1).await.unwrap(), [d2]);
+        assert_eq!(
+            store.load_value("instances").await.unwrap().as_deref(),
+            Some("[1]")
+        );
+        assert_eq!(store.load_value("nothing").await.unwrap(), None);
     }
 
     #[test]

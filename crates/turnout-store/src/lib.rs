@@ -12,7 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use embedded::EmbeddedStore;
-use turnout_core::RoutingState;
+use turnout_core::{Deployment, RoutingState};
 
 /// A boxed future, so that [`StateStore`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -69,6 +69,22 @@ pub trait StateStore: Send + Sync + 'static {
         &'a self,
         state: &'a RoutingState,
         expected: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Saves a deployment record (insert or replace by id). Durable like a routing save.
+    fn save_deployment<'a>(&'a self, d: &'a Deployment) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// The `limit` most recent deployments, newest first.
+    fn load_deployments(&self, limit: usize) -> BoxFuture<'_, Result<Vec<Deployment>, StoreError>>;
+
+    /// A small named value the control plane keeps (JSON text), or `None`.
+    fn load_value<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>>;
+
+    /// Saves a named value (`"routing"` is reserved). Durable like a routing save.
+    fn save_value<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// A short description for logs and errors (a path or endpoints).

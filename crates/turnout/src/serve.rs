@@ -135,8 +135,6 @@ fn proxy_options(cfg: &Config) -> ProxyOptions {
 fn warn_unimplemented(cfg: &Config) {
     let sections = [
         ("[listen.tls]", cfg.listen.tls.is_some()),
-        ("[provision]", cfg.provision.is_some()),
-        ("[verify]", cfg.verify.is_some()),
         ("[shadow]", cfg.shadow.is_some()),
         ("[notify]", cfg.notify.is_some()),
         ("[sessions]", cfg.sessions.is_some()),
@@ -192,7 +190,15 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             role: Role::Idle,
         }
     });
-    let controller = Arc::new(Controller::start(proxy_options(&cfg), store, static_slots).await?);
+    let controller = Arc::new(
+        Controller::start(
+            proxy_options(&cfg),
+            store.clone(),
+            static_slots,
+            pipeline_options(&cfg, store.dir()),
+        )
+        .await?,
+    );
 
     let data = bind(cfg.listen.addr, "[listen] addr").await?;
     let admin = bind(cfg.admin.addr, "[admin] addr").await?;
@@ -235,7 +241,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         let _ = data_task.await;
         let _ = admin_task.await;
     };
-    tokio::select! {
+    let result = tokio::select! {
         () = drained => Ok(()),
         second = signals.next() => {
             tracing::warn!(signal = second, "second signal: stopping at once");
@@ -243,6 +249,96 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                 "stopped at once by a second {second}: requests still in flight were cut off"
             ))
         }
+    };
+    // The instances turnout started do not outlive it: SIGTERM, then SIGKILL after
+    // [provision] stop_timeout (at once after a second signal).
+    if result.is_ok() {
+        tokio::select! {
+            () = controller.shutdown() => {}
+            _ = signals.next() => controller.kill_all().await,
+        }
+    } else {
+        controller.kill_all().await;
+    }
+    result
+}
+
+/// `[provision]`, `[verify]`, `[promote]`, `[bake]`, `[decommission]`, `[hooks]` for the
+/// release pipeline.
+fn pipeline_options(cfg: &Config, state_dir: &Path) -> turnout_pipeline::PipelineOptions {
+    use turnout_pipeline as p;
+    let provision = match &cfg.provision {
+        None => p::Provisioner::Static,
+        Some(pr) => match (&pr.command, &pr.up) {
+            (Some(command), _) => p::Provisioner::Command {
+                command: command.clone(),
+                instances: pr.instances,
+                stop_timeout: pr.stop_timeout,
+            },
+            (None, Some(up)) => p::Provisioner::External {
+                up: up.clone(),
+                down: pr.down.clone(),
+                timeout: pr.timeout,
+            },
+            (None, None) => p::Provisioner::Static,
+        },
+    };
+    let health_timeout = cfg
+        .provision
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(60), |p| p.health_timeout);
+    let verify = cfg.verify.as_ref().map(|v| p::VerifyOptions {
+        checks: v
+            .checks
+            .iter()
+            .map(|c| p::verify::Check {
+                path: c.path.clone(),
+                status: c.status,
+                body_contains: c.body_contains.clone(),
+            })
+            .collect(),
+        command: v.command.clone(),
+        timeout: v.timeout,
+    });
+    let b = &cfg.bake;
+    let h = &cfg.hooks;
+    p::PipelineOptions {
+        state_dir: state_dir.to_owned(),
+        provision,
+        health_timeout,
+        verify,
+        promote: p::PromoteOptions {
+            mode: match cfg.promote.mode {
+                turnout_config::PromoteMode::Auto => p::PromoteMode::Auto,
+                turnout_config::PromoteMode::Manual => p::PromoteMode::Manual,
+                turnout_config::PromoteMode::Canary => p::PromoteMode::Canary,
+            },
+            steps: cfg.promote.steps.clone(),
+            step_duration: cfg.promote.step_duration,
+        },
+        bake: p::BakeOptions {
+            duration: b.duration,
+            interval: b.interval,
+            window: b.window.max(b.interval),
+            max_error_rate: b.max_error_rate,
+            max_p99: b.max_p99,
+            max_p99_ratio: b.max_p99_ratio,
+            min_requests: b.min_requests,
+            require_traffic: b.require_traffic,
+            retry_on_standby: b.retry_on_standby,
+        },
+        decommission_delay: cfg.decommission.delay,
+        hooks: p::Hooks {
+            pre_deploy: h.pre_deploy.clone(),
+            post_provision: h.post_provision.clone(),
+            pre_switch: h.pre_switch.clone(),
+            post_switch: h.post_switch.clone(),
+            post_bake: h.post_bake.clone(),
+            on_rollback: h.on_rollback.clone(),
+            pre_decommission: h.pre_decommission.clone(),
+            post_decommission: h.post_decommission.clone(),
+            timeout: h.timeout,
+        },
     }
 }
 

@@ -1,0 +1,1043 @@
+//! The release pipeline: one task per deployment, running its stages in order.
+//!
+//! Stages, each recorded (start, end, outcome) and emitted as an event when it starts and
+//! ends:
+//!
+//! | stage | runs | a failure means |
+//! |---|---|---|
+//! | `pre_deploy` | the `pre_deploy` hook (expand migration), then the verify checks against the **live** slot | `failed`: users are still on the old version |
+//! | `provision` | retire a leftover standby in the target slot; start instances / run `up` / take `--upstream`; place them as candidate; `post_provision` hook | `failed` |
+//! | `health` | every candidate upstream passes its health check, within `health_timeout` | `failed` |
+//! | `verify` | `[verify]` checks and command against every candidate upstream | `failed` |
+//! | `shadow` | (the shadowing issue) | — |
+//! | `gate` | manual mode or `deploy --manual`: wait for `promote` | — (`abort` ends it) |
+//! | `switch` | `pre_switch` hook; canary steps with analysis at each, or one switch; `post_switch` hook | before traffic moved: `failed`; after: rollback |
+//! | `bake` | the rules every `interval` over a sliding `window`; `post_bake` hook | rollback |
+//! | `decommission` | after `delay`: `pre_decommission`, stop the old version, `post_decommission` (contract migration) | reported; the verdict stays `promoted` |
+//! | `rollback` | traffic back to the previous slot, candidate stopped, `on_rollback` hook | — |
+//!
+//! Signals from the API (`promote`, `abort`, `rollback`) are taken at every await point of
+//! a stage (`Run::guarded`), so that an abort during a slow provision or health gate
+//! stops it at once.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use turnout_core::{Deployment, Outcome, RoutingState, SlotName, Stage, Verdict};
+use turnout_proxy::StatsSnapshot;
+
+use crate::analysis::{evaluate, Tick};
+use crate::commands::{self, CommandSpec};
+use crate::instances::{InstanceSpec, Instances};
+use crate::options::{PromoteMode, Provisioner};
+use crate::runtime::{SlotKind, SlotRuntime};
+use crate::{verify, ControlError, Event, Inner};
+
+/// What the API asks of a running deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SignalKind {
+    Promote,
+    Abort,
+    Rollback,
+}
+
+pub(crate) struct Signal {
+    pub(crate) kind: SignalKind,
+    pub(crate) reply: oneshot::Sender<Result<(), ControlError>>,
+}
+
+/// The handle the controller keeps on the running deployment.
+pub(crate) struct RunHandle {
+    pub(crate) id: String,
+    pub(crate) tx: mpsc::Sender<Signal>,
+    pub(crate) record: watch::Receiver<Deployment>,
+}
+
+/// Where a run is, for deciding what a signal means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Before any user saw the candidate.
+    BeforeSwitch,
+    /// Waiting for `promote` at the manual gate.
+    Gate,
+    /// A canary step: `promote` moves on to the next step.
+    CanaryStep,
+    /// Traffic is on the candidate (bake, hooks after the switch).
+    AfterSwitch,
+    /// Promoted, waiting to retire the previous version.
+    Decommission,
+}
+
+/// Why a run stops early.
+enum Stop {
+    /// A stage before the switch failed: users never saw the candidate.
+    Fail(String),
+    /// `abort` (or `rollback`) before the switch.
+    Abort(String),
+    /// After users saw the candidate: send them back.
+    Rollback(String),
+}
+
+/// What `guarded` returns when a signal ends the wait.
+enum Interrupt {
+    Promote,
+    Stop(Stop),
+}
+
+pub(crate) fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// A new deployment id: the start time, sortable, plus a few random bits.
+pub(crate) fn new_id() -> String {
+    let t = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let digits: String = t.chars().filter(|c| c.is_ascii_digit()).collect();
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let (date, time) = digits.split_at(digits.len().min(8));
+    format!(
+        "{date}-{time}-{:04x}",
+        (nanos ^ std::process::id()) & 0xffff
+    )
+}
+
+pub(crate) struct Run {
+    inner: Arc<Inner>,
+    d: Deployment,
+    rx: mpsc::Receiver<Signal>,
+    record: watch::Sender<Deployment>,
+    /// Upstreams named by the deployment request (`deploy --upstream`).
+    given: Vec<String>,
+}
+
+impl Run {
+    pub(crate) fn new(inner: Arc<Inner>, d: Deployment, given: Vec<String>) -> (Run, RunHandle) {
+        let (tx, rx) = mpsc::channel(8);
+        let (record, record_rx) = watch::channel(d.clone());
+        let handle = RunHandle {
+            id: d.id.clone(),
+            tx,
+            record: record_rx,
+        };
+        (
+            Run {
+                inner,
+                d,
+                rx,
+                record,
+                given,
+            },
+            handle,
+        )
+    }
+
+    fn opts(&self) -> &crate::options::PipelineOptions {
+        &self.inner.pipeline
+    }
+
+    /// Publishes the record to watchers and saves it.
+    async fn save(&mut self) {
+        self.record.send_replace(self.d.clone());
+        if let Err(e) = self.inner.store.save_deployment(&self.d).await {
+            tracing::warn!(deployment = %self.d.id, error = %e, "the deployment record was not saved: {e}");
+        }
+    }
+
+    fn emit(&self, message: String) {
+        let stage = self.d.current_stage();
+        let event = Event {
+            at: now(),
+            kind: "deployment".into(),
+            deployment: Some(self.d.id.clone()),
+            version: Some(self.d.version.clone()),
+            slot: Some(self.d.slot),
+            stage: stage.map(|s| s.stage),
+            outcome: stage.map(|s| s.outcome),
+            verdict: Some(self.d.verdict),
+            message,
+        };
+        tracing::info!(
+            deployment = %self.d.id,
+            version = %self.d.version,
+            stage = ?event.stage.map(|s| s.as_str()),
+            verdict = %self.d.verdict,
+            "{}", event.message
+        );
+        let _ = self.inner.events.send(event);
+    }
+
+    async fn begin(&mut self, stage: Stage) {
+        let t = now();
+        self.d.begin(stage, &t);
+        self.emit(format!("{stage} started"));
+        self.save().await;
+    }
+
+    async fn skip(&mut self, stage: Stage, why: &str) {
+        let t = now();
+        self.d.skip(stage, why, &t);
+        self.emit(format!("{stage} skipped: {why}"));
+        self.save().await;
+    }
+
+    async fn note(&mut self, detail: String) {
+        self.d.note(detail.clone());
+        self.emit(detail);
+        self.save().await;
+    }
+
+    /// Runs `fut` while answering signals. Signals that do not apply in `phase` are
+    /// refused with a reason and the wait goes on.
+    async fn guarded<T>(
+        &mut self,
+        phase: Phase,
+        fut: impl Future<Output = T>,
+    ) -> Result<T, Interrupt> {
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                v = &mut fut => return Ok(v),
+                signal = self.rx.recv() => {
+                    let Some(Signal { kind, reply }) = signal else {
+                        // The controller is gone: the router is stopping.
+                        std::future::pending::<()>().await;
+                        continue;
+                    };
+                    let stage = self.d.current_stage().map_or("start", |s| s.stage.as_str());
+                    let refuse = |why: String| Err(ControlError::Conflict(why));
+                    let (answer, out) = match (kind, phase) {
+                        (SignalKind::Promote, Phase::Gate | Phase::CanaryStep) => (Ok(()), Some(Interrupt::Promote)),
+                        (SignalKind::Promote, _) => (refuse(format!(
+                            "deployment {} of {} is not waiting for promote (stage: {stage}); promote passes a manual gate or a canary step",
+                            self.d.id, self.d.version
+                        )), None),
+                        (SignalKind::Abort, Phase::BeforeSwitch | Phase::Gate) => (Ok(()), Some(Interrupt::Stop(Stop::Abort(
+                            format!("aborted by the operator during {stage}; users never saw it")
+                        )))),
+                        (SignalKind::Abort, _) => (refuse(format!(
+                            "deployment {} of {} has already sent traffic to {} (stage: {stage}); use `turnout rollback` to send it back",
+                            self.d.id, self.d.version, self.d.slot
+                        )), None),
+                        (SignalKind::Rollback, Phase::BeforeSwitch | Phase::Gate) => (Ok(()), Some(Interrupt::Stop(Stop::Abort(
+                            format!("rollback asked during {stage}, before the switch; users never saw it")
+                        )))),
+                        (SignalKind::Rollback, _) => (Ok(()), Some(Interrupt::Stop(Stop::Rollback(
+                            format!("rolled back by the operator during {stage}")
+                        )))),
+                    };
+                    let _ = reply.send(answer);
+                    if let Some(out) = out {
+                        return Err(out);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Like `guarded`, where `promote` has no meaning: it only stops.
+    async fn watch<T>(&mut self, phase: Phase, fut: impl Future<Output = T>) -> Result<T, Stop> {
+        match self.guarded(phase, fut).await {
+            Ok(v) => Ok(v),
+            Err(Interrupt::Stop(stop)) => Err(stop),
+            Err(Interrupt::Promote) => unreachable_promote(),
+        }
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("TURNOUT_SLOT".into(), self.d.slot.to_string()),
+            ("TURNOUT_VERSION".into(), self.d.version.clone()),
+            ("TURNOUT_DEPLOYMENT".into(), self.d.id.clone()),
+            (
+                "TURNOUT_PREVIOUS_VERSION".into(),
+                self.d.previous_version.clone().unwrap_or_default(),
+            ),
+            (
+                "TURNOUT_PREVIOUS_SLOT".into(),
+                self.d.previous.map(|s| s.to_string()).unwrap_or_default(),
+            ),
+        ]
+    }
+
+    fn log_path(&self, what: &str) -> std::path::PathBuf {
+        self.opts()
+            .state_dir
+            .join("logs")
+            .join(format!("{}-{what}.log", self.d.id))
+    }
+
+    /// Runs hook `name` if configured. `Err` carries the message.
+    async fn hook(&mut self, name: &str, phase: Phase) -> Result<(), HookFailure> {
+        let hooks = &self.opts().hooks;
+        let command = match name {
+            "pre_deploy" => hooks.pre_deploy.clone(),
+            "post_provision" => hooks.post_provision.clone(),
+            "pre_switch" => hooks.pre_switch.clone(),
+            "post_switch" => hooks.post_switch.clone(),
+            "post_bake" => hooks.post_bake.clone(),
+            "on_rollback" => hooks.on_rollback.clone(),
+            "pre_decommission" => hooks.pre_decommission.clone(),
+            "post_decommission" => hooks.post_decommission.clone(),
+            _ => None,
+        };
+        let Some(command) = command else {
+            return Ok(());
+        };
+        let timeout = self.opts().hooks.timeout;
+        let env = self.env();
+        let log = self.log_path(&format!("hook-{name}"));
+        self.emit(format!("hook {name} running: {command}"));
+        let label = format!("hook {name}");
+        let run = commands::run(CommandSpec {
+            name: &label,
+            command: &command,
+            env,
+            timeout,
+            log: Some(log),
+        });
+        match self.watch(phase, run).await {
+            Ok(Ok(_)) => {
+                self.emit(format!("hook {name} passed"));
+                Ok(())
+            }
+            Ok(Err(e)) => Err(HookFailure::Failed(e.to_string())),
+            Err(stop) => Err(HookFailure::Stopped(stop)),
+        }
+    }
+
+    /// The whole pipeline, from the first stage to the verdict (and decommission).
+    pub(crate) async fn drive(mut self) {
+        self.emit(format!(
+            "deployment of {} into {} started",
+            self.d.version, self.d.slot
+        ));
+        let outcome = match self.before_switch().await {
+            Ok(()) => self.switch_and_bake().await,
+            Err(stop) => Err(stop),
+        };
+        match outcome {
+            Ok(()) => {
+                self.finish_promoted().await;
+                self.decommission().await;
+            }
+            Err(Stop::Fail(why)) => self.end_before_switch(Verdict::Failed, why).await,
+            Err(Stop::Abort(why)) => self.end_before_switch(Verdict::Aborted, why).await,
+            Err(Stop::Rollback(why)) => self.roll_back(why).await,
+        }
+        self.inner.run_ended(&self.d.id).await;
+    }
+
+    /// Continues a deployment that a previous router process left baking.
+    pub(crate) async fn resume_bake(mut self, baseline: Option<Duration>, remaining: Duration) {
+        self.emit(format!(
+            "router restarted: the bake of {} continues for {}s",
+            self.d.version,
+            remaining.as_secs()
+        ));
+        match self.bake(baseline, remaining).await {
+            Ok(()) => {
+                self.finish_promoted().await;
+                self.decommission().await;
+            }
+            Err(Stop::Rollback(why)) | Err(Stop::Fail(why)) | Err(Stop::Abort(why)) => {
+                self.roll_back(why).await
+            }
+        }
+        self.inner.run_ended(&self.d.id).await;
+    }
+
+    /// Ends a deployment a previous router process left before its switch.
+    pub(crate) async fn resume_abort(mut self, why: String) {
+        self.end_before_switch(Verdict::Aborted, why).await;
+        self.inner.run_ended(&self.d.id).await;
+    }
+
+    /// Rolls back a canary a previous router process left half-way.
+    pub(crate) async fn resume_rollback(mut self, why: String) {
+        self.roll_back(why).await;
+        self.inner.run_ended(&self.d.id).await;
+    }
+
+    /// Continues a promoted deployment's decommission after a restart.
+    pub(crate) async fn resume_decommission(mut self) {
+        self.decommission().await;
+        self.inner.run_ended(&self.d.id).await;
+    }
+
+    async fn before_switch(&mut self) -> Result<(), Stop> {
+        let phase = Phase::BeforeSwitch;
+        // pre_deploy: the expand migration, then "does the live version still work?"
+        if self.opts().hooks.pre_deploy.is_some() {
+            self.begin(Stage::PreDeploy).await;
+            self.hook("pre_deploy", phase)
+                .await
+                .map_err(|f| f.before())?;
+            let live = self.live_upstreams().await;
+            if let (Some(verify), Some((live_slot, addrs))) = (self.opts().verify.clone(), live) {
+                let prev = self
+                    .d
+                    .previous_version
+                    .clone()
+                    .unwrap_or_else(|| "?".into());
+                let run = verify::run_checks(&addrs, &verify.checks, verify.timeout);
+                match self.watch(phase, run).await? {
+                    Ok(_) => {
+                        self.note(format!(
+                            "the live version {prev} on {live_slot} passes its verify checks after pre_deploy"
+                        ))
+                        .await
+                    }
+                    Err(e) => {
+                        return Err(Stop::Fail(format!(
+                            "after the pre_deploy hook the live version {prev} on {live_slot} fails its verify checks: {e}. The expand step is not compatible with the running version; users are still on it. Fix the migration (or roll it back) before deploying"
+                        )))
+                    }
+                }
+            }
+        }
+
+        // provision
+        self.begin(Stage::Provision).await;
+        self.clear_target().await?;
+        let upstreams = self.provision().await?;
+        self.d.upstreams = upstreams.clone();
+        let (slot, version) = (self.d.slot, self.d.version.clone());
+        let placed = self
+            .inner
+            .change(move |s: &RoutingState, _| s.place_candidate(slot, version, upstreams))
+            .await;
+        if let Err(e) = placed {
+            return Err(Stop::Fail(format!(
+                "could not place the candidate in {}: {e}",
+                self.d.slot
+            )));
+        }
+        self.note(format!(
+            "{} upstream(s) in {}: {}",
+            self.d.upstreams.len(),
+            self.d.slot,
+            self.d.upstreams.join(", ")
+        ))
+        .await;
+        self.hook("post_provision", phase)
+            .await
+            .map_err(|f| f.before())?;
+
+        // health gate
+        self.begin(Stage::Health).await;
+        let health = health_gate(
+            self.inner.clone(),
+            self.d.slot,
+            self.opts().health_timeout,
+            self.opts().state_dir.join("logs"),
+        );
+        let healthy = self.watch(phase, health).await?;
+        healthy.map_err(Stop::Fail)?;
+
+        // verify
+        match self.opts().verify.clone() {
+            None => self.skip(Stage::Verify, "no [verify] section").await,
+            Some(verify) => {
+                self.begin(Stage::Verify).await;
+                let addrs = self.d.upstreams.clone();
+                let checks = verify::run_checks(&addrs, &verify.checks, verify.timeout);
+                match self.watch(phase, checks).await? {
+                    Ok(results) => {
+                        self.note(format!("{} check(s) passed", results.len()))
+                            .await
+                    }
+                    Err(e) => return Err(Stop::Fail(format!("verify failed: {e}"))),
+                }
+                if let Some(command) = verify.command.clone() {
+                    let mut env = self.env();
+                    env.push((
+                        "TURNOUT_TARGET".into(),
+                        format!("http://{}", self.d.upstreams[0]),
+                    ));
+                    let log = self.log_path("verify");
+                    let run = commands::run(CommandSpec {
+                        name: "verify command",
+                        command: &command,
+                        env,
+                        timeout: verify.timeout,
+                        log: Some(log),
+                    });
+                    if let Err(e) = self.watch(phase, run).await? {
+                        return Err(Stop::Fail(format!("verify failed: {e}")));
+                    }
+                }
+            }
+        }
+
+        // shadow gate: added by the shadowing work.
+        self.skip(Stage::Shadow, "no shadow gate configured").await;
+
+        // manual gate
+        if self.d.manual || self.opts().promote.mode == PromoteMode::Manual {
+            self.begin(Stage::Gate).await;
+            self.note(format!(
+                "{} is healthy and verified in {}; waiting for `turnout promote` (or `turnout abort`)",
+                self.d.version, self.d.slot
+            ))
+            .await;
+            match self
+                .guarded(Phase::Gate, std::future::pending::<()>())
+                .await
+            {
+                Ok(()) | Err(Interrupt::Promote) => {}
+                Err(Interrupt::Stop(stop)) => return Err(stop),
+            }
+            self.note("promoted by the operator".into()).await;
+        }
+        Ok(())
+    }
+
+    /// The switch (at once or in canary steps) and the bake.
+    async fn switch_and_bake(&mut self) -> Result<(), Stop> {
+        self.begin(Stage::Switch).await;
+        self.hook("pre_switch", Phase::BeforeSwitch)
+            .await
+            .map_err(|f| f.before())?;
+        let baseline = self.baseline();
+        let slot = self.d.slot;
+        let canary = self.opts().promote.mode == PromoteMode::Canary && self.d.previous.is_some();
+        if canary {
+            let steps: Vec<u8> = self.opts().promote.steps.clone();
+            let step_duration = self.opts().promote.step_duration;
+            for step in steps.into_iter().filter(|s| *s < 100) {
+                let moved = self
+                    .inner
+                    .change(move |s: &RoutingState, p| {
+                        s.set_canary(slot, step, p.healthy_count(slot))
+                    })
+                    .await;
+                if let Err(e) = moved {
+                    return Err(Stop::Rollback(format!("canary step {step}% refused: {e}")));
+                }
+                self.note(format!(
+                    "canary step {step}%: analysing for {}s",
+                    step_duration.as_secs()
+                ))
+                .await;
+                match self
+                    .analyse(Phase::CanaryStep, step_duration, baseline, step)
+                    .await
+                {
+                    Ok(_) | Err(Interrupt::Promote) => {}
+                    Err(Interrupt::Stop(Stop::Rollback(why))) => {
+                        return Err(Stop::Rollback(format!("at canary step {step}%: {why}")))
+                    }
+                    Err(Interrupt::Stop(stop)) => return Err(stop),
+                }
+            }
+        }
+        let switched = self
+            .inner
+            .change(move |s: &RoutingState, p| s.switch(slot, p.healthy_count(slot), false))
+            .await;
+        if let Err(e) = switched {
+            let why = format!("the switch to {slot} was refused: {e}");
+            return Err(if canary {
+                Stop::Rollback(why)
+            } else {
+                Stop::Fail(why)
+            });
+        }
+        self.note(format!("all traffic on {} ({})", slot, self.d.version))
+            .await;
+        self.hook("post_switch", Phase::AfterSwitch)
+            .await
+            .map_err(|f| f.after("post_switch"))?;
+        let duration = self.opts().bake.duration;
+        self.bake(baseline, duration).await
+    }
+
+    async fn bake(&mut self, baseline: Option<Duration>, duration: Duration) -> Result<(), Stop> {
+        self.begin(Stage::Bake).await;
+        let retry = self.opts().bake.retry_on_standby;
+        if let (true, Some(prev)) = (retry, self.d.previous) {
+            self.inner.proxy.set_retry_on(Some((self.d.slot, prev)));
+        }
+        let result = self
+            .analyse(Phase::AfterSwitch, duration, baseline, 100)
+            .await;
+        self.inner.proxy.set_retry_on(None);
+        let seen = match result {
+            Ok(seen) => seen,
+            Err(Interrupt::Stop(stop)) => return Err(stop),
+            Err(Interrupt::Promote) => unreachable_promote(),
+        };
+        if !seen && self.opts().bake.require_traffic {
+            return Err(Stop::Rollback(format!(
+                "the bake saw no window with {} requests and require_traffic = true",
+                self.opts().bake.min_requests
+            )));
+        }
+        let summary = match &self.d.analysis {
+            Some(a) if seen => format!(
+                "baked for {}s; last window: {} requests, error rate {:.2}%, p99 {}",
+                duration.as_secs(),
+                a.requests,
+                a.error_rate.unwrap_or(0.0) * 100.0,
+                a.p99_ms.map_or("-".into(), |p| format!("{p:.0} ms"))
+            ),
+            _ => format!(
+                "baked for {}s with no traffic to judge (require_traffic = false)",
+                duration.as_secs()
+            ),
+        };
+        self.note(summary).await;
+        self.hook("post_bake", Phase::AfterSwitch)
+            .await
+            .map_err(|f| f.after("post_bake"))?;
+        Ok(())
+    }
+
+    /// Evaluates the rules on the candidate every `interval` for `duration`. `Ok(seen)`
+    /// says whether any window had enough requests.
+    async fn analyse(
+        &mut self,
+        phase: Phase,
+        duration: Duration,
+        baseline: Option<Duration>,
+        weight: u8,
+    ) -> Result<bool, Interrupt> {
+        let rules = self.opts().bake.clone();
+        let slot = self.d.slot;
+        let start = tokio::time::Instant::now();
+        let end = start + duration;
+        let mut ring: std::collections::VecDeque<(Instant, StatsSnapshot)> =
+            std::collections::VecDeque::new();
+        ring.push_back((Instant::now(), self.inner.proxy.stats(slot).snapshot()));
+        let mut seen = false;
+        let mut last_saved = Instant::now();
+        loop {
+            let next = (tokio::time::Instant::now() + rules.interval).min(end);
+            self.guarded(phase, tokio::time::sleep_until(next)).await?;
+            let now_snap = self.inner.proxy.stats(slot).snapshot();
+            let now_t = Instant::now();
+            while ring.len() > 1 && now_t.duration_since(ring[1].0) >= rules.window {
+                ring.pop_front();
+            }
+            let window = now_snap.since(&ring[0].1);
+            ring.push_back((now_t, now_snap));
+            let tick = evaluate(
+                &rules,
+                window.requests,
+                window.errors,
+                window.p99(),
+                baseline,
+                weight,
+            );
+            match tick {
+                Tick::Breach(why, analysis) => {
+                    self.d.analysis = Some(analysis);
+                    return Err(Interrupt::Stop(Stop::Rollback(why)));
+                }
+                Tick::Pass(analysis) => {
+                    seen = true;
+                    self.d.analysis = Some(analysis);
+                }
+                Tick::NoData(analysis) => self.d.analysis = Some(analysis),
+            }
+            // Publish every tick; save to the store at most every few seconds.
+            self.record.send_replace(self.d.clone());
+            if last_saved.elapsed() >= Duration::from_secs(5) {
+                last_saved = Instant::now();
+                self.save().await;
+            }
+            if tokio::time::Instant::now() >= end {
+                return Ok(seen);
+            }
+        }
+    }
+
+    /// The previous version's p99 since the candidate was provisioned.
+    fn baseline(&self) -> Option<Duration> {
+        let prev = self.d.previous?;
+        let since = self.inner.baseline_mark(prev, &self.d.id)?;
+        let window = self.inner.proxy.stats(prev).snapshot().since(&since);
+        (window.requests >= self.opts().bake.min_requests.max(1))
+            .then(|| window.p99())
+            .flatten()
+    }
+
+    async fn live_upstreams(&self) -> Option<(SlotName, Vec<String>)> {
+        let state = self.inner.state.lock().await;
+        let live = state.live?;
+        Some((live, state.slot(live).upstreams.clone()))
+    }
+
+    /// The target slot may hold a previous standby (a decommission not done yet, or
+    /// static upstreams): it is retired first.
+    async fn clear_target(&mut self) -> Result<(), Stop> {
+        let slot = self.d.slot;
+        let occupied = {
+            let state = self.inner.state.lock().await;
+            (!state.slot(slot).upstreams.is_empty()).then(|| state.slot(slot).version.clone())
+        };
+        if let Some(old) = occupied {
+            self.note(format!(
+                "{slot} still holds {}; retiring it first",
+                old.as_deref().unwrap_or("an unnamed version")
+            ))
+            .await;
+            if let Err(e) = self.inner.retire(slot).await {
+                return Err(Stop::Fail(format!(
+                    "could not retire what {slot} held: {e}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings the candidate's upstreams into existence.
+    async fn provision(&mut self) -> Result<Vec<String>, Stop> {
+        let phase = Phase::BeforeSwitch;
+        let slot = self.d.slot;
+        if !self.given.is_empty() {
+            let given = self.given.clone();
+            self.inner
+                .set_runtime(slot, Some(SlotRuntime::new(SlotKind::Static, &self.d)))
+                .await;
+            return Ok(given);
+        }
+        match self.opts().provision.clone() {
+            Provisioner::Static => Err(Stop::Fail(
+                "no upstreams given and no [provision] configured".into(),
+            )),
+            Provisioner::Command {
+                command,
+                instances,
+                stop_timeout,
+            } => {
+                let spec = InstanceSpec {
+                    command,
+                    version: self.d.version.clone(),
+                    slot,
+                    deployment: self.d.id.clone(),
+                    count: instances,
+                    log_dir: self.opts().state_dir.join("logs"),
+                    stop_timeout,
+                    ports: Vec::new(),
+                };
+                let started = self.watch(phase, Instances::start(spec)).await?;
+                let instances =
+                    started.map_err(|e| Stop::Fail(format!("provision failed: {e}")))?;
+                let addrs = instances.addrs();
+                let mut rt = SlotRuntime::new(SlotKind::Command, &self.d);
+                rt.instances = Some(instances);
+                self.inner.set_runtime(slot, Some(rt)).await;
+                Ok(addrs)
+            }
+            Provisioner::External { up, timeout, .. } => {
+                let log = self.log_path("provision-up");
+                let run = commands::provision_up(&up, self.env(), timeout, Some(log));
+                let addrs = self
+                    .watch(phase, run)
+                    .await?
+                    .map_err(|e| Stop::Fail(format!("provision failed: {e}")))?;
+                self.inner
+                    .set_runtime(slot, Some(SlotRuntime::new(SlotKind::External, &self.d)))
+                    .await;
+                Ok(addrs)
+            }
+        }
+    }
+
+    async fn finish_promoted(&mut self) {
+        let t = now();
+        let reason = self.d.current_stage().and_then(|s| s.detail.clone());
+        self.d
+            .finish(Verdict::Promoted, reason, Outcome::Passed, &t);
+        self.emit(format!("{} promoted", self.d.version));
+        self.save().await;
+    }
+
+    /// Ends a deployment that never got traffic: the candidate is stopped and its slot
+    /// emptied.
+    async fn end_before_switch(&mut self, verdict: Verdict, why: String) {
+        let outcome = if verdict == Verdict::Aborted {
+            Outcome::Aborted
+        } else {
+            Outcome::Failed
+        };
+        self.d.end_running(outcome, &now());
+        if let Err(e) = self.inner.retire(self.d.slot).await {
+            tracing::warn!(deployment = %self.d.id, error = %e, "could not retire the candidate: {e}");
+        }
+        let t = now();
+        self.d.finish(verdict, Some(why.clone()), outcome, &t);
+        self.emit(format!("{} {verdict}: {why}", self.d.version));
+        self.save().await;
+    }
+
+    /// Users saw the candidate: send them back to the previous slot, stop the candidate.
+    async fn roll_back(&mut self, why: String) {
+        self.inner.proxy.set_retry_on(None);
+        self.d.end_running(Outcome::Failed, &now());
+        let slot = self.d.slot;
+        let prev = self.d.previous;
+        self.begin(Stage::Rollback).await;
+        let back = match prev {
+            Some(prev) => {
+                let moved = self
+                    .inner
+                    .change(move |s: &RoutingState, p| {
+                        if s.live == Some(slot) {
+                            s.switch(prev, p.healthy_count(prev), true)
+                        } else {
+                            // A canary: give its share back.
+                            s.clear_slot(slot)
+                        }
+                    })
+                    .await;
+                match moved {
+                    Ok(_) => Ok(prev),
+                    Err(e) => Err(format!("the rollback to {prev} failed: {e}")),
+                }
+            }
+            None => Err(format!(
+                "there is no previous version to roll back to; traffic stays on {slot}"
+            )),
+        };
+        let (verdict, reason) = match back {
+            Ok(prev) => {
+                self.note(format!(
+                    "traffic is back on {prev} ({})",
+                    self.d
+                        .previous_version
+                        .as_deref()
+                        .unwrap_or("previous version")
+                ))
+                .await;
+                if let Err(e) = self.inner.retire(slot).await {
+                    tracing::warn!(deployment = %self.d.id, error = %e, "could not stop the rolled-back candidate: {e}");
+                }
+                (Verdict::RolledBack, why)
+            }
+            Err(e) => (Verdict::Failed, format!("{why}; {e}")),
+        };
+        if let Err(HookFailure::Failed(e) | HookFailure::Stopped(Stop::Fail(e))) =
+            self.hook("on_rollback", Phase::Decommission).await
+        {
+            self.note(format!("the on_rollback hook failed: {e}")).await;
+        }
+        let t = now();
+        self.d
+            .finish(verdict, Some(reason.clone()), Outcome::Passed, &t);
+        self.emit(format!("{} {verdict}: {reason}", self.d.version));
+        self.save().await;
+    }
+
+    /// Keeps the previous version for `delay`, then retires it.
+    async fn decommission(&mut self) {
+        let Some(prev) = self.d.previous else {
+            return;
+        };
+        let has_standby = {
+            let state = self.inner.state.lock().await;
+            state.live == Some(self.d.slot) && !state.slot(prev).upstreams.is_empty()
+        };
+        if !has_standby {
+            return;
+        }
+        let delay = self.opts().decommission_delay;
+        let started = self
+            .d
+            .stages
+            .iter()
+            .find(|s| s.stage == Stage::Decommission)
+            .cloned();
+        let wait = match &started {
+            // Resumed after a restart: only what is left of the delay.
+            Some(s) => delay.saturating_sub(elapsed_since(&s.started_at)),
+            None => {
+                self.begin(Stage::Decommission).await;
+                self.note(format!(
+                    "{prev} ({}) is kept as standby for {}s",
+                    self.d
+                        .previous_version
+                        .as_deref()
+                        .unwrap_or("previous version"),
+                    delay.as_secs()
+                ))
+                .await;
+                delay
+            }
+        };
+        match self
+            .guarded(Phase::Decommission, tokio::time::sleep(wait))
+            .await
+        {
+            Ok(()) => {}
+            Err(Interrupt::Stop(Stop::Rollback(why))) => {
+                // The operator went back to the previous version during the delay.
+                let slot = self.d.slot;
+                let moved = self
+                    .inner
+                    .change(move |s: &RoutingState, p| {
+                        if s.live == Some(slot) {
+                            s.switch(prev, p.healthy_count(prev), false)
+                        } else {
+                            Ok(s.clone())
+                        }
+                    })
+                    .await;
+                let t = now();
+                match moved {
+                    Ok(_) => {
+                        self.d.finish(
+                            Verdict::RolledBack,
+                            Some(format!(
+                                "{why}; traffic is back on {prev}, and {} stays as standby",
+                                self.d.version
+                            )),
+                            Outcome::Aborted,
+                            &t,
+                        );
+                    }
+                    Err(e) => {
+                        self.note(format!("the rollback during decommission failed: {e}"))
+                            .await
+                    }
+                }
+                self.emit(format!("{} {}", self.d.version, self.d.verdict));
+                self.save().await;
+                return;
+            }
+            Err(_) => return,
+        }
+        let hooks_ok = match self.hook("pre_decommission", Phase::Decommission).await {
+            Ok(()) => true,
+            Err(e) => {
+                let t = now();
+                self.d.end_running(Outcome::Failed, &t);
+                self.note(format!(
+                    "pre_decommission failed, so {prev} is kept: {}",
+                    e.message()
+                ))
+                .await;
+                false
+            }
+        };
+        if !hooks_ok {
+            return;
+        }
+        if let Err(e) = self.inner.retire(prev).await {
+            let t = now();
+            self.d.end_running(Outcome::Failed, &t);
+            self.note(format!("could not retire {prev}: {e}")).await;
+            return;
+        }
+        if let Err(e) = self.hook("post_decommission", Phase::Decommission).await {
+            let t = now();
+            self.d.end_running(Outcome::Failed, &t);
+            self.note(format!(
+                "{prev} retired, but post_decommission failed: {}",
+                e.message()
+            ))
+            .await;
+            return;
+        }
+        self.note(format!("{prev} retired")).await;
+        let t = now();
+        self.d.end_running(Outcome::Passed, &t);
+        self.emit("decommission done".into());
+        self.save().await;
+    }
+}
+
+/// Every candidate upstream healthy within the timeout; an instance that exits fails
+/// the gate at once.
+async fn health_gate(
+    inner: Arc<Inner>,
+    slot: SlotName,
+    timeout: Duration,
+    logs: std::path::PathBuf,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(exit) = inner.instance_exit(slot).await {
+            return Err(format!(
+                "instance {} exited before it became healthy ({}); last lines of {}:\n{}",
+                exit.addr,
+                exit.status,
+                exit.log.display(),
+                exit.log_tail
+            ));
+        }
+        let table = inner.proxy.table();
+        let ups = &table.slot(slot).upstreams;
+        let healthy = ups
+            .iter()
+            .filter(|u| u.is_checked() && u.is_healthy())
+            .count();
+        if !ups.is_empty() && healthy == ups.len() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let sick: Vec<&str> = ups
+                .iter()
+                .filter(|u| !(u.is_checked() && u.is_healthy()))
+                .map(|u| u.addr.as_str())
+                .collect();
+            return Err(format!(
+                "{healthy} of {} upstream(s) healthy after {}s (not healthy: {}); see the health check settings in [health] and the instance logs under {}",
+                ups.len(),
+                timeout.as_secs(),
+                sick.join(", "),
+                logs.display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A hook that did not pass.
+enum HookFailure {
+    Failed(String),
+    Stopped(Stop),
+}
+
+impl HookFailure {
+    /// Before the switch: the deployment fails (or stops as signalled).
+    fn before(self) -> Stop {
+        match self {
+            HookFailure::Failed(e) => Stop::Fail(e),
+            HookFailure::Stopped(stop) => stop,
+        }
+    }
+
+    /// After the switch: a failed `post_*` hook rolls back.
+    fn after(self, name: &str) -> Stop {
+        match self {
+            HookFailure::Failed(e) => Stop::Rollback(format!("the {name} hook failed: {e}")),
+            HookFailure::Stopped(stop) => stop,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            HookFailure::Failed(e) => e.clone(),
+            HookFailure::Stopped(_) => "stopped".into(),
+        }
+    }
+}
+
+fn unreachable_promote<T>() -> T {
+    // `guarded` only yields Promote in the Gate and CanaryStep phases, which `watch` and
+    // the bake never use.
+    unreachable!("promote is only delivered at a gate or canary step")
+}
+
+/// Time since an RFC 3339 time, zero when it cannot be read or is in the future.
+pub(crate) fn elapsed_since(rfc3339: &str) -> Duration {
+    humantime::parse_rfc3339_weak(rfc3339)
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .unwrap_or_default()
+}
