@@ -41,6 +41,9 @@ pub(crate) enum SignalKind {
     Promote,
     Abort,
     Rollback,
+    /// A new deployment starts while this one waits to decommission: it stops waiting
+    /// (the new deployment retires the standby itself).
+    Supersede,
 }
 
 pub(crate) struct Signal {
@@ -227,6 +230,12 @@ impl Run {
                         (SignalKind::Rollback, _) => (Ok(()), Some(Interrupt::Stop(Stop::Rollback(
                             format!("rolled back by the operator during {stage}")
                         )))),
+                        (SignalKind::Supersede, Phase::Decommission) => (Ok(()), Some(Interrupt::Stop(Stop::Abort(
+                            "superseded by a new deployment, which retires the standby".into()
+                        )))),
+                        (SignalKind::Supersede, _) => (refuse(format!(
+                            "deployment {} of {} is in progress (stage: {stage})", self.d.id, self.d.version
+                        )), None),
                     };
                     let _ = reply.send(answer);
                     if let Some(out) = out {
@@ -907,6 +916,12 @@ impl Run {
                 }
                 self.emit(format!("{} {}", self.d.version, self.d.verdict));
                 self.save().await;
+                return;
+            }
+            Err(Interrupt::Stop(Stop::Abort(why))) => {
+                let t = now();
+                self.d.end_running(Outcome::Aborted, &t);
+                self.note(why).await;
                 return;
             }
             Err(_) => return,

@@ -429,6 +429,14 @@ impl Controller {
                 "no upstreams given and no [provision] section configured: name the running instances of this version with --upstream HOST:PORT (repeatable), or configure [provision] so that turnout starts them".into(),
             ));
         }
+        // A promoted deployment still waiting to retire its standby gives way.
+        let waiting = {
+            let run = self.inner.run.lock().unwrap_or_else(|p| p.into_inner());
+            run.as_ref().is_some_and(|h| h.record.borrow().is_over())
+        };
+        if waiting {
+            let _ = self.signal(SignalKind::Supersede).await;
+        }
         let mut run = self.inner.run.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = run.as_ref() {
             let d = h.record.borrow();

@@ -78,8 +78,39 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Send traffic back to the standby slot at once.
+    /// Send traffic back to the standby slot at once; during a deployment, also end it as
+    /// rolled back.
     Rollback,
+    /// Deploy a version into the idle slot and follow it to its verdict (exit 0 promoted,
+    /// 3 rolled back, 4 failed or aborted before the switch).
+    Deploy {
+        /// The version to deploy (passed to `[provision]` as `{version}`).
+        #[arg(id = "deploy_version", value_name = "VERSION")]
+        version: String,
+        /// An already-running upstream of this version (repeatable); without it,
+        /// `[provision]` starts the instances.
+        #[arg(long = "upstream", value_name = "HOST:PORT")]
+        upstreams: Vec<String>,
+        /// Stop at a manual gate before the switch; `turnout promote` passes it.
+        #[arg(long)]
+        manual: bool,
+        /// Start the deployment and return at once, without following it.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Pass a deployment paused at its manual gate, or move a canary to its next step.
+    Promote,
+    /// End the running deployment before its switch; users never see it.
+    Abort,
+    /// Past deployments: version, times of each stage, verdict, why.
+    History {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// How many deployments to show, newest first.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
     /// Parse and validate the configuration; print every problem with its key and line.
     CheckConfig,
 }

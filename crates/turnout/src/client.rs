@@ -20,7 +20,6 @@ pub struct AdminClient {
 /// The API answered with an error.
 #[derive(Debug)]
 pub struct ApiFailure {
-    #[allow(dead_code)]
     pub status: StatusCode,
     pub code: String,
     pub message: String,

@@ -31,9 +31,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve => crate::serve::run(&cli.config, cli.log_format),
         Command::CheckConfig => check_config(&cli.config),
-        Command::Status { json, watch } => {
-            with_client(&cli, |c| async move { status(&c, json, watch).await })
-        }
+        Command::Status { json, watch } => with_client(&cli, |c| async move {
+            status(&c, json, watch).await.map(|()| ExitCode::SUCCESS)
+        }),
+        Command::Deploy {
+            ref version,
+            ref upstreams,
+            manual,
+            detach,
+        } => with_client(&cli, |c| async move {
+            crate::follow::deploy(&c, version, upstreams, manual, detach).await
+        }),
+        Command::Promote => with_client(&cli, |c| async move { crate::follow::promote(&c).await }),
+        Command::Abort => with_client(&cli, |c| async move { crate::follow::abort(&c).await }),
+        Command::History { json, limit } => with_client(&cli, |c| async move {
+            crate::follow::history(&c, json, limit).await
+        }),
         Command::Switch { to, force } => with_client(&cli, |c| async move {
             let r = c
                 .call(
@@ -47,6 +60,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 r["live"].as_str().unwrap_or("none"),
                 r["revision"]
             ))
+            .map(|()| ExitCode::SUCCESS)
         }),
         Command::Rollback => with_client(&cli, |c| async move {
             let r = c.call(Method::POST, "/api/v1/rollback", None).await?;
@@ -55,6 +69,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 r["live"].as_str().unwrap_or("none"),
                 r["revision"]
             ))
+            .map(|()| ExitCode::SUCCESS)
         }),
     }
 }
@@ -74,7 +89,10 @@ pub fn report(e: &anyhow::Error) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     eprintln!("turnout: {e:#}");
-    if e.downcast_ref::<UsageError>().is_some() {
+    let bad_request = e
+        .downcast_ref::<crate::client::ApiFailure>()
+        .is_some_and(|f| f.status == hyper::StatusCode::BAD_REQUEST);
+    if e.downcast_ref::<UsageError>().is_some() || bad_request {
         ExitCode::from(2)
     } else {
         ExitCode::from(1)
@@ -88,7 +106,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-fn out(line: &str) -> anyhow::Result<()> {
+pub(crate) fn out(line: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{line}")?;
     stdout.flush()?;
@@ -117,7 +135,7 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
 fn with_client<F, Fut>(cli: &Cli, f: F) -> anyhow::Result<ExitCode>
 where
     F: FnOnce(AdminClient) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
+    Fut: std::future::Future<Output = anyhow::Result<ExitCode>>,
 {
     let env_token = std::env::var("TURNOUT_ADMIN_TOKEN")
         .ok()
@@ -157,8 +175,7 @@ where
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(f(client))?;
-    Ok(ExitCode::SUCCESS)
+    rt.block_on(f(client))
 }
 
 async fn status(client: &AdminClient, json: bool, watch: bool) -> anyhow::Result<()> {

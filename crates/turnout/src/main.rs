@@ -4,6 +4,7 @@
 mod cli;
 mod client;
 mod commands;
+mod follow;
 mod serve;
 
 use std::process::ExitCode;
