@@ -790,7 +790,8 @@ impl Run {
         self.d.end_running(Outcome::Failed, &now());
         let slot = self.d.slot;
         let prev = self.d.previous;
-        self.begin(Stage::Rollback).await;
+        // Traffic first: the record is saved once users are back on the old version.
+        self.d.begin(Stage::Rollback, &now());
         let back = match prev {
             Some(prev) => {
                 let moved = self
@@ -813,6 +814,8 @@ impl Run {
                 "there is no previous version to roll back to; traffic stays on {slot}"
             )),
         };
+        self.emit("rollback started".into());
+        self.save().await;
         let (verdict, reason) = match back {
             Ok(prev) => {
                 self.note(format!(
