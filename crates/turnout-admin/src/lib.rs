@@ -459,6 +459,87 @@ mod tests {
                 StatusCode::NOT_FOUND,
                 "not_found",
             ),
+            (
+                "POST",
+                "/api/v1/deployments",
+                None,
+                r#"{"version":"v2","upstreams":["127.0.0.1:9"]}"#,
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+            ),
+            (
+                "POST",
+                "/api/v1/deployments",
+                Some("s3cret"),
+                r#"{"version":"v 2","upstreams":["127.0.0.1:9"]}"#,
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                "POST",
+                "/api/v1/deployments",
+                Some("s3cret"),
+                r#"{"version":"v2","upstreams":["http://127.0.0.1:9"]}"#,
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                "POST",
+                "/api/v1/deployments",
+                Some("s3cret"),
+                r#"{"version":"v2","upstreams":["127.0.0.1:0"]}"#,
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                "POST",
+                "/api/v1/deployments",
+                Some("s3cret"),
+                r#"{"version":"v2","upstream":["127.0.0.1:9"]}"#,
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                // No [provision] and no upstreams: nothing to deploy.
+                "POST",
+                "/api/v1/deployments",
+                Some("s3cret"),
+                r#"{"version":"v2"}"#,
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                "POST",
+                "/api/v1/promote",
+                Some("s3cret"),
+                "",
+                StatusCode::CONFLICT,
+                "conflict",
+            ),
+            (
+                "POST",
+                "/api/v1/abort",
+                Some("s3cret"),
+                "",
+                StatusCode::CONFLICT,
+                "conflict",
+            ),
+            (
+                "GET",
+                "/api/v1/deployments/20261126-000000-0000",
+                Some("s3cret"),
+                "",
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                "GET",
+                "/api/v1/deployments?limit=many",
+                Some("s3cret"),
+                "",
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
         ];
         for (method, path, token, body, want_status, want_code) in cases {
             let (status, json) = call(&app, method, path, *token, body).await;
@@ -489,5 +570,7 @@ mod tests {
         assert_eq!(json["live"], "blue");
         assert_eq!(json["slots"]["green"]["role"], "standby");
         assert_eq!(json["weights"]["blue"], 100);
+        let (status, json) = call(&app, "GET", "/api/v1/deployments", Some("s3cret"), "").await;
+        assert_eq!((status, json), (StatusCode::OK, serde_json::json!([])));
     }
 }
