@@ -1,0 +1,182 @@
+//! Deployments whose upstreams turnout does not start: named on the command line
+//! (`deploy --upstream`) or brought up by external infrastructure (`[provision] up` and
+//! `down`), followed through the CLI as users run it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use turnout_testkit::{eventually, Backend, HttpClient, Router, RouterOptions};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_turnout"))
+}
+
+async fn answer(router: &Router) -> String {
+    HttpClient::http1(&router.data)
+        .await
+        .unwrap()
+        .get("/")
+        .await
+        .unwrap()
+        .text()
+}
+
+const FAST: &str = "[bake]\nduration = \"1s\"\ninterval = \"200ms\"\n\n[decommission]\ndelay = \"500ms\"\n";
+
+async fn history(router: &Router) -> serde_json::Value {
+    let (code, out, err) = router.cli(&["history", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_with_named_upstreams_is_promoted_and_retires_the_old_slot() {
+    let v1 = Backend::start("v1").await;
+    let v2 = Backend::start("v2").await;
+    let router = Router::start(
+        bin(),
+        &RouterOptions {
+            blue: vec![v1.upstream()],
+            extra: FAST.into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer(&router).await, "v1");
+
+    let (code, out, err) = router
+        .cli(&["deploy", "v2", "--upstream", &v2.upstream()])
+        .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("v2 into green"), "{out}");
+    assert!(out.contains("verdict: PROMOTED v2 in green"), "{out}");
+    assert_eq!(answer(&router).await, "v2");
+
+    // After the decommission delay the old slot is emptied (its upstream is not turnout's
+    // to stop: it keeps running).
+    eventually("blue retired", Duration::from_secs(10), || async {
+        let s = router.status().await;
+        (s["slots"]["blue"]["role"] == "idle" && s["deployment"].is_null()).then_some(())
+    })
+    .await;
+    assert_eq!(answer(&router).await, "v2");
+
+    let h = history(&router).await;
+    let d = &h[0];
+    assert_eq!(d["version"], "v2");
+    assert_eq!(d["slot"], "green");
+    assert_eq!(d["verdict"], "promoted");
+    let stages: Vec<(&str, &str)> = d["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["stage"].as_str().unwrap(), s["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            ("provision", "passed"),
+            ("health", "passed"),
+            ("verify", "skipped"),
+            ("shadow", "skipped"),
+            ("switch", "passed"),
+            ("bake", "passed"),
+            ("decommission", "passed"),
+        ]
+    );
+    for s in d["stages"].as_array().unwrap() {
+        assert!(s["started_at"].is_string() && s["ended_at"].is_string(), "{s}");
+    }
+
+    // Refusals a user meets: no upstream and no [provision]; a bad address.
+    let (code, _, err) = router.cli(&["deploy", "v3"]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--upstream"), "{err}");
+    let (code, _, err) = router
+        .cli(&["deploy", "v3", "--upstream", "http://127.0.0.1:1"])
+        .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("without a scheme"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_infrastructure_brings_slots_up_and_takes_them_down() {
+    let v1 = Backend::start("v1").await;
+    let v2 = Backend::start("v2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("infra.log");
+    let up = dir.path().join("up.sh");
+    std::fs::write(
+        &up,
+        format!(
+            "#!/bin/sh\n\
+             echo \"up $TURNOUT_SLOT $TURNOUT_VERSION $TURNOUT_DEPLOYMENT\" >> {log}\n\
+             echo 'creating the environment...'\n\
+             case $TURNOUT_VERSION in\n\
+               v1) echo '{{\"upstreams\": [\"{a}\"]}}' ;;\n\
+               v2) echo '{{\"upstreams\": [\"{b}\"]}}' ;;\n\
+               garbled) echo 'upstreams: somewhere' ;;\n\
+               *) echo 'quota exceeded' >&2; exit 7 ;;\n\
+             esac\n",
+            log = log.display(),
+            a = v1.upstream(),
+            b = v2.upstream(),
+        ),
+    )
+    .unwrap();
+    let router = Router::start(
+        bin(),
+        &RouterOptions {
+            extra: format!(
+                "[provision]\nup = \"sh {up}\"\ndown = \"echo down $TURNOUT_SLOT $TURNOUT_VERSION $TURNOUT_DEPLOYMENT >> {log}\"\n\n{FAST}",
+                up = up.display(),
+                log = log.display()
+            ),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+
+    // The first deployment goes to blue and becomes live without a standby.
+    let (code, out, err) = router.cli(&["deploy", "v1"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("v1 into blue"), "{out}");
+    assert_eq!(answer(&router).await, "v1");
+    let (code, out, err) = router.cli(&["deploy", "v2"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(answer(&router).await, "v2");
+
+    let h = history(&router).await;
+    let (id1, id2) = (
+        h[1]["id"].as_str().unwrap().to_owned(),
+        h[0]["id"].as_str().unwrap().to_owned(),
+    );
+    // v1's slot is taken down with the variables of the deployment that brought it up.
+    let want = [
+        format!("up blue v1 {id1}"),
+        format!("up green v2 {id2}"),
+        format!("down blue v1 {id1}"),
+    ];
+    let lines = eventually("down ran for blue", Duration::from_secs(10), || async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        (lines.len() >= 3).then_some(lines)
+    })
+    .await;
+    assert_eq!(lines, want);
+
+    // A failing `up` and one that prints no upstreams fail the deployment before any
+    // user sees it, quoting what the command said.
+    let (code, out, _) = router.cli(&["deploy", "v3"]).await;
+    assert_eq!(code, 4, "{out}");
+    assert!(out.contains("FAILED v3") && out.contains("quota exceeded"), "{out}");
+    let (code, out, _) = router.cli(&["deploy", "garbled"]).await;
+    assert_eq!(code, 4, "{out}");
+    assert!(out.contains("upstreams: somewhere"), "{out}");
+    assert_eq!(answer(&router).await, "v2");
+    let s = router.status().await;
+    assert_eq!(s["live"], "green");
+    assert_eq!(s["slots"]["blue"]["role"], "idle");
+}
