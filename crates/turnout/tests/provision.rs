@@ -21,7 +21,8 @@ async fn answer(router: &Router) -> String {
         .text()
 }
 
-const FAST: &str = "[bake]\nduration = \"1s\"\ninterval = \"200ms\"\n\n[decommission]\ndelay = \"500ms\"\n";
+const FAST: &str =
+    "[bake]\nduration = \"1s\"\ninterval = \"200ms\"\n\n[decommission]\ndelay = \"500ms\"\n";
 
 async fn history(router: &Router) -> serde_json::Value {
     let (code, out, err) = router.cli(&["history", "--json"]).await;
@@ -86,7 +87,10 @@ async fn deploy_with_named_upstreams_is_promoted_and_retires_the_old_slot() {
         ]
     );
     for s in d["stages"].as_array().unwrap() {
-        assert!(s["started_at"].is_string() && s["ended_at"].is_string(), "{s}");
+        assert!(
+            s["started_at"].is_string() && s["ended_at"].is_string(),
+            "{s}"
+        );
     }
 
     // Refusals a user meets: no upstream and no [provision]; a bad address.
@@ -171,7 +175,10 @@ async fn external_infrastructure_brings_slots_up_and_takes_them_down() {
     // user sees it, quoting what the command said.
     let (code, out, _) = router.cli(&["deploy", "v3"]).await;
     assert_eq!(code, 4, "{out}");
-    assert!(out.contains("FAILED v3") && out.contains("quota exceeded"), "{out}");
+    assert!(
+        out.contains("FAILED v3") && out.contains("quota exceeded"),
+        "{out}"
+    );
     let (code, out, _) = router.cli(&["deploy", "garbled"]).await;
     assert_eq!(code, 4, "{out}");
     assert!(out.contains("upstreams: somewhere"), "{out}");
