@@ -774,6 +774,9 @@ impl Run {
         } else {
             Outcome::Failed
         };
+        if self.d.current_stage().is_some_and(|s| s.outcome == Outcome::Running) {
+            self.d.note(why.clone());
+        }
         self.d.end_running(outcome, &now());
         if let Err(e) = self.inner.retire(self.d.slot).await {
             tracing::warn!(deployment = %self.d.id, error = %e, "could not retire the candidate: {e}");
@@ -787,6 +790,9 @@ impl Run {
     /// Users saw the candidate: send them back to the previous slot, stop the candidate.
     async fn roll_back(&mut self, why: String) {
         self.inner.proxy.set_retry_on(None);
+        if self.d.current_stage().is_some_and(|s| s.outcome == Outcome::Running) {
+            self.d.note(why.clone());
+        }
         self.d.end_running(Outcome::Failed, &now());
         let slot = self.d.slot;
         let prev = self.d.previous;
@@ -971,7 +977,7 @@ impl Run {
 
 /// Every candidate upstream healthy within the timeout; an instance that exits fails
 /// the gate at once.
-async fn health_gate(
+pub(crate) async fn health_gate(
     inner: Arc<Inner>,
     slot: SlotName,
     timeout: Duration,

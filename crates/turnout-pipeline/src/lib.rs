@@ -812,6 +812,7 @@ impl Inner {
         }
         let deployments = self.store.load_deployments(20).await?;
         let unfinished = deployments.iter().find(|d| !d.is_over()).cloned();
+        let mut restarted = Vec::new();
         for (slot, saved) in SlotName::ALL.into_iter().zip(saved) {
             let Some(saved) = saved else { continue };
             let upstreams = self.state.lock().await.slot(slot).upstreams.clone();
@@ -858,6 +859,7 @@ impl Inner {
                         let addrs = started.addrs();
                         tracing::info!(slot = %slot, version = %saved.version, addrs = ?addrs, "restarted the instances of {}", saved.version);
                         rt.instances = Some(started);
+                        restarted.push(slot);
                         if addrs != upstreams {
                             self.change(move |s: &RoutingState, _| {
                                 let mut next = s.clone();
@@ -874,6 +876,15 @@ impl Inner {
                 }
             }
             self.set_runtime(slot, Some(rt)).await;
+        }
+        // The data plane starts once the restarted instances serve: before, every request
+        // to them would fail (and a resumed bake would blame the version for it).
+        for slot in restarted {
+            let logs = self.pipeline.state_dir.join("logs");
+            let timeout = self.pipeline.health_timeout;
+            if let Err(e) = deploy::health_gate(self.clone(), slot, timeout, logs).await {
+                tracing::warn!(slot = %slot, error = %e, "the restarted instances of {slot} are not healthy: {e}");
+            }
         }
         // The latest deployment only: older unfinished ones (from a crash long ago) are
         // closed as aborted.

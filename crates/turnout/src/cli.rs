@@ -113,6 +113,18 @@ pub enum Command {
     },
     /// Parse and validate the configuration; print every problem with its key and line.
     CheckConfig,
+    /// The quick start, with no config file: a router, steady load and three releases of
+    /// the demo service (v1, v2 promoted, v3-bad rolled back), each stage and verdict
+    /// printed (exit 0 only if every verdict is the expected one).
+    Demo {
+        /// Where the generated config, state and logs go; kept afterwards (default: a new
+        /// directory under the system's temporary directory).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// The demo service binary (default: `turnout-demo-app` next to this binary).
+        #[arg(long, value_name = "PATH")]
+        app: Option<PathBuf>,
+    },
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve => crate::serve::run(&cli.config, cli.log_format),
         Command::CheckConfig => check_config(&cli.config),
+        Command::Demo { ref dir, ref app } => crate::demo::run(dir.as_deref(), app.as_deref()),
         Command::Status { json, watch } => with_client(&cli, |c| async move {
             status(&c, json, watch).await.map(|()| ExitCode::SUCCESS)
         }),
