@@ -11,7 +11,11 @@
 //! database in a real release. The knobs make a bad version: `--fail-rate` answers that
 //! share of API requests with 500, `--extra-latency` slows every API answer, and
 //! `--price-as-string` changes one JSON field (`"price": "2.50"` instead of `2.5`).
+//!
+//! `turnout-demo-app migrate expand|contract|break --db shop.db` changes the schema, as a
+//! deployment's hooks would (see `migrate.rs`).
 
+mod migrate;
 mod shop;
 
 use std::process::ExitCode;
@@ -19,6 +23,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "migrate") {
+        return migrate::main(std::env::args_os().skip(1));
+    }
     let args = shop::Args::parse();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

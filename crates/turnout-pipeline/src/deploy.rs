@@ -535,6 +535,12 @@ impl Run {
                     .analyse(Phase::CanaryStep, step_duration, baseline, step)
                     .await
                 {
+                    Ok(false) if self.opts().bake.require_traffic => {
+                        return Err(Stop::Rollback(format!(
+                            "canary step {step}% saw no window with {} requests and require_traffic = true",
+                            self.opts().bake.min_requests
+                        )))
+                    }
                     Ok(_) | Err(Interrupt::Promote) => {}
                     Err(Interrupt::Stop(Stop::Rollback(why))) => {
                         return Err(Stop::Rollback(format!("at canary step {step}%: {why}")))
@@ -774,7 +780,11 @@ impl Run {
         } else {
             Outcome::Failed
         };
-        if self.d.current_stage().is_some_and(|s| s.outcome == Outcome::Running) {
+        if self
+            .d
+            .current_stage()
+            .is_some_and(|s| s.outcome == Outcome::Running)
+        {
             self.d.note(why.clone());
         }
         self.d.end_running(outcome, &now());
@@ -790,7 +800,11 @@ impl Run {
     /// Users saw the candidate: send them back to the previous slot, stop the candidate.
     async fn roll_back(&mut self, why: String) {
         self.inner.proxy.set_retry_on(None);
-        if self.d.current_stage().is_some_and(|s| s.outcome == Outcome::Running) {
+        if self
+            .d
+            .current_stage()
+            .is_some_and(|s| s.outcome == Outcome::Running)
+        {
             self.d.note(why.clone());
         }
         self.d.end_running(Outcome::Failed, &now());

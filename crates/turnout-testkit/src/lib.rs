@@ -1,6 +1,7 @@
 //! Test support for turnout: real backends on `127.0.0.1:0`, a real `turnout serve`
-//! process, simple keep-alive HTTP clients, and [`eventually`] for waiting on a condition
-//! with a deadline instead of sleeping.
+//! process, the demo service as a process, simple keep-alive HTTP clients, steady load
+//! ([`Load`]), and [`eventually`] for waiting on a condition with a deadline instead of
+//! sleeping.
 //!
 //! Everything here talks to loopback only, and every handle stops what it started when
 //! dropped.
@@ -9,6 +10,8 @@
 
 mod backend;
 mod client;
+mod demo;
+mod load;
 pub mod router;
 
 use std::future::Future;
@@ -16,6 +19,8 @@ use std::time::{Duration, Instant};
 
 pub use backend::Backend;
 pub use client::{HttpClient, Reply};
+pub use demo::{demo_app_path, processes_with_args, DemoApp};
+pub use load::{describe_failures, Load, Sample};
 pub use router::{Router, RouterOptions, TOKEN};
 
 /// The admin token test routers use.

@@ -15,6 +15,10 @@ pub const TOKEN: &str = "test-token";
 pub struct RouterOptions {
     pub blue: Vec<String>,
     pub green: Vec<String>,
+    /// `version` of `[slots.blue]` (what its static upstreams run), if any.
+    pub blue_version: Option<String>,
+    /// `version` of `[slots.green]`, if any.
+    pub green_version: Option<String>,
     /// Extra TOML appended to the generated config (sections other than the generated
     /// `[listen]`, `[admin]`, `[state]`, `[slots.*]`).
     pub extra: String,
@@ -44,16 +48,23 @@ impl Router {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let version = |v: &Option<String>| {
+            v.as_ref()
+                .map(|v| format!("version = {v:?}\n"))
+                .unwrap_or_default()
+        };
         let config = format!(
             "[listen]\naddr = \"127.0.0.1:0\"\n{listen_extra}\n\
              [admin]\naddr = \"127.0.0.1:0\"\ntoken = \"env:TURNOUT_ADMIN_TOKEN\"\n\n\
              [state]\ndir = {state:?}\n\n\
              [health]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nhealthy = 1\nunhealthy = 1\n\n\
-             [slots.blue]\nupstreams = [{blue}]\n\n[slots.green]\nupstreams = [{green}]\n\n{extra}\n",
+             [slots.blue]\nupstreams = [{blue}]\n{blue_version}\n[slots.green]\nupstreams = [{green}]\n{green_version}\n{extra}\n",
             listen_extra = opts.listen_extra,
             state = dir.path().join("state").display().to_string(),
             blue = list(&opts.blue),
             green = list(&opts.green),
+            blue_version = version(&opts.blue_version),
+            green_version = version(&opts.green_version),
             extra = opts.extra,
         );
         let path = dir.path().join("turnout.toml");
