@@ -141,6 +141,21 @@ pub struct Analysis {
     pub baseline_p99_ms: Option<f64>,
     /// Percent of traffic on the candidate when measured.
     pub weight: u8,
+    /// How far the current bake or canary step is, in milliseconds.
+    #[serde(default)]
+    pub elapsed_ms: u64,
+    /// How long the current bake or canary step lasts, in milliseconds.
+    #[serde(default)]
+    pub duration_ms: u64,
+}
+
+/// Milliseconds for people: `0.4 ms`, `12 ms`, `230 ms`.
+pub fn format_ms(ms: f64) -> String {
+    if ms < 10.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{ms:.0} ms")
+    }
 }
 
 /// One run of the release pipeline for one version.

@@ -9,6 +9,6 @@ mod deployment;
 mod routing;
 mod slot;
 
-pub use deployment::{Analysis, Deployment, Outcome, Stage, StageRecord, Verdict};
+pub use deployment::{format_ms, Analysis, Deployment, Outcome, Stage, StageRecord, Verdict};
 pub use routing::{RoutingState, SlotState, SwitchError, Weights};
 pub use slot::{ParseSlotError, Role, SlotName};

@@ -38,6 +38,8 @@ pub fn evaluate(
         p99_ms: p99.map(ms),
         baseline_p99_ms: baseline_p99.map(ms),
         weight,
+        elapsed_ms: 0,
+        duration_ms: 0,
     };
     if requests < rules.min_requests.max(1) {
         return Tick::NoData(analysis);

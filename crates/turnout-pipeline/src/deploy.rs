@@ -597,7 +597,7 @@ impl Run {
                 duration.as_secs(),
                 a.requests,
                 a.error_rate.unwrap_or(0.0) * 100.0,
-                a.p99_ms.map_or("-".into(), |p| format!("{p:.0} ms"))
+                a.p99_ms.map_or("-".into(), turnout_core::format_ms)
             ),
             _ => format!(
                 "baked for {}s with no traffic to judge (require_traffic = false)",
@@ -647,6 +647,16 @@ impl Run {
                 baseline,
                 weight,
             );
+            let progress = |mut a: turnout_core::Analysis| {
+                a.elapsed_ms = start.elapsed().as_millis() as u64;
+                a.duration_ms = duration.as_millis() as u64;
+                a
+            };
+            let tick = match tick {
+                Tick::Breach(why, a) => Tick::Breach(why, progress(a)),
+                Tick::Pass(a) => Tick::Pass(progress(a)),
+                Tick::NoData(a) => Tick::NoData(progress(a)),
+            };
             match tick {
                 Tick::Breach(why, analysis) => {
                     self.d.analysis = Some(analysis);

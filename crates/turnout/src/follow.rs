@@ -63,10 +63,12 @@ pub async fn deploy(
 pub async fn follow(client: &AdminClient, id: &str) -> anyhow::Result<Deployment> {
     let tty = std::io::stdout().is_terminal();
     let bar = tty.then(|| {
-        let bar = indicatif::ProgressBar::new_spinner();
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(spinner_style());
         bar.enable_steady_tick(Duration::from_millis(120));
         bar
     });
+    let mut bar_mode = false;
     let path = format!("/api/v1/deployments/{id}");
     let mut printed: Vec<(Stage, Outcome, Option<String>)> = Vec::new();
     let mut last_numbers = Instant::now();
@@ -121,14 +123,37 @@ pub async fn follow(client: &AdminClient, id: &str) -> anyhow::Result<Deployment
             .filter(|_| matches!(stage, "switch" | "bake"))
             .map(numbers_line);
         match &bar {
-            Some(bar) => bar.set_message(format!(
-                "{stage} · {}s{}",
-                start.elapsed().as_secs(),
-                numbers
+            Some(bar) => {
+                // A bar while a bake or canary step runs (its length is known), a
+                // spinner otherwise.
+                let progress = d
+                    .analysis
                     .as_ref()
-                    .map(|n| format!(" · {n}"))
-                    .unwrap_or_default()
-            )),
+                    .filter(|a| numbers.is_some() && a.duration_ms > 0);
+                match progress {
+                    Some(a) => {
+                        if !bar_mode {
+                            bar.set_style(bar_style());
+                            bar_mode = true;
+                        }
+                        bar.set_length(a.duration_ms / 1000);
+                        bar.set_position(a.elapsed_ms / 1000);
+                    }
+                    None if bar_mode => {
+                        bar.set_style(spinner_style());
+                        bar_mode = false;
+                    }
+                    None => {}
+                }
+                bar.set_message(format!(
+                    "{stage} · {}s{}",
+                    start.elapsed().as_secs(),
+                    numbers
+                        .as_ref()
+                        .map(|n| format!(" · {n}"))
+                        .unwrap_or_default()
+                ))
+            }
             None => {
                 if let Some(n) = numbers {
                     if last_numbers.elapsed() >= Duration::from_secs(5) {
@@ -149,6 +174,17 @@ pub async fn follow(client: &AdminClient, id: &str) -> anyhow::Result<Deployment
     }
 }
 
+fn spinner_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template("{spinner} {msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
+}
+
+fn bar_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template("{spinner} [{bar:24}] {pos}/{len}s {msg}")
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+}
+
 fn numbers_line(a: &Analysis) -> String {
     format!(
         "{}% of traffic, {} requests in window, error rate {}, p99 {}",
@@ -156,7 +192,7 @@ fn numbers_line(a: &Analysis) -> String {
         a.requests,
         a.error_rate
             .map_or("-".into(), |r| format!("{:.2}%", r * 100.0)),
-        a.p99_ms.map_or("-".into(), |p| format!("{p:.0} ms"))
+        a.p99_ms.map_or("-".into(), turnout_core::format_ms)
     )
 }
 
