@@ -312,6 +312,22 @@ pub struct Shadow {
     /// `mirror_unsafe`, default false: allow methods other than GET, HEAD, OPTIONS and
     /// TRACE in `methods`.
     pub mirror_unsafe: bool,
+    /// `paths`, default all: only requests whose path starts with one of these are
+    /// mirrored.
+    pub paths: Vec<String>,
+    /// `skip_paths`, default none: requests whose path starts with one of these are not.
+    pub skip_paths: Vec<String>,
+    /// `timeout`, default 10s: a copy with no full response in this time counts as failed.
+    pub timeout: Duration,
+    /// `queue`, default 1024: copies waiting to be sent; when full, new ones are dropped
+    /// (and counted) so that live requests never wait.
+    pub queue: usize,
+    /// `noise_relative_margin`, default 0.2: a field's candidate difference rate must
+    /// exceed its live-vs-live rate by this share...
+    pub noise_relative_margin: f64,
+    /// `noise_absolute_margin`, default 0.0003: ...and by this share of the endpoint's
+    /// requests, to count against the candidate.
+    pub noise_absolute_margin: f64,
 }
 
 impl Default for Shadow {
@@ -328,6 +344,12 @@ impl Default for Shadow {
             max_body: 1024 * 1024,
             noise_sample: 0.1,
             mirror_unsafe: false,
+            paths: Vec::new(),
+            skip_paths: Vec::new(),
+            timeout: Duration::from_secs(10),
+            queue: 1024,
+            noise_relative_margin: 0.2,
+            noise_absolute_margin: 0.0003,
         }
     }
 }

@@ -362,6 +362,12 @@ const SHADOW: &[&str] = &[
     "max_body",
     "noise_sample",
     "mirror_unsafe",
+    "paths",
+    "skip_paths",
+    "timeout",
+    "queue",
+    "noise_relative_margin",
+    "noise_absolute_margin",
 ];
 
 fn shadow(ctx: &mut Ctx, root: &Table) -> Option<Shadow> {
@@ -420,6 +426,24 @@ fn shadow(ctx: &mut Ctx, root: &Table) -> Option<Shadow> {
             .float(ctx, "noise_sample", Number::Fraction)
             .unwrap_or(d.noise_sample),
         mirror_unsafe,
+        paths: t
+            .list(ctx, "paths", absolute("paths", "/api/"))
+            .unwrap_or_default(),
+        skip_paths: t
+            .list(ctx, "skip_paths", absolute("skip_paths", "/admin/"))
+            .unwrap_or_default(),
+        timeout: t
+            .duration(ctx, "timeout", Zero::Rejected)
+            .unwrap_or(d.timeout),
+        queue: t
+            .int(ctx, "queue", 1, 1_000_000)
+            .map_or(d.queue, |n| n as usize),
+        noise_relative_margin: t
+            .float(ctx, "noise_relative_margin", Number::Positive)
+            .unwrap_or(d.noise_relative_margin),
+        noise_absolute_margin: t
+            .float(ctx, "noise_absolute_margin", Number::Fraction)
+            .unwrap_or(d.noise_absolute_margin),
     })
 }
 
