@@ -71,6 +71,9 @@ enum Phase {
     AfterSwitch,
     /// Promoted, waiting to retire the previous version.
     Decommission,
+    /// Running something that must finish (decommission and rollback hooks): every
+    /// signal is refused, to be retried.
+    Busy,
 }
 
 /// Why a run stops early.
@@ -114,6 +117,11 @@ pub(crate) struct Run {
     record: watch::Sender<Deployment>,
     /// Upstreams named by the deployment request (`deploy --upstream`).
     given: Vec<String>,
+    /// The accepted abort/rollback/supersede signal, answered when the run ends.
+    waiter: Option<(SignalKind, oneshot::Sender<Result<(), ControlError>>)>,
+    /// Whether this run has changed its target slot (retired what it held, placed the
+    /// candidate): only then does ending early empty the slot.
+    touched_target: bool,
 }
 
 impl Run {
@@ -132,6 +140,8 @@ impl Run {
                 rx,
                 record,
                 given,
+                waiter: None,
+                touched_target: false,
             },
             handle,
         )
@@ -205,13 +215,18 @@ impl Run {
                 v = &mut fut => return Ok(v),
                 signal = self.rx.recv() => {
                     let Some(Signal { kind, reply }) = signal else {
-                        // The controller is gone: the router is stopping.
-                        std::future::pending::<()>().await;
-                        continue;
+                        // The controller is gone (the router is stopping): finish the wait.
+                        return Ok(fut.await);
                     };
                     let stage = self.d.current_stage().map_or("start", |s| s.stage.as_str());
                     let refuse = |why: String| Err(ControlError::Conflict(why));
+                    // Accepted stops are answered when the run has ended (`reply_waiter`),
+                    // so that the caller learns what actually happened.
                     let (answer, out) = match (kind, phase) {
+                        (_, Phase::Busy) => (refuse(format!(
+                            "deployment {} of {} is running a step that must not be cut short (stage: {stage}); retry when it has finished",
+                            self.d.id, self.d.version
+                        )), None),
                         (SignalKind::Promote, Phase::Gate | Phase::CanaryStep) => (Ok(()), Some(Interrupt::Promote)),
                         (SignalKind::Promote, _) => (refuse(format!(
                             "deployment {} of {} is not waiting for promote (stage: {stage}); promote passes a manual gate or a canary step",
@@ -237,7 +252,12 @@ impl Run {
                             "deployment {} of {} is in progress (stage: {stage})", self.d.id, self.d.version
                         )), None),
                     };
-                    let _ = reply.send(answer);
+                    match (answer, &out) {
+                        (Ok(()), Some(Interrupt::Stop(_))) => self.waiter = Some((kind, reply)),
+                        (answer, _) => {
+                            let _ = reply.send(answer);
+                        }
+                    }
                     if let Some(out) = out {
                         return Err(out);
                     }
@@ -251,8 +271,38 @@ impl Run {
         match self.guarded(phase, fut).await {
             Ok(v) => Ok(v),
             Err(Interrupt::Stop(stop)) => Err(stop),
-            Err(Interrupt::Promote) => unreachable_promote(),
+            // Only the Gate and CanaryStep phases deliver promote; never used here.
+            Err(Interrupt::Promote) => Err(Stop::Fail(
+                "internal error: promote delivered outside a gate".into(),
+            )),
         }
+    }
+
+    /// Answers the signal that stopped the run, now that its outcome is known.
+    fn reply_waiter(&mut self) {
+        let Some((kind, reply)) = self.waiter.take() else {
+            return;
+        };
+        let d = &self.d;
+        let done = match kind {
+            SignalKind::Rollback => {
+                matches!(d.verdict, Verdict::RolledBack | Verdict::Aborted)
+            }
+            SignalKind::Abort => d.verdict == Verdict::Aborted,
+            SignalKind::Supersede | SignalKind::Promote => true,
+        };
+        let answer = if done {
+            Ok(())
+        } else {
+            Err(ControlError::Conflict(format!(
+                "deployment {} of {} ended {}: {}",
+                d.id,
+                d.version,
+                d.verdict,
+                d.reason.as_deref().unwrap_or("no reason recorded")
+            )))
+        };
+        let _ = reply.send(answer);
     }
 
     fn env(&self) -> Vec<(String, String)> {
@@ -336,7 +386,6 @@ impl Run {
             Err(Stop::Abort(why)) => self.end_before_switch(Verdict::Aborted, why).await,
             Err(Stop::Rollback(why)) => self.roll_back(why).await,
         }
-        self.inner.run_ended(&self.d.id).await;
     }
 
     /// Continues a deployment that a previous router process left baking.
@@ -346,7 +395,7 @@ impl Run {
             self.d.version,
             remaining.as_secs()
         ));
-        match self.bake(baseline, remaining).await {
+        match self.bake(baseline, remaining, None, None).await {
             Ok(()) => {
                 self.finish_promoted().await;
                 self.decommission().await;
@@ -355,25 +404,21 @@ impl Run {
                 self.roll_back(why).await
             }
         }
-        self.inner.run_ended(&self.d.id).await;
     }
 
     /// Ends a deployment a previous router process left before its switch.
     pub(crate) async fn resume_abort(mut self, why: String) {
         self.end_before_switch(Verdict::Aborted, why).await;
-        self.inner.run_ended(&self.d.id).await;
     }
 
     /// Rolls back a canary a previous router process left half-way.
     pub(crate) async fn resume_rollback(mut self, why: String) {
         self.roll_back(why).await;
-        self.inner.run_ended(&self.d.id).await;
     }
 
     /// Continues a promoted deployment's decommission after a restart.
     pub(crate) async fn resume_decommission(mut self) {
         self.decommission().await;
-        self.inner.run_ended(&self.d.id).await;
     }
 
     async fn before_switch(&mut self) -> Result<(), Stop> {
@@ -532,7 +577,7 @@ impl Run {
                 ))
                 .await;
                 match self
-                    .analyse(Phase::CanaryStep, step_duration, baseline, step)
+                    .analyse(Phase::CanaryStep, step_duration, baseline, step, None, &mut None)
                     .await
                 {
                     Ok(false) if self.opts().bake.require_traffic => {
@@ -549,6 +594,9 @@ impl Run {
                 }
             }
         }
+        // The bake's first window starts at the switch, not after the records are saved
+        // and the post_switch hook has run.
+        let from = self.inner.proxy.stats(slot).snapshot();
         let switched = self
             .inner
             .change(move |s: &RoutingState, p| s.switch(slot, p.healthy_count(slot), false))
@@ -563,27 +611,81 @@ impl Run {
         }
         self.note(format!("all traffic on {} ({})", slot, self.d.version))
             .await;
-        self.hook("post_switch", Phase::AfterSwitch)
-            .await
-            .map_err(|f| f.after("post_switch"))?;
+        // post_switch runs while the bake already watches the new version.
+        let side = self.spawn_hook("post_switch");
         let duration = self.opts().bake.duration;
-        self.bake(baseline, duration).await
+        self.bake(baseline, duration, Some(from), side).await
     }
 
-    async fn bake(&mut self, baseline: Option<Duration>, duration: Duration) -> Result<(), Stop> {
+    /// Starts hook `name` (if configured) as a task of its own.
+    fn spawn_hook(&self, name: &'static str) -> Option<SideHook> {
+        let command = match name {
+            "post_switch" => self.opts().hooks.post_switch.clone(),
+            _ => None,
+        }?;
+        let env = self.env();
+        let timeout = self.opts().hooks.timeout;
+        let log = self.log_path(&format!("hook-{name}"));
+        self.emit(format!("hook {name} running: {command}"));
+        let task = tokio::spawn(async move {
+            let label = format!("hook {name}");
+            commands::run(CommandSpec {
+                name: &label,
+                command: &command,
+                env,
+                timeout,
+                log: Some(log),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        });
+        Some(SideHook { name, task })
+    }
+
+    async fn bake(
+        &mut self,
+        baseline: Option<Duration>,
+        duration: Duration,
+        from: Option<StatsSnapshot>,
+        mut side: Option<SideHook>,
+    ) -> Result<(), Stop> {
         self.begin(Stage::Bake).await;
         let retry = self.opts().bake.retry_on_standby;
         if let (true, Some(prev)) = (retry, self.d.previous) {
             self.inner.proxy.set_retry_on(Some((self.d.slot, prev)));
         }
-        let result = self
-            .analyse(Phase::AfterSwitch, duration, baseline, 100)
+        let mut result = self
+            .analyse(Phase::AfterSwitch, duration, baseline, 100, from, &mut side)
             .await;
+        if let (Ok(_), Some(hook)) = (&result, side.as_mut()) {
+            // The bake is over before the hook: it passes only once the hook has.
+            let name = hook.name;
+            match self.guarded(Phase::AfterSwitch, &mut hook.task).await {
+                Ok(Ok(Ok(()))) => self.emit(format!("hook {name} passed")),
+                Ok(Ok(Err(e))) => {
+                    result = Err(Interrupt::Stop(Stop::Rollback(format!(
+                        "the {name} hook failed: {e}"
+                    ))))
+                }
+                Ok(Err(e)) => {
+                    result = Err(Interrupt::Stop(Stop::Rollback(format!(
+                        "the {name} hook did not finish: {e}"
+                    ))))
+                }
+                Err(stop) => result = Err(stop),
+            }
+        }
+        drop(side);
         self.inner.proxy.set_retry_on(None);
         let seen = match result {
             Ok(seen) => seen,
             Err(Interrupt::Stop(stop)) => return Err(stop),
-            Err(Interrupt::Promote) => unreachable_promote(),
+            Err(Interrupt::Promote) => {
+                return Err(Stop::Rollback(
+                    "internal error: promote during the bake".into(),
+                ))
+            }
         };
         if !seen && self.opts().bake.require_traffic {
             return Err(Stop::Rollback(format!(
@@ -619,6 +721,8 @@ impl Run {
         duration: Duration,
         baseline: Option<Duration>,
         weight: u8,
+        from: Option<StatsSnapshot>,
+        side: &mut Option<SideHook>,
     ) -> Result<bool, Interrupt> {
         let rules = self.opts().bake.clone();
         let slot = self.d.slot;
@@ -626,7 +730,8 @@ impl Run {
         let end = start + duration;
         let mut ring: std::collections::VecDeque<(Instant, StatsSnapshot)> =
             std::collections::VecDeque::new();
-        ring.push_back((Instant::now(), self.inner.proxy.stats(slot).snapshot()));
+        let first = from.unwrap_or_else(|| self.inner.proxy.stats(slot).snapshot());
+        ring.push_back((Instant::now(), first));
         let mut seen = false;
         let mut last_saved = Instant::now();
         loop {
@@ -668,6 +773,24 @@ impl Run {
                 }
                 Tick::NoData(analysis) => self.d.analysis = Some(analysis),
             }
+            // A hook running beside the analysis (post_switch) that failed rolls back.
+            if let Some(hook) = side.as_mut().filter(|h| h.task.is_finished()) {
+                let name = hook.name;
+                match (&mut hook.task).await {
+                    Ok(Ok(())) => self.emit(format!("hook {name} passed")),
+                    Ok(Err(e)) => {
+                        return Err(Interrupt::Stop(Stop::Rollback(format!(
+                            "the {name} hook failed: {e}"
+                        ))))
+                    }
+                    Err(e) => {
+                        return Err(Interrupt::Stop(Stop::Rollback(format!(
+                            "the {name} hook did not finish: {e}"
+                        ))))
+                    }
+                }
+                *side = None;
+            }
             // Publish every tick; save to the store at most every few seconds.
             self.record.send_replace(self.d.clone());
             if last_saved.elapsed() >= Duration::from_secs(5) {
@@ -700,6 +823,7 @@ impl Run {
     /// static upstreams): it is retired first.
     async fn clear_target(&mut self) -> Result<(), Stop> {
         let slot = self.d.slot;
+        self.touched_target = true;
         let occupied = {
             let state = self.inner.state.lock().await;
             (!state.slot(slot).upstreams.is_empty()).then(|| state.slot(slot).version.clone())
@@ -759,15 +883,17 @@ impl Run {
                 Ok(addrs)
             }
             Provisioner::External { up, timeout, .. } => {
+                // Recorded before `up` runs: whatever it managed to create before failing
+                // or being stopped is taken down again by `down`.
+                self.inner
+                    .set_runtime(slot, Some(SlotRuntime::new(SlotKind::External, &self.d)))
+                    .await;
                 let log = self.log_path("provision-up");
                 let run = commands::provision_up(&up, self.env(), timeout, Some(log));
                 let addrs = self
                     .watch(phase, run)
                     .await?
                     .map_err(|e| Stop::Fail(format!("provision failed: {e}")))?;
-                self.inner
-                    .set_runtime(slot, Some(SlotRuntime::new(SlotKind::External, &self.d)))
-                    .await;
                 Ok(addrs)
             }
         }
@@ -798,7 +924,11 @@ impl Run {
             self.d.note(why.clone());
         }
         self.d.end_running(outcome, &now());
-        if let Err(e) = self.inner.retire(self.d.slot).await {
+        // Only what this deployment put there is removed: a failure before it touched the
+        // slot leaves the previous standby in place for a rollback.
+        let ours = self.touched_target || self.inner.slot_owned_by(self.d.slot, &self.d.id).await;
+        if !ours {
+        } else if let Err(e) = self.inner.retire(self.d.slot).await {
             tracing::warn!(deployment = %self.d.id, error = %e, "could not retire the candidate: {e}");
         }
         let t = now();
@@ -864,7 +994,7 @@ impl Run {
             Err(e) => (Verdict::Failed, format!("{why}; {e}")),
         };
         if let Err(HookFailure::Failed(e) | HookFailure::Stopped(Stop::Fail(e))) =
-            self.hook("on_rollback", Phase::Decommission).await
+            self.hook("on_rollback", Phase::Busy).await
         {
             self.note(format!("the on_rollback hook failed: {e}")).await;
         }
@@ -885,6 +1015,20 @@ impl Run {
             state.live == Some(self.d.slot) && !state.slot(prev).upstreams.is_empty()
         };
         if !has_standby {
+            // Resumed after a restart that came after the standby was retired.
+            if self
+                .d
+                .current_stage()
+                .is_some_and(|s| s.stage == Stage::Decommission && s.outcome == Outcome::Running)
+            {
+                self.note(format!(
+                    "{prev} was already retired before the router restarted"
+                ))
+                .await;
+                let t = now();
+                self.d.end_running(Outcome::Passed, &t);
+                self.save().await;
+            }
             return;
         }
         let delay = self.opts().decommission_delay;
@@ -959,7 +1103,22 @@ impl Run {
             }
             Err(_) => return,
         }
-        let hooks_ok = match self.hook("pre_decommission", Phase::Decommission).await {
+        // A raw switch during the delay may have made the old version live again.
+        let still = {
+            let state = self.inner.state.lock().await;
+            state.live == Some(self.d.slot) && !state.slot(prev).upstreams.is_empty()
+        };
+        if !still {
+            let t = now();
+            self.d.end_running(Outcome::Skipped, &t);
+            self.note(format!(
+                "{prev} is no longer the standby of {} (routing changed during the delay); nothing retired",
+                self.d.slot
+            ))
+            .await;
+            return;
+        }
+        let hooks_ok = match self.hook("pre_decommission", Phase::Busy).await {
             Ok(()) => true,
             Err(e) => {
                 let t = now();
@@ -981,7 +1140,7 @@ impl Run {
             self.note(format!("could not retire {prev}: {e}")).await;
             return;
         }
-        if let Err(e) = self.hook("post_decommission", Phase::Decommission).await {
+        if let Err(e) = self.hook("post_decommission", Phase::Busy).await {
             let t = now();
             self.d.end_running(Outcome::Failed, &t);
             self.note(format!(
@@ -1045,6 +1204,45 @@ pub(crate) async fn health_gate(
     }
 }
 
+impl Drop for Run {
+    /// However the run ends — done, cancelled by a stopping router, or a bug that
+    /// panicked — the controller forgets it (so the next deployment is not refused) and
+    /// the caller of an accepted signal gets its answer.
+    fn drop(&mut self) {
+        if std::thread::panicking() && !self.d.is_over() {
+            let t = now();
+            self.d.finish(
+                Verdict::Failed,
+                Some("internal error: the deployment's task panicked; see the router log".into()),
+                Outcome::Failed,
+                &t,
+            );
+            let store = self.inner.store.clone();
+            let d = self.d.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = store.save_deployment(&d).await;
+                });
+            }
+        }
+        self.inner.run_ended(&self.d.id);
+        self.reply_waiter();
+    }
+}
+
+/// A hook running as a task of its own beside the bake; stopped (its process group
+/// killed) when dropped unfinished.
+struct SideHook {
+    name: &'static str,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl Drop for SideHook {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A hook that did not pass.
 enum HookFailure {
     Failed(String),
@@ -1074,12 +1272,6 @@ impl HookFailure {
             HookFailure::Stopped(_) => "stopped".into(),
         }
     }
-}
-
-fn unreachable_promote<T>() -> T {
-    // `guarded` only yields Promote in the Gate and CanaryStep phases, which `watch` and
-    // the bake never use.
-    unreachable!("promote is only delivered at a gate or canary step")
 }
 
 /// Time since an RFC 3339 time, zero when it cannot be read or is in the future.

@@ -212,6 +212,8 @@ struct Inner {
     mark: std::sync::Mutex<Option<(String, SlotName, StatsSnapshot)>>,
     /// Deployment and routing events, for the event stream and webhooks.
     events: broadcast::Sender<Event>,
+    /// The task of the running deployment.
+    task: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 /// Something that happened: a stage started or ended, a verdict, a switch.
@@ -318,6 +320,7 @@ impl Controller {
                 slots: Mutex::new([None, None]),
                 mark: std::sync::Mutex::new(None),
                 events: broadcast::channel(1024).0,
+                task: std::sync::Mutex::new(None),
             }),
         };
         controller.inner.recover().await?;
@@ -339,6 +342,13 @@ impl Controller {
     /// that hung up) does not stop a change half-way, between the store and the data
     /// plane.
     pub async fn switch(&self, to: SlotName, force: bool) -> Result<RoutingState, ControlError> {
+        if let Some(d) = self.current().filter(|d| !d.is_over()) {
+            let stage = d.current_stage().map_or("start", |s| s.stage.as_str());
+            return Err(ControlError::Conflict(format!(
+                "deployment {} of {} is in progress (stage: {stage}) and owns the routing until it ends; use `turnout rollback` to send traffic back (it also ends the deployment) or `turnout abort` before its switch",
+                d.id, d.version
+            )));
+        }
         if !force {
             self.inner.await_first_checks(to).await;
         }
@@ -358,6 +368,7 @@ impl Controller {
             tracing::info!(deployment = %d.id, verdict = %d.verdict, "rollback ended the deployment");
             return Ok(self.inner.state.lock().await.clone());
         }
+        // No deployment took it (none runs, or it ended meanwhile): a plain rollback.
         let standby = self.inner.state.lock().await.standby();
         if let Some(slot) = standby {
             self.inner.await_first_checks(slot).await;
@@ -437,6 +448,7 @@ impl Controller {
         if waiting {
             let _ = self.signal(SignalKind::Supersede).await;
         }
+        let state = self.inner.state.lock().await.clone();
         let mut run = self.inner.run.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = run.as_ref() {
             let d = h.record.borrow();
@@ -446,16 +458,6 @@ impl Controller {
                 d.id, d.version
             )));
         }
-        // The state lock is not held across an await here: the routing state is read
-        // with try_lock and the run slot taken under the std mutex.
-        let state = match self.inner.state.try_lock() {
-            Ok(state) => state.clone(),
-            Err(_) => {
-                return Err(ControlError::Conflict(
-                    "a routing change is being saved; retry in a moment".into(),
-                ))
-            }
-        };
         let slot = match state.live {
             None => SlotName::Blue,
             Some(live) => live.other(),
@@ -485,7 +487,7 @@ impl Controller {
         drop(run);
         let store = self.inner.store.clone();
         let first = d.clone();
-        tokio::spawn(async move {
+        self.inner.spawn_run(async move {
             if let Err(e) = store.save_deployment(&first).await {
                 tracing::warn!(deployment = %first.id, error = %e, "the deployment record was not saved: {e}");
             }
@@ -518,7 +520,7 @@ impl Controller {
     /// rollback, waits (bounded) until the run has ended and returns its last record; for
     /// promote, returns the record once the signal was taken.
     async fn signal(&self, kind: SignalKind) -> Result<Option<Deployment>, ControlError> {
-        let (tx, mut record) = {
+        let (tx, record) = {
             let run = self.inner.run.lock().unwrap_or_else(|p| p.into_inner());
             match run.as_ref() {
                 Some(h) => (h.tx.clone(), h.record.clone()),
@@ -529,24 +531,21 @@ impl Controller {
         if tx.send(Signal { kind, reply }).await.is_err() {
             return Ok(None);
         }
-        match answer.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Ok(Some(record.borrow().clone())),
+        // Promote is answered when taken; abort and rollback when the run has ended, with
+        // what actually happened.
+        match tokio::time::timeout(Duration::from_secs(600), answer).await {
+            Ok(Ok(Ok(()))) => {
+                let last = record.borrow().clone();
+                Ok(Some(last))
+            }
+            Ok(Ok(Err(e))) => Err(e),
+            // The run ended without taking the signal.
+            Ok(Err(_)) => Ok(None),
+            Err(_) => Err(ControlError::Conflict(
+                "the deployment did not finish within 600s of the request; check `turnout status`"
+                    .into(),
+            )),
         }
-        if kind == SignalKind::Promote {
-            return Ok(Some(record.borrow().clone()));
-        }
-        // The run ends when its record's sender is dropped.
-        let wait = async { while record.changed().await.is_ok() {} };
-        if tokio::time::timeout(Duration::from_secs(120), wait)
-            .await
-            .is_err()
-        {
-            tracing::warn!("the deployment did not end within 120s of the signal");
-        }
-        let last = record.borrow().clone();
-        Ok(Some(last))
     }
 
     /// Recent deployments, newest first (the running one as it is now).
@@ -582,6 +581,17 @@ impl Controller {
     /// timeout), for a router that is stopping. Their records stay saved, so the next
     /// start brings the live and standby slots back up on the same ports.
     pub async fn shutdown(&self) {
+        // The deployment stops where it is (the next start resumes or settles it), so
+        // that it cannot start instances after these were stopped.
+        let task = self
+            .inner
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            task.abort();
+        }
         let taken: Vec<_> = {
             let mut slots = self.inner.slots.lock().await;
             slots
@@ -601,6 +611,15 @@ impl Controller {
     /// Kills every instance turnout started at once (SIGKILL), for a router stopped by a
     /// second signal.
     pub async fn kill_all(&self) {
+        let task = self
+            .inner
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            task.abort();
+        }
         let mut slots = self.inner.slots.lock().await;
         for rt in slots.iter_mut().flatten() {
             // Dropping `Instances` kills their process groups.
@@ -710,6 +729,21 @@ impl Inner {
         }
     }
 
+    /// Spawns a deployment's task, keeping a handle so that a stopping router can end
+    /// it before it stops the instances (it is resumed at the next start).
+    fn spawn_run(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        let task = tokio::spawn(fut);
+        *self.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
+    }
+
+    /// Whether `slot`'s upstreams were provided by deployment `id`.
+    async fn slot_owned_by(&self, slot: SlotName, id: &str) -> bool {
+        let slots = self.slots.lock().await;
+        slots[slot.index()]
+            .as_ref()
+            .is_some_and(|rt| rt.deployment == id)
+    }
+
     /// The first of `slot`'s instances that exited, if any.
     async fn instance_exit(&self, slot: SlotName) -> Option<instances::InstanceExit> {
         let slots = self.slots.lock().await;
@@ -728,7 +762,7 @@ impl Inner {
     }
 
     /// Forgets the running deployment `id` (its task has ended).
-    async fn run_ended(&self, id: &str) {
+    fn run_ended(&self, id: &str) {
         let mut run = self.run.lock().unwrap_or_else(|p| p.into_inner());
         if run.as_ref().is_some_and(|h| h.id == id) {
             *run = None;
@@ -811,7 +845,9 @@ impl Inner {
             );
         }
         let deployments = self.store.load_deployments(20).await?;
-        let unfinished = deployments.iter().find(|d| !d.is_over()).cloned();
+        // Only the latest deployment can be in progress; an older unfinished one is a
+        // record whose last save failed, closed below.
+        let unfinished = deployments.first().filter(|d| !d.is_over()).cloned();
         let mut restarted = Vec::new();
         for (slot, saved) in SlotName::ALL.into_iter().zip(saved) {
             let Some(saved) = saved else { continue };
@@ -904,15 +940,16 @@ impl Inner {
         }
         // A promoted deployment whose decommission was pending.
         let latest = self.store.load_deployments(1).await?;
+        let idle = self.run.lock().unwrap_or_else(|p| p.into_inner()).is_none();
         if let Some(d) = latest.into_iter().next().filter(|d| {
-            d.verdict == Verdict::Promoted
+            idle && d.verdict == Verdict::Promoted
                 && d.current_stage().is_some_and(|s| {
                     s.stage == Stage::Decommission && s.outcome == Outcome::Running
                 })
         }) {
             let (run, handle) = Run::new(self.clone(), d, Vec::new());
             *self.run.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
-            tokio::spawn(run.resume_decommission());
+            self.spawn_run(run.resume_decommission());
         }
         Ok(())
     }
@@ -924,7 +961,14 @@ impl Inner {
         let share = state.weights.of(d.slot);
         let (run, handle) = Run::new(self.clone(), d.clone(), Vec::new());
         *self.run.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
-        if baking {
+        if d.reached(Stage::Rollback) {
+            self.spawn_run(
+                run.resume_rollback(
+                    "the router restarted during the rollback; it was finished after the restart"
+                        .into(),
+                ),
+            );
+        } else if baking {
             let bake = &self.pipeline.bake;
             let remaining =
                 d.stages
@@ -938,14 +982,14 @@ impl Inner {
                 .analysis
                 .as_ref()
                 .and_then(|a| a.baseline_p99_ms)
-                .map(|ms| Duration::from_secs_f64(ms / 1000.0));
-            tokio::spawn(run.resume_bake(baseline, remaining));
+                .and_then(|ms| Duration::try_from_secs_f64(ms / 1000.0).ok());
+            self.spawn_run(run.resume_bake(baseline, remaining));
         } else if share > 0 && state.live != Some(d.slot) {
-            tokio::spawn(run.resume_rollback(
+            self.spawn_run(run.resume_rollback(
                 "the router restarted during a canary step; traffic went back to the previous version".into(),
             ));
         } else {
-            tokio::spawn(run.resume_abort(
+            self.spawn_run(run.resume_abort(
                 "the router restarted before the switch; users never saw this version, and its instances were stopped".into(),
             ));
         }

@@ -187,3 +187,82 @@ async fn external_infrastructure_brings_slots_up_and_takes_them_down() {
     assert_eq!(s["live"], "green");
     assert_eq!(s["slots"]["blue"]["role"], "idle");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_before_the_deployment_touches_its_slot_keeps_the_standby() {
+    let v0 = Backend::start("v0").await;
+    let v1 = Backend::start("v1").await;
+    let v2 = Backend::start("v2").await;
+    let router = Router::start(
+        bin(),
+        &RouterOptions {
+            blue: vec![v1.upstream()],
+            green: vec![v0.upstream()],
+            extra: format!("[hooks]\npre_deploy = \"echo expand failed; exit 3\"\n\n{FAST}"),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (code, out, _) = router
+        .cli(&["deploy", "v2", "--upstream", &v2.upstream()])
+        .await;
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        out.contains("hook pre_deploy") && out.contains("expand failed"),
+        "{out}"
+    );
+    // green still holds the previous version, ready for a rollback.
+    let s = router.status().await;
+    assert_eq!(s["slots"]["green"]["role"], "standby", "{s}");
+    assert_eq!(s["slots"]["green"]["upstreams"][0]["addr"], v0.upstream());
+    let (code, _, err) = router.cli(&["rollback"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(answer(&router).await, "v0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_during_the_bake_ends_the_deployment_and_switch_is_refused_meanwhile() {
+    let v1 = Backend::start("v1").await;
+    let v2 = Backend::start("v2").await;
+    let router = Router::start(
+        bin(),
+        &RouterOptions {
+            blue: vec![v1.upstream()],
+            extra: "[bake]\nduration = \"60s\"\ninterval = \"200ms\"\n".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (code, out, err) = router
+        .cli(&["deploy", "v2", "--upstream", &v2.upstream(), "--detach"])
+        .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    eventually("the bake", Duration::from_secs(10), || async {
+        (router.status().await["deployment"]["stage"] == "bake").then_some(())
+    })
+    .await;
+    assert_eq!(answer(&router).await, "v2");
+    // A raw switch would pull traffic from under the bake: refused, with what to do.
+    let (code, _, err) = router.cli(&["switch", "--to", "blue"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("turnout rollback"), "{err}");
+    let (code, out, err) = router.cli(&["rollback"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("blue is live"), "{out}");
+    assert_eq!(answer(&router).await, "v1");
+    let h = history(&router).await;
+    assert_eq!(h[0]["verdict"], "rolled_back", "{h}");
+    assert!(
+        h[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("rolled back by the operator during bake")),
+        "{h}"
+    );
+    assert!(router.status().await["deployment"].is_null());
+    // With nothing left to roll back to, a second rollback says so.
+    let (code, _, err) = router.cli(&["rollback"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no standby"), "{err}");
+}
