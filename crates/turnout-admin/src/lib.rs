@@ -156,6 +156,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/deployments/{id}", get(deployment))
         .route("/api/v1/promote", post(promote))
         .route("/api/v1/abort", post(abort))
+        .route("/api/v1/shadow/report", get(shadow_report))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(api)
@@ -301,6 +302,12 @@ async fn deployment(
 
 async fn promote(State(state): State<AdminState>) -> Result<Json<Deployment>, ApiError> {
     Ok(Json(state.controller.promote().await?))
+}
+
+async fn shadow_report(
+    State(state): State<AdminState>,
+) -> Result<Json<turnout_pipeline::ShadowReport>, ApiError> {
+    Ok(Json(state.controller.shadow_report().await?))
 }
 
 async fn abort(State(state): State<AdminState>) -> Result<Json<Deployment>, ApiError> {

@@ -319,8 +319,9 @@ pub struct Shadow {
     pub skip_paths: Vec<String>,
     /// `timeout`, default 10s: a copy with no full response in this time counts as failed.
     pub timeout: Duration,
-    /// `queue`, default 1024: copies waiting to be sent; when full, new ones are dropped
-    /// (and counted) so that live requests never wait.
+    /// `queue`, default 256: copies waiting to be sent; when full, new ones are dropped
+    /// (and counted) so that live requests never wait. Memory is bounded by about
+    /// `queue` × 3 × `max_body`.
     pub queue: usize,
     /// `noise_relative_margin`, default 0.2: a field's candidate difference rate must
     /// exceed its live-vs-live rate by this share...
@@ -347,7 +348,7 @@ impl Default for Shadow {
             paths: Vec::new(),
             skip_paths: Vec::new(),
             timeout: Duration::from_secs(10),
-            queue: 1024,
+            queue: 256,
             noise_relative_margin: 0.2,
             noise_absolute_margin: 0.0003,
         }

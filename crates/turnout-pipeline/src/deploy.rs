@@ -526,8 +526,7 @@ impl Run {
             }
         }
 
-        // shadow gate: added by the shadowing work.
-        self.skip(Stage::Shadow, "no shadow gate configured").await;
+        self.shadow_stage().await?;
 
         // manual gate
         if self.d.manual || self.opts().promote.mode == PromoteMode::Manual {
@@ -547,6 +546,104 @@ impl Run {
             self.note("promoted by the operator".into()).await;
         }
         Ok(())
+    }
+
+    /// Mirrors live traffic to the candidate for `[shadow] duration`, then applies the
+    /// gate to the comparison.
+    async fn shadow_stage(&mut self) -> Result<(), Stop> {
+        let Some(sh) = self.opts().shadow.clone() else {
+            self.skip(Stage::Shadow, "no [shadow] section").await;
+            return Ok(());
+        };
+        self.begin(Stage::Shadow).await;
+        let mut mirror = sh.mirror.clone();
+        mirror.target = self.d.slot;
+        let handle = self.inner.proxy.start_shadow(mirror);
+        let stop = crate::shadow::StopMirror(self.inner.proxy.clone());
+        let aggregator = Arc::new(std::sync::Mutex::new(turnout_shadow::Aggregator::new(
+            sh.compare.clone(),
+            sh.noise,
+        )));
+        let run = crate::shadow::ShadowRun {
+            deployment: self.d.id.clone(),
+            version: self.d.version.clone(),
+            live_version: self.d.previous_version.clone(),
+            aggregator: aggregator.clone(),
+            counters: handle.counters.clone(),
+        };
+        *self.inner.shadow.lock().unwrap_or_else(|p| p.into_inner()) = Some(run);
+        // Comparing is CPU work (JSON bodies up to max_body): on the blocking pool, never
+        // on a data-plane worker.
+        let mut samples = handle.samples;
+        let feed = aggregator.clone();
+        let collector = tokio::task::spawn_blocking(move || {
+            while let Some(sample) = samples.blocking_recv() {
+                feed.lock().unwrap_or_else(|p| p.into_inner()).add(&sample);
+            }
+        });
+        self.note(format!(
+            "mirroring {} requests ({}% sampled) to {} for {}s; `turnout shadow report` shows the comparison so far",
+            sh.mirror.methods.join("/"),
+            (sh.mirror.sample * 100.0).round(),
+            self.d.slot,
+            sh.duration.as_secs()
+        ))
+        .await;
+        let waited = self
+            .watch(Phase::BeforeSwitch, tokio::time::sleep(sh.duration))
+            .await;
+        drop(stop);
+        // The copies in flight finish within their timeout.
+        let _ = tokio::time::timeout(sh.mirror.timeout + Duration::from_secs(2), collector).await;
+        let report = {
+            let mut current = self.inner.shadow.lock().unwrap_or_else(|p| p.into_inner());
+            let report = current.as_ref().map(|r| r.report(false));
+            *current = None;
+            report
+        };
+        if let Some(report) = &report {
+            match serde_json::to_string(report) {
+                Ok(text) => {
+                    if let Err(e) = self
+                        .inner
+                        .store
+                        .save_value(crate::shadow::LAST_KEY, &text)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "the shadow report was not saved: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot encode the shadow report"),
+            }
+        }
+        waited?;
+        let Some(report) = report else {
+            return Err(Stop::Fail(
+                "internal error: the shadow comparison was lost".into(),
+            ));
+        };
+        let gate = report.report.gate(
+            sh.max_mismatch_rate,
+            sh.max_latency_ratio_p99,
+            sh.min_requests,
+        );
+        match gate {
+            turnout_shadow::Gate::Pass(summary) => {
+                self.note(summary).await;
+                Ok(())
+            }
+            turnout_shadow::Gate::NoData(summary) => {
+                self.note(format!(
+                    "{summary}: not enough traffic to judge, so the gate passes (the bake still watches)"
+                ))
+                .await;
+                Ok(())
+            }
+            turnout_shadow::Gate::Fail(summary) => Err(Stop::Fail(format!(
+                "shadow gate: {}; `turnout shadow report` shows every difference",
+                summary.trim_start_matches("shadow: ")
+            ))),
+        }
     }
 
     /// The switch (at once or in canary steps) and the bake.

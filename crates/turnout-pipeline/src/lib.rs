@@ -15,6 +15,7 @@ mod deploy;
 pub mod instances;
 mod options;
 mod runtime;
+mod shadow;
 pub mod verify;
 
 use std::sync::Arc;
@@ -31,9 +32,11 @@ use turnout_store::StateStore;
 pub use turnout_store::StoreError;
 
 pub use options::{
-    BakeOptions, Hooks, PipelineOptions, PromoteMode, PromoteOptions, Provisioner, VerifyOptions,
+    BakeOptions, Hooks, PipelineOptions, PromoteMode, PromoteOptions, Provisioner, ShadowStage,
+    VerifyOptions,
 };
 pub use runtime::{SavedSlot, SlotKind};
+pub use shadow::ShadowReport;
 
 use deploy::{Run, RunHandle, Signal, SignalKind};
 use runtime::SlotRuntime;
@@ -64,8 +67,8 @@ pub enum ControlError {
     /// The request itself is wrong (a bad version or upstream address).
     #[error("{0}")]
     Invalid(String),
-    /// No such deployment.
-    #[error("no deployment {0}; `turnout history` lists them")]
+    /// No such deployment (or report).
+    #[error("no {0}; `turnout history` lists the deployments")]
     NotFound(String),
     /// The task making the change failed (a bug, or the process is stopping).
     #[error(
@@ -214,6 +217,8 @@ struct Inner {
     events: broadcast::Sender<Event>,
     /// The task of the running deployment.
     task: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+    /// The shadow comparison in progress, if any.
+    shadow: std::sync::Mutex<Option<shadow::ShadowRun>>,
 }
 
 /// Something that happened: a stage started or ended, a verdict, a switch.
@@ -321,6 +326,7 @@ impl Controller {
                 mark: std::sync::Mutex::new(None),
                 events: broadcast::channel(1024).0,
                 task: std::sync::Mutex::new(None),
+                shadow: std::sync::Mutex::new(None),
             }),
         };
         controller.inner.recover().await?;
@@ -569,7 +575,29 @@ impl Controller {
         let list = self.inner.store.load_deployments(1000).await?;
         list.into_iter()
             .find(|d| d.id == id)
-            .ok_or_else(|| ControlError::NotFound(id.to_owned()))
+            .ok_or_else(|| ControlError::NotFound(format!("deployment {id}")))
+    }
+
+    /// The shadow comparison of the running deployment (the numbers so far), or else the
+    /// last one.
+    pub async fn shadow_report(&self) -> Result<ShadowReport, ControlError> {
+        {
+            let run = self.inner.shadow.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(run) = run.as_ref() {
+                return Ok(run.report(true));
+            }
+        }
+        match self.inner.store.load_value(shadow::LAST_KEY).await? {
+            Some(text) => serde_json::from_str(&text).map_err(|e| {
+                ControlError::Store(StoreError::Corrupt {
+                    location: self.inner.store.describe(),
+                    source: e,
+                })
+            }),
+            None => Err(ControlError::NotFound(
+                "shadow report: no deployment has run a shadow stage yet ([shadow] in the config turns it on)".into(),
+            )),
+        }
     }
 
     /// Deployment events as they happen.

@@ -17,6 +17,8 @@ pub struct PipelineOptions {
     pub health_timeout: Duration,
     /// Smoke checks, if configured.
     pub verify: Option<VerifyOptions>,
+    /// The shadow stage, if configured.
+    pub shadow: Option<ShadowStage>,
     /// How the candidate becomes live.
     pub promote: PromoteOptions,
     /// The bake analysis.
@@ -34,6 +36,7 @@ impl Default for PipelineOptions {
             provision: Provisioner::Static,
             health_timeout: Duration::from_secs(60),
             verify: None,
+            shadow: None,
             promote: PromoteOptions::default(),
             bake: BakeOptions::default(),
             decommission_delay: Duration::from_secs(60),
@@ -76,6 +79,25 @@ pub struct VerifyOptions {
     pub command: Option<String>,
     /// For the whole stage.
     pub timeout: Duration,
+}
+
+/// `[shadow]`: mirror live traffic to the candidate and compare, before the switch.
+#[derive(Clone, Debug)]
+pub struct ShadowStage {
+    /// What the data plane mirrors (its `target` is set to the candidate's slot).
+    pub mirror: turnout_proxy::ShadowOptions,
+    /// What the comparison ignores.
+    pub compare: turnout_shadow::CompareOptions,
+    /// Noise cancellation margins.
+    pub noise: turnout_shadow::NoiseOptions,
+    /// How long the stage mirrors.
+    pub duration: Duration,
+    /// Compared requests needed for a verdict.
+    pub min_requests: u64,
+    /// Share of compared requests allowed to differ.
+    pub max_mismatch_rate: f64,
+    /// Candidate p99 over live p99 allowed.
+    pub max_latency_ratio_p99: f64,
 }
 
 /// `[promote]`.

@@ -8,7 +8,11 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::mirror::{SharedBody, Tap};
 use crate::upstream::{Sender, UpstreamRef};
+
+/// Where a teed request body is copied to (opaque).
+pub struct TeeSink(pub(crate) SharedBody);
 
 /// A connection to give back to its upstream's pool once the response body has ended.
 pub(crate) struct PoolReturn {
@@ -36,7 +40,13 @@ pub enum ProxyBody {
     Raw(crate::h1::RawBody),
     /// A body made by turnout (errors).
     Full(Option<Bytes>),
+    /// Any of the above, copied on its way for a shadow or capture tap.
+    Tapped(TappedBody),
 }
+
+/// A response body whose bytes a tap copies as they go to the client; the tap finishes
+/// when the body has ended (a body dropped before its end leaves it unfinished).
+pub struct TappedBody(Box<(ProxyBody, Option<Box<Tap>>)>);
 
 /// Opaque holder for a pooled connection awaiting the end of its response.
 pub struct PoolReturnSlot(pub(crate) PoolReturn);
@@ -50,6 +60,15 @@ impl ProxyBody {
             }
         }
         ProxyBody::Upstream { inner, ret }
+    }
+
+    pub(crate) fn tapped(body: ProxyBody, tap: Box<Tap>) -> ProxyBody {
+        let done = body.is_end_stream();
+        let mut tapped = TappedBody(Box::new((body, Some(tap))));
+        if done {
+            tapped.finish();
+        }
+        ProxyBody::Tapped(tapped)
     }
 
     pub(crate) fn text(s: &'static str) -> ProxyBody {
@@ -93,6 +112,25 @@ impl Body for ProxyBody {
                 polled.map_err(Into::into)
             }
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBody::Tapped(tapped) => {
+                let (body, tap) = &mut *tapped.0;
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(data), Some(tap)) = (frame.data_ref(), tap.as_mut()) {
+                            tap.response_body(data);
+                        }
+                        if body.is_end_stream() {
+                            tapped.finish();
+                        }
+                    }
+                    Poll::Ready(None) => tapped.finish(),
+                    // Broken off: the tap is dropped unfinished.
+                    Poll::Ready(Some(Err(_))) => drop(tap.take()),
+                    Poll::Pending => {}
+                }
+                polled
+            }
         }
     }
 
@@ -101,6 +139,7 @@ impl Body for ProxyBody {
             ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
             ProxyBody::Raw(raw) => raw.is_end_stream(),
             ProxyBody::Full(data) => data.is_none(),
+            ProxyBody::Tapped(tapped) => tapped.0 .0.is_end_stream(),
         }
     }
 
@@ -110,6 +149,15 @@ impl Body for ProxyBody {
             ProxyBody::Raw(raw) => raw.size_hint(),
             ProxyBody::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
+            ProxyBody::Tapped(tapped) => tapped.0 .0.size_hint(),
+        }
+    }
+}
+
+impl TappedBody {
+    fn finish(&mut self) {
+        if let Some(tap) = self.0 .1.take() {
+            tap.finish();
         }
     }
 }
@@ -119,6 +167,8 @@ impl Body for ProxyBody {
 pub enum RequestBody {
     /// The client's body, streamed as it arrives.
     Client(Incoming),
+    /// The client's body, streamed as it arrives and copied for a tap.
+    Tee(Incoming, TeeSink),
     /// No body.
     Empty,
 }
@@ -133,20 +183,36 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             RequestBody::Client(inner) => Pin::new(inner).poll_frame(cx),
+            RequestBody::Tee(inner, sink) => {
+                let polled = Pin::new(&mut *inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            sink.0.push(data);
+                        }
+                        if inner.is_end_stream() {
+                            sink.0.end();
+                        }
+                    }
+                    Poll::Ready(None) => sink.0.end(),
+                    _ => {}
+                }
+                polled
+            }
             RequestBody::Empty => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RequestBody::Client(inner) => inner.is_end_stream(),
+            RequestBody::Client(inner) | RequestBody::Tee(inner, _) => inner.is_end_stream(),
             RequestBody::Empty => true,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RequestBody::Client(inner) => inner.size_hint(),
+            RequestBody::Client(inner) | RequestBody::Tee(inner, _) => inner.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }

@@ -69,21 +69,52 @@ impl RawConn {
         timeout: Duration,
     ) -> Result<Head, ExchangeError> {
         encode_head(&mut self.wbuf, parts);
-        let io_err = |source: io::Error, nothing_received: bool| ExchangeError {
-            error: ProxyError::UpstreamIo {
-                addr: addr.to_owned(),
-                source,
-            },
-            nothing_received,
-        };
         if let Err(e) = self.stream.write_all(&self.wbuf).await {
-            return Err(io_err(e, true));
+            return Err(io_error(addr, e, true));
         }
+        self.read_head(addr, parts.method == Method::HEAD, timeout)
+            .await
+    }
+
+    /// Sends a request already encoded (head and body, `Content-Length` framed: a
+    /// mirrored copy) and reads the response head, all within `timeout`.
+    pub(crate) async fn exchange_bytes(
+        &mut self,
+        addr: &str,
+        request: &[u8],
+        head_request: bool,
+        timeout: Duration,
+    ) -> Result<Head, ExchangeError> {
+        match tokio::time::timeout(timeout, self.stream.write_all(request)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(io_error(addr, e, true)),
+            Err(_) => {
+                return Err(ExchangeError {
+                    error: ProxyError::ResponseTimeout {
+                        addr: addr.to_owned(),
+                        timeout_ms: timeout.as_millis(),
+                    },
+                    nothing_received: false,
+                })
+            }
+        }
+        self.read_head(addr, head_request, timeout).await
+    }
+
+    /// Reads the response head (skipping interim responses) within `timeout`.
+    async fn read_head(
+        &mut self,
+        addr: &str,
+        head_request: bool,
+        timeout: Duration,
+    ) -> Result<Head, ExchangeError> {
+        let io_err =
+            |source: io::Error, nothing_received: bool| io_error(addr, source, nothing_received);
         // Anything at all from the upstream (an interim 1xx too) proves it got the request.
         let mut received = false;
         let read = async {
             loop {
-                if let Some(head) = self.parse_head(addr, parts.method == Method::HEAD)? {
+                if let Some(head) = self.parse_head(addr, head_request)? {
                     return Ok(head);
                 }
                 if self.buf.len() >= MAX_HEAD {
@@ -218,6 +249,16 @@ impl RawConn {
     }
 }
 
+fn io_error(addr: &str, source: io::Error, nothing_received: bool) -> ExchangeError {
+    ExchangeError {
+        error: ProxyError::UpstreamIo {
+            addr: addr.to_owned(),
+            source,
+        },
+        nothing_received,
+    }
+}
+
 /// A parsed response head and how its body is delimited.
 pub(crate) struct Head {
     pub(crate) status: StatusCode,
@@ -227,6 +268,11 @@ pub(crate) struct Head {
 }
 
 impl Head {
+    /// Whether a body follows the head (not for HEAD, 1xx, 204, 304).
+    pub(crate) fn has_body(&self) -> bool {
+        self.framing != Framing::Empty
+    }
+
     /// The response, its body read from `conn` as the client takes it.
     pub(crate) fn into_response(self, conn: RawConn, upstream: UpstreamRef) -> Response<RawBody> {
         let mut resp = Response::new(RawBody {

@@ -36,6 +36,7 @@ use tokio::sync::watch;
 
 use crate::error::ProxyError;
 use crate::h1::{add_content_length, Chunked, LengthError, RawConn};
+use crate::mirror::Tap;
 use crate::service::ConnService;
 use crate::table::SlotPool;
 use crate::upstream::UpstreamRef;
@@ -75,6 +76,7 @@ pub(crate) async fn serve_conn(
         up_head: Vec::with_capacity(2 * 1024),
         first_deadline: deadline_after(inner_header_timeout),
         stop,
+        tap: None,
     };
     match conn.detect_h2().await {
         Some(true) => return conn.serve_h2(peer).await,
@@ -83,7 +85,12 @@ pub(crate) async fn serve_conn(
     }
     let mut first = true;
     loop {
-        match conn.one_request(first).await {
+        let next = conn.one_request(first).await;
+        if conn.tap.is_some() {
+            // Not finished: the exchange failed (counted as skipped).
+            conn.tap = None;
+        }
+        match next {
             Next::KeepAlive => first = false,
             Next::Close => break,
             Next::Upgrade(tunnel) => return conn.tunnel(tunnel).await,
@@ -105,6 +112,8 @@ struct ClientConn {
     stop: watch::Receiver<bool>,
     /// When the first request head must be complete (set at accept).
     first_deadline: Instant,
+    /// The shadow/capture tap of the request in flight, when one wants it.
+    tap: Option<Box<Tap>>,
 }
 
 /// What happens after a request.
@@ -265,6 +274,14 @@ impl ClientConn {
         let Some(slot) = self.inner.table.load().choose().cloned() else {
             return self.fail(&plan, &ProxyError::NoLiveSlot).await;
         };
+        if self.inner.tap.is_on() && plan.upgrade.is_none() {
+            self.tap = crate::mirror::begin_h1(
+                &self.inner.tap,
+                &self.up_head,
+                slot.name,
+                plan.body != ReqBody::None,
+            );
+        }
 
         // Phases 3 and 4: pick and send.
         let mut sent = self.send(&slot, &plan).await;
@@ -320,12 +337,19 @@ impl ClientConn {
             });
         }
         stats.record(resp.status, started.elapsed());
+        if let Some(tap) = self.tap.as_mut() {
+            tap.set_slot(slot.name);
+            tap.response_head_h1(&self.out, plan.head_request, started.elapsed());
+        }
 
         // Phase 5: respond.
         match self.relay_body(&mut upstream, &resp).await {
             Ok(()) => {
                 if resp.upstream_keep_alive && upstream.buf.is_empty() {
                     up.checkin_raw(upstream);
+                }
+                if let Some(tap) = self.tap.take() {
+                    tap.finish();
                 }
                 if resp.close || plan.close || *self.stop.borrow() {
                     Next::Close
@@ -715,6 +739,9 @@ impl ClientConn {
         // What is already here goes out with the head, in one write.
         let now = body_part(left, self.buf.len());
         self.up_head.extend_from_slice(&self.buf[..now]);
+        if let Some(tap) = self.tap.as_mut() {
+            tap.request_body(&self.buf[..now]);
+        }
         self.buf.advance(now);
         left -= now as u64;
         let sent = write_within(&mut conn.stream, &self.up_head, idle).await;
@@ -733,8 +760,14 @@ impl ClientConn {
             if let Err(e) = write_within(&mut conn.stream, &self.buf[..take], idle).await {
                 return Err((upstream_io(up, e, true).0, false));
             }
+            if let Some(tap) = self.tap.as_mut() {
+                tap.request_body(&self.buf[..take]);
+            }
             self.buf.advance(take);
             left -= take as u64;
+        }
+        if let Some(tap) = self.tap.as_mut() {
+            tap.request_end();
         }
         Ok(())
     }
@@ -750,7 +783,12 @@ impl ClientConn {
         loop {
             loop {
                 match dec.decode(&mut self.buf) {
-                    Ok(Some(data)) => encode_chunk(&mut self.up_head, &data),
+                    Ok(Some(data)) => {
+                        if let Some(tap) = self.tap.as_mut() {
+                            tap.request_body(&data);
+                        }
+                        encode_chunk(&mut self.up_head, &data)
+                    }
                     Ok(None) => break,
                     Err(()) => return Err((bad_request_body(), false)),
                 }
@@ -765,6 +803,9 @@ impl ClientConn {
                 self.up_head.clear();
             }
             if dec.is_done() {
+                if let Some(tap) = self.tap.as_mut() {
+                    tap.request_end();
+                }
                 return Ok(());
             }
             self.buf.reserve(READ_CHUNK);
@@ -786,6 +827,9 @@ impl ClientConn {
                 loop {
                     let take = body_part(left, conn.buf.len());
                     self.out.extend_from_slice(&conn.buf[..take]);
+                    if let Some(tap) = self.tap.as_mut() {
+                        tap.response_body(&conn.buf[..take]);
+                    }
                     conn.buf.advance(take);
                     left -= take as u64;
                     if left == 0 {
@@ -850,6 +894,9 @@ impl ClientConn {
     }
 
     fn body_piece(&mut self, data: &[u8], chunked: bool) {
+        if let Some(tap) = self.tap.as_mut() {
+            tap.response_body(data);
+        }
         if chunked {
             encode_chunk(&mut self.out, data);
         } else {

@@ -3,13 +3,18 @@
 //!
 //! The request path is described phase by phase in `service.rs`. The control plane talks to
 //! the data plane only through [`Proxy::apply`] (a new routing state) and the read-only
-//! views ([`Proxy::table`], [`Proxy::health_events`]).
+//! views ([`Proxy::table`], [`Proxy::health_events`]), and the taps on live traffic
+//! ([`Proxy::start_shadow`], [`Proxy::start_capture`]; see `mirror.rs`), which cost a
+//! request one relaxed atomic load while none runs.
 
 mod body;
 mod error;
 mod h1;
 mod h1server;
 mod health;
+mod mirror;
+#[cfg(test)]
+mod mirror_tests;
 #[cfg(test)]
 mod proxy_tests;
 mod server;
@@ -30,6 +35,10 @@ use turnout_core::{RoutingState, SlotName};
 pub use body::{BodyError, ProxyBody, RequestBody};
 pub use error::ProxyError;
 pub use health::HealthCheck;
+pub use mirror::{
+    request_id, CaptureHandle, ShadowCounters, ShadowCounts, ShadowHandle, ShadowOptions,
+    SHADOW_HEADER,
+};
 pub use stats::{SlotStats, StatsSnapshot};
 pub use table::{SlotPool, Table};
 pub use upstream::{Upstream, UpstreamRef};
@@ -131,6 +140,8 @@ pub(crate) struct Inner {
     /// Retry on standby: 0 off, else `1 + 2 × from + to` (slot indexes). Read only when a
     /// request failed.
     pub(crate) retry_on: AtomicU8,
+    /// Shadow and capture taps (see `mirror.rs`); one relaxed load per request when off.
+    pub(crate) tap: mirror::TapState,
 }
 
 impl Inner {
@@ -181,6 +192,7 @@ impl Proxy {
                 health_tx,
                 stats: [SlotStats::new(), SlotStats::new()],
                 retry_on: AtomicU8::new(0),
+                tap: mirror::TapState::new(),
             }),
         };
         proxy.apply(state);
@@ -261,6 +273,34 @@ impl Proxy {
             _ => 0,
         };
         self.inner.retry_on.store(code, Ordering::Relaxed);
+    }
+
+    /// Starts mirroring live requests to `opts.target` (traffic shadowing), replacing any
+    /// shadow running. Must be called within a Tokio runtime (it spawns the mirror
+    /// dispatcher). Each request that passes the filter is copied (head as forwarded,
+    /// body up to `max_body`) while it is relayed; once its live response has ended, a
+    /// copy is queued (`try_send`, dropped and counted when the queue is full) and sent to
+    /// the target with `X-Turnout-Shadow: 1`; a [`turnout_shadow::Sample`] comes out of
+    /// the handle when the copies are done. The live response is never delayed or changed.
+    /// Dropping the handle's receiver stops the shadow.
+    pub fn start_shadow(&self, opts: ShadowOptions) -> ShadowHandle {
+        mirror::start_shadow(&self.inner, opts)
+    }
+
+    /// Stops the running shadow, if any: no new copies; those queued are still sent, and
+    /// then its samples channel ends.
+    pub fn stop_shadow(&self) {
+        mirror::stop_shadow(&self.inner)
+    }
+
+    /// Starts a capture of live exchanges: a `sample` share of the requests (by the same
+    /// request-id hash as the shadow), with bodies up to `max_body`, each sent on a
+    /// channel of `queue` exchanges once its response has ended (dropped and counted when
+    /// full). Several captures may run; dropping the handle stops this one. Upgrades and
+    /// exchanges that failed (turnout's own error answers, broken-off bodies) are not
+    /// captured.
+    pub fn start_capture(&self, sample: f64, max_body: usize, queue: usize) -> CaptureHandle {
+        mirror::start_capture(&self.inner, sample, max_body, queue)
     }
 
     /// Upstream health changes, as they happen.

@@ -55,12 +55,12 @@ async fn upstream(response: &'static str) -> (String, Arc<AtomicU64>) {
 }
 
 /// An address where nothing listens (connections are refused).
-async fn refusing() -> String {
+pub(crate) async fn refusing() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     listener.local_addr().unwrap().to_string()
 }
 
-fn state(live: SlotName, blue: &str, green: &str) -> RoutingState {
+pub(crate) fn state(live: SlotName, blue: &str, green: &str) -> RoutingState {
     let slot = |addr: &str, name: SlotName| SlotState {
         version: Some(name.to_string()),
         upstreams: vec![addr.to_owned()],
@@ -78,7 +78,7 @@ fn state(live: SlotName, blue: &str, green: &str) -> RoutingState {
     }
 }
 
-async fn start(state: &RoutingState) -> (Proxy, String) {
+pub(crate) async fn start(state: &RoutingState) -> (Proxy, String) {
     let proxy = Proxy::new(ProxyOptions::default(), state);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();

@@ -105,6 +105,12 @@ impl ConnService {
         // Phase 2: prepare.
         let client_version = req.version();
         self.prepare(&mut req);
+        let mut tap = if self.inner.tap.is_on() {
+            let has_body = !req.body().is_end_stream();
+            crate::mirror::begin_h2(&self.inner.tap, &req, slot.name, has_body)
+        } else {
+            None
+        };
 
         // Phases 3 and 4: pick and send. A request without body (most of them) goes
         // through the hand-written client; the others through hyper's (and are not
@@ -132,8 +138,12 @@ impl ConnService {
             }
             sent.map(|r| r.map(ProxyBody::Raw))
         } else {
+            let body = |b| match tap.as_mut() {
+                Some(tap) => RequestBody::Tee(b, crate::body::TeeSink(tap.shared_body())),
+                None => RequestBody::Client(b),
+            };
             // Boxed: the rarer path keeps the common request's future small.
-            Box::pin(self.send(&slot, req.map(RequestBody::Client)))
+            Box::pin(self.send(&slot, req.map(body)))
                 .await
                 .map(|(resp, ret)| resp.map(|b| ProxyBody::upstream(b, ret)))
         };
@@ -145,6 +155,15 @@ impl ConnService {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 parts.version = client_version;
+                let body = match tap {
+                    None => body,
+                    Some(mut tap) => {
+                        tap.set_slot(slot.name);
+                        let latency = outcome.since.elapsed();
+                        tap.response_head_h2(parts.status.as_u16(), &parts.headers, latency);
+                        ProxyBody::tapped(body, tap)
+                    }
+                };
                 Response::from_parts(parts, body)
             }
             Err(e) => {

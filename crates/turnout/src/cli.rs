@@ -102,6 +102,12 @@ pub enum Command {
     Promote,
     /// End the running deployment before its switch; users never see it.
     Abort,
+    /// Traffic shadowing: the comparison of the candidate against live.
+    Shadow {
+        /// What to show.
+        #[command(subcommand)]
+        command: ShadowCommand,
+    },
     /// Past deployments: version, times of each stage, verdict, why.
     History {
         /// Print JSON instead of a table.
@@ -124,6 +130,21 @@ pub enum Command {
         /// The demo service binary (default: `turnout-demo-app` next to this binary).
         #[arg(long, value_name = "PATH")]
         app: Option<PathBuf>,
+    },
+}
+
+/// `turnout shadow ...`.
+#[derive(Debug, Subcommand)]
+pub enum ShadowCommand {
+    /// The comparison of the current (numbers so far) or last deployment's candidate
+    /// against live: totals, worst endpoints and fields, an example of each.
+    Report {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also write it as one self-contained HTML page (charts, side-by-side diffs).
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
     },
 }
 

@@ -45,6 +45,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }),
         Command::Promote => with_client(&cli, |c| async move { crate::follow::promote(&c).await }),
         Command::Abort => with_client(&cli, |c| async move { crate::follow::abort(&c).await }),
+        Command::Shadow {
+            command: crate::cli::ShadowCommand::Report { json, ref html },
+        } => with_client(&cli, |c| async move {
+            crate::follow::shadow_report(&c, json, html.as_deref()).await
+        }),
         Command::History { json, limit } => with_client(&cli, |c| async move {
             crate::follow::history(&c, json, limit).await
         }),

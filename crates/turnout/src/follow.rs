@@ -306,3 +306,45 @@ pub async fn history(client: &AdminClient, json: bool, limit: usize) -> anyhow::
     }
     Ok(ExitCode::SUCCESS)
 }
+
+pub async fn shadow_report(
+    client: &AdminClient,
+    json: bool,
+    html: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let v = client
+        .call(Method::GET, "/api/v1/shadow/report", None)
+        .await?;
+    let r: turnout_pipeline::ShadowReport =
+        serde_json::from_value(v.clone()).context("reading the shadow report")?;
+    if let Some(path) = html {
+        let title = format!(
+            "turnout shadow report: {} against {} (deployment {})",
+            r.version,
+            r.live_version.as_deref().unwrap_or("live"),
+            r.deployment
+        );
+        std::fs::write(path, r.report.render_html(&title))
+            .with_context(|| format!("writing the HTML report to {}", path.display()))?;
+    }
+    if json {
+        out(&serde_json::to_string_pretty(&v)?)?;
+    } else {
+        out(&format!(
+            "shadow comparison of {} against {} (deployment {}{})",
+            r.version,
+            r.live_version.as_deref().unwrap_or("live"),
+            r.deployment,
+            if r.running {
+                ", still running: the numbers so far"
+            } else {
+                ""
+            }
+        ))?;
+        out(r.report.render_text().trim_end())?;
+        if let Some(path) = html {
+            out(&format!("HTML report written to {}", path.display()))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -139,7 +139,6 @@ fn proxy_options(cfg: &Config) -> ProxyOptions {
 fn warn_unimplemented(cfg: &Config) {
     let sections = [
         ("[listen.tls]", cfg.listen.tls.is_some()),
-        ("[shadow]", cfg.shadow.is_some()),
         ("[notify]", cfg.notify.is_some()),
         ("[sessions]", cfg.sessions.is_some()),
     ];
@@ -304,6 +303,32 @@ fn pipeline_options(cfg: &Config, state_dir: &Path) -> turnout_pipeline::Pipelin
         command: v.command.clone(),
         timeout: v.timeout,
     });
+    let shadow = cfg.shadow.as_ref().map(|sh| {
+        let mut mirror = turnout_proxy::ShadowOptions::new(turnout_core::SlotName::Green);
+        mirror.methods = sh.methods.clone();
+        mirror.paths = sh.paths.clone();
+        mirror.skip_paths = sh.skip_paths.clone();
+        mirror.sample = sh.sample;
+        mirror.noise_sample = sh.noise_sample;
+        mirror.max_body = usize::try_from(sh.max_body).unwrap_or(usize::MAX);
+        mirror.timeout = sh.timeout;
+        mirror.queue = sh.queue;
+        p::ShadowStage {
+            mirror,
+            compare: turnout_shadow::CompareOptions {
+                ignore_headers: sh.ignore_headers.clone(),
+                ignore_json: sh.ignore_json.clone(),
+            },
+            noise: turnout_shadow::NoiseOptions {
+                relative_margin: sh.noise_relative_margin,
+                absolute_margin: sh.noise_absolute_margin,
+            },
+            duration: sh.duration,
+            min_requests: sh.min_requests,
+            max_mismatch_rate: sh.max_mismatch_rate,
+            max_latency_ratio_p99: sh.max_latency_ratio_p99,
+        }
+    });
     let b = &cfg.bake;
     let h = &cfg.hooks;
     p::PipelineOptions {
@@ -311,6 +336,7 @@ fn pipeline_options(cfg: &Config, state_dir: &Path) -> turnout_pipeline::Pipelin
         provision,
         health_timeout,
         verify,
+        shadow,
         promote: p::PromoteOptions {
             mode: match cfg.promote.mode {
                 turnout_config::PromoteMode::Auto => p::PromoteMode::Auto,
