@@ -301,7 +301,7 @@ impl ClientConn {
             Ok(r) => r,
             Err(f) => {
                 if f.client_gone {
-                    stats.record_failure(started.elapsed());
+                    stats.record_cancelled();
                     return Next::Close;
                 }
                 log_failure(&self.inner, slot.name, &f.error);
@@ -358,6 +358,14 @@ impl ClientConn {
                 }
             }
             Err(e) => {
+                // Broken on the upstream's side (closed early, bad framing): the version
+                // gave a truncated response. A client that went away is not its fault.
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData
+                ) {
+                    self.inner.stats(slot.name).record_broken();
+                }
                 tracing::debug!(slot = %slot.name, upstream = %up.addr, error = %e, "response relay broke off");
                 // The response is cut short: closing is how the client learns it.
                 Next::Close

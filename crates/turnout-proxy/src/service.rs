@@ -457,9 +457,11 @@ impl<'a> Outcome<'a> {
 }
 
 impl Drop for Outcome<'_> {
+    /// hyper drops the request's future when the client resets the stream or goes away
+    /// before the response head: a cancel, not the version's error.
     fn drop(&mut self) {
         if !self.done {
-            self.stats.record_failure(self.since.elapsed());
+            self.stats.record_cancelled();
         }
     }
 }

@@ -43,6 +43,7 @@ fn bucket(latency: Duration) -> usize {
 pub struct SlotStats {
     requests: AtomicU64,
     errors: AtomicU64,
+    cancelled: AtomicU64,
     buckets: [AtomicU64; BUCKETS],
 }
 
@@ -67,6 +68,7 @@ impl SlotStats {
         SlotStats {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -77,10 +79,29 @@ impl SlotStats {
         self.count(status >= 500, latency);
     }
 
-    /// A request that got no response at all: the upstream failed and no status was sent
-    /// (the client went away, say). Counts as an error.
+    /// A request that got no response at all from the upstream, for a reason on the
+    /// upstream's side. Counts as an error.
     pub fn record_failure(&self, latency: Duration) {
         self.count(true, latency);
+    }
+
+    /// A request the client gave up on (closed the connection, reset the HTTP/2 stream)
+    /// before its response head: like nginx's 499, neither a request of the version's
+    /// nor an error — browsers cancel requests all the time.
+    pub fn record_cancelled(&self) {
+        self.cancelled.fetch_add(1, Relaxed);
+    }
+
+    /// A response already counted by its status that broke off on the upstream's side
+    /// (the connection closed or the framing was invalid before the end of the body):
+    /// one more error for the version, since the client got a truncated response.
+    pub fn record_broken(&self) {
+        self.errors.fetch_add(1, Relaxed);
+    }
+
+    /// Requests cancelled by their clients (see [`SlotStats::record_cancelled`]).
+    pub fn cancelled(&self) -> u64 {
+        self.cancelled.load(Relaxed)
     }
 
     fn count(&self, error: bool, latency: Duration) {
@@ -204,6 +225,18 @@ mod tests {
             }
         }
         s
+    }
+
+    #[test]
+    fn a_cancel_is_not_the_versions_error_and_a_broken_body_is() {
+        let s = SlotStats::new();
+        s.record(200, Duration::from_millis(1));
+        s.record_cancelled();
+        let snap = s.snapshot();
+        assert_eq!((snap.requests, snap.errors, s.cancelled()), (1, 0, 1));
+        s.record_broken();
+        let snap = s.snapshot();
+        assert_eq!((snap.requests, snap.errors), (1, 1));
     }
 
     #[test]
