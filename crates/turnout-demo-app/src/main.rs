@@ -2,15 +2,21 @@
 //!
 //! ```text
 //! turnout-demo-app --port 7001 --version v1 [--db shop.db] [--fail-rate 0.3]
-//!                  [--extra-latency 200ms] [--price-as-string]
+//!                  [--extra-latency 200ms] [--price-as-string] [--noisy]
+//!                  [--not-found-status 410] [--feature NAME]
 //! ```
 //!
 //! Routes: `GET /healthz`; `GET /` (which version answers); `GET /api/items`,
 //! `GET /api/items/{id}`, `POST /api/items` `{"name", "price"}` — items live in SQLite, so
 //! two versions pointed at one `--db` share their state, as blue and green share a
-//! database in a real release. The knobs make a bad version: `--fail-rate` answers that
-//! share of API requests with 500, `--extra-latency` slows every API answer, and
-//! `--price-as-string` changes one JSON field (`"price": "2.50"` instead of `2.5`).
+//! database in a real release; `GET /debug/requests` counts the requests received by
+//! method, the copies turnout mirrored (`X-Turnout-Shadow: 1`) apart. The knobs make a bad
+//! version: `--fail-rate` answers that share of API requests with 500, `--extra-latency`
+//! slows every API answer, and `--price-as-string` changes one JSON field (`"price":
+//! "2.50"` instead of `2.5`); `--not-found-status` changes the status of a missing item's
+//! answer, `--feature NAME` adds the header `x-shop-feature: NAME` to API answers. And
+//! `--noisy` makes answers differ every time (a `generated_at` timestamp and a random
+//! `request_id` in JSON bodies, a random `x-trace-id` header), as many real services do.
 //!
 //! `turnout-demo-app migrate expand|contract|break --db shop.db` changes the schema, as a
 //! deployment's hooks would (see `migrate.rs`).

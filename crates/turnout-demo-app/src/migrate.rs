@@ -136,6 +136,9 @@ mod tests {
                 fail_rate: 0.0,
                 extra_latency: None,
                 price_as_string: false,
+                noisy: false,
+                not_found_status: 404,
+                feature: None,
             })
             .unwrap(),
         );

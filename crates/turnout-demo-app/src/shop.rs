@@ -1,13 +1,15 @@
 //! The shop: arguments, the SQLite catalogue, and the axum routes.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -42,6 +44,36 @@ pub struct Args {
     /// Report prices as strings ("2.50"): one changed field, for shadow comparisons.
     #[arg(long)]
     pub price_as_string: bool,
+    /// Stamp every JSON answer with `generated_at` (Unix nanoseconds) and a random
+    /// `request_id`, and every answer with a random `x-trace-id` header: differences
+    /// between any two answers, which shadow comparisons must tell from regressions.
+    #[arg(long)]
+    pub noisy: bool,
+    /// The status of the answer for an item that does not exist (a version that changes
+    /// it changes one status code).
+    #[arg(long, default_value_t = 404, value_parser = parse_status)]
+    pub not_found_status: u16,
+    /// A feature flag this version runs with, announced on API answers as the header
+    /// `x-shop-feature: NAME`.
+    #[arg(long, value_parser = parse_feature)]
+    pub feature: Option<String>,
+}
+
+fn parse_status(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(c) if (200..=599).contains(&c) => Ok(c),
+        _ => Err(format!(
+            "{s:?} is not a status code between 200 and 599, e.g. 410"
+        )),
+    }
+}
+
+fn parse_feature(s: &str) -> Result<String, String> {
+    if HeaderValue::from_str(s).is_ok() && !s.trim().is_empty() {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?} cannot be a header value, e.g. new-checkout"))
+    }
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -69,6 +101,18 @@ pub struct Shop {
     db: Arc<Mutex<Connection>>,
     /// A small xorshift state for `--fail-rate` (no need for a random crate).
     dice: Arc<AtomicU64>,
+    /// Requests received, by whether they carried `X-Turnout-Shadow: 1` and by method
+    /// (`GET /debug/requests`).
+    seen: Arc<Mutex<Seen>>,
+}
+
+/// Requests counted by `GET /debug/requests`.
+#[derive(Default)]
+struct Seen {
+    /// Copies mirrored by turnout (`X-Turnout-Shadow: 1`), by method.
+    shadow: BTreeMap<String, u64>,
+    /// Every other request (`/debug/requests` itself excepted), by method.
+    direct: BTreeMap<String, u64>,
 }
 
 impl Shop {
@@ -97,16 +141,41 @@ impl Shop {
             args: Arc::new(args),
             db: Arc::new(Mutex::new(conn)),
             dice: Arc::new(AtomicU64::new(seed)),
+            seen: Arc::default(),
         })
     }
 
-    fn roll(&self) -> f64 {
+    fn next_random(&self) -> u64 {
         let mut x = self.dice.load(Ordering::Relaxed);
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         self.dice.store(x, Ordering::Relaxed);
-        (x >> 11) as f64 / (1u64 << 53) as f64
+        x
+    }
+
+    fn roll(&self) -> f64 {
+        (self.next_random() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A JSON answer, stamped when `--noisy`.
+    fn json(&self, mut v: Value) -> Json<Value> {
+        if self.args.noisy {
+            if let Some(o) = v.as_object_mut() {
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                o.insert(
+                    "generated_at".into(),
+                    json!(u64::try_from(now).unwrap_or(0)),
+                );
+                o.insert(
+                    "request_id".into(),
+                    json!(format!("{:016x}", self.next_random())),
+                );
+            }
+        }
+        Json(v)
     }
 
     fn item(&self, id: i64, name: String, cents: i64) -> Value {
@@ -143,11 +212,59 @@ pub fn router(shop: Shop) -> Router {
         .route("/", get(index))
         .route("/api/items", get(list).post(create))
         .route("/api/items/{id}", get(one))
+        .route("/debug/requests", get(requests))
+        .layer(axum::middleware::from_fn_with_state(shop.clone(), observe))
         .with_state(shop)
 }
 
+/// Counts every request for `/debug/requests`; adds `x-trace-id` (`--noisy`) and
+/// `x-shop-feature` (`--feature`, API answers) to the answer.
+async fn observe(State(shop): State<Shop>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_owned();
+    if path != "/debug/requests" {
+        let shadow = req
+            .headers()
+            .get("x-turnout-shadow")
+            .is_some_and(|v| v.as_bytes() == b"1");
+        let mut seen = shop.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let by_method = if shadow {
+            &mut seen.shadow
+        } else {
+            &mut seen.direct
+        };
+        *by_method
+            .entry(req.method().as_str().to_owned())
+            .or_default() += 1;
+    }
+    let mut resp = next.run(req).await;
+    if shop.args.noisy {
+        let id = format!("{:016x}", shop.next_random());
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            resp.headers_mut()
+                .insert(HeaderName::from_static("x-trace-id"), v);
+        }
+    }
+    if let Some(feature) = &shop.args.feature {
+        if path.starts_with("/api/") {
+            if let Ok(v) = HeaderValue::from_str(feature) {
+                resp.headers_mut()
+                    .insert(HeaderName::from_static("x-shop-feature"), v);
+            }
+        }
+    }
+    resp
+}
+
+/// `GET /debug/requests`: the requests this instance received, by method, the copies
+/// turnout mirrored (`X-Turnout-Shadow: 1`) apart: `{"shadow": {"GET": 3}, "direct":
+/// {"GET": 10, "POST": 1}}`.
+async fn requests(State(shop): State<Shop>) -> Json<Value> {
+    let seen = shop.seen.lock().unwrap_or_else(|p| p.into_inner());
+    Json(json!({ "shadow": seen.shadow, "direct": seen.direct }))
+}
+
 async fn index(State(shop): State<Shop>) -> Json<Value> {
-    Json(json!({ "service": "turnout-demo-app", "version": shop.args.version }))
+    shop.json(json!({ "service": "turnout-demo-app", "version": shop.args.version }))
 }
 
 async fn list(State(shop): State<Shop>) -> Response {
@@ -162,7 +279,9 @@ async fn list(State(shop): State<Shop>) -> Response {
             .collect()
     })();
     match rows {
-        Ok(items) => Json(json!({ "version": shop.args.version, "items": items })).into_response(),
+        Ok(items) => shop
+            .json(json!({ "version": shop.args.version, "items": items }))
+            .into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("database: {e}")),
     }
 }
@@ -181,8 +300,11 @@ async fn one(State(shop): State<Shop>, Path(id): Path<i64>) -> Response {
         .optional()
     };
     match row {
-        Ok(Some((name, cents))) => Json(shop.item(id, name, cents)).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, &format!("no item {id}")),
+        Ok(Some((name, cents))) => shop.json(shop.item(id, name, cents)).into_response(),
+        Ok(None) => error(
+            StatusCode::from_u16(shop.args.not_found_status).unwrap_or(StatusCode::NOT_FOUND),
+            &format!("no item {id}"),
+        ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("database: {e}")),
     }
 }
@@ -222,7 +344,11 @@ async fn create(
         .map(|_| db.last_insert_rowid())
     };
     match id {
-        Ok(id) => (StatusCode::CREATED, Json(shop.item(id, item.name, cents))).into_response(),
+        Ok(id) => (
+            StatusCode::CREATED,
+            shop.json(shop.item(id, item.name, cents)),
+        )
+            .into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("database: {e}")),
     }
 }
@@ -275,6 +401,9 @@ mod tests {
             fail_rate: 0.0,
             extra_latency: None,
             price_as_string: false,
+            noisy: false,
+            not_found_status: 404,
+            feature: None,
         };
         f(&mut a);
         a
@@ -343,6 +472,86 @@ mod tests {
         assert_eq!(call(&app, "GET", "/healthz", "").await.0, StatusCode::OK);
     }
 
+    async fn call_with(
+        app: &Router,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, axum::http::HeaderMap, Value) {
+        let mut req = Request::builder().method("GET").uri(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = app
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn noise_status_and_feature_knobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = router(Shop::open(args(dir.path(), |_| {})).unwrap());
+        let (_, headers, body) = call_with(&plain, "/api/items", &[]).await;
+        assert!(body.get("generated_at").is_none() && body.get("request_id").is_none());
+        assert!(headers.get("x-trace-id").is_none() && headers.get("x-shop-feature").is_none());
+        assert_eq!(
+            call_with(&plain, "/api/items/999", &[]).await.0,
+            StatusCode::NOT_FOUND
+        );
+
+        let knobs = router(
+            Shop::open(args(dir.path(), |a| {
+                a.noisy = true;
+                a.not_found_status = 410;
+                a.feature = Some("new-checkout".into());
+            }))
+            .unwrap(),
+        );
+        let (_, h1, b1) = call_with(&knobs, "/api/items", &[]).await;
+        let (_, h2, b2) = call_with(&knobs, "/api/items", &[]).await;
+        assert!(b1["generated_at"].is_u64(), "{b1}");
+        assert_ne!(b1["request_id"], b2["request_id"]);
+        assert_ne!(h1["x-trace-id"], h2["x-trace-id"]);
+        assert_eq!(h1["x-shop-feature"], "new-checkout");
+        assert_eq!(b1["items"], b2["items"]);
+        let (status, h, body) = call_with(&knobs, "/api/items/999", &[]).await;
+        assert_eq!(status, StatusCode::GONE);
+        assert_eq!(body["error"], "no item 999");
+        assert_eq!(h["x-shop-feature"], "new-checkout");
+        // Not an API answer: no feature header, but noise all the same.
+        let (_, h, body) = call_with(&knobs, "/", &[]).await;
+        assert!(h.get("x-shop-feature").is_none() && h.get("x-trace-id").is_some());
+        assert!(body["request_id"].is_string(), "{body}");
+    }
+
+    #[tokio::test]
+    async fn requests_are_counted_with_mirrored_copies_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(Shop::open(args(dir.path(), |_| {})).unwrap());
+        call_with(&app, "/api/items", &[]).await;
+        call_with(&app, "/api/items", &[("x-turnout-shadow", "1")]).await;
+        call(
+            &app,
+            "POST",
+            "/api/items",
+            r#"{"name":"scone","price":3.2}"#,
+        )
+        .await;
+        let (_, _, seen) = call_with(&app, "/debug/requests", &[]).await;
+        assert_eq!(
+            seen,
+            json!({ "shadow": { "GET": 1 }, "direct": { "GET": 1, "POST": 1 } })
+        );
+    }
+
     #[test]
     fn arguments_are_well_formed() {
         use clap::CommandFactory;
@@ -354,5 +563,9 @@ mod tests {
         assert!(parse_rate("1.5").is_err());
         assert_eq!(parse_duration("200ms"), Ok(Duration::from_millis(200)));
         assert!(parse_duration("fast").is_err());
+        assert_eq!(parse_status("410"), Ok(410));
+        assert!(parse_status("99").is_err() && parse_status("x").is_err());
+        assert!(parse_feature("new-checkout").is_ok());
+        assert!(parse_feature("a\nb").is_err() && parse_feature("").is_err());
     }
 }

@@ -555,6 +555,11 @@ impl Run {
             self.skip(Stage::Shadow, "no [shadow] section").await;
             return Ok(());
         };
+        if self.d.previous.is_none() {
+            self.skip(Stage::Shadow, "no live version to compare with")
+                .await;
+            return Ok(());
+        }
         self.begin(Stage::Shadow).await;
         let mut mirror = sh.mirror.clone();
         mirror.target = self.d.slot;

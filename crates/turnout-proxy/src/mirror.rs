@@ -75,8 +75,8 @@ pub struct ShadowOptions {
     pub max_body: usize,
     /// Time allowed for one copy: connect, send, response head and body.
     pub timeout: Duration,
-    /// Length of the bounded queue of copies waiting for a worker; also the capacity of
-    /// the samples channel.
+    /// Length of the bounded queue of copies waiting for a worker; the samples channel
+    /// holds `queue + concurrency`.
     pub queue: usize,
     /// How many copies are in flight at most.
     pub concurrency: usize,
@@ -830,7 +830,9 @@ struct Job {
 pub(crate) fn start_shadow(inner: &Arc<Inner>, opts: ShadowOptions) -> ShadowHandle {
     let queue = opts.queue.max(1);
     let (jobs_tx, jobs_rx) = mpsc::channel(queue);
-    let (samples_tx, samples_rx) = mpsc::channel(queue);
+    // Room for every job queued or in flight: a copy that was sent is not lost for want
+    // of room when many end at once (with `queue = 1`, 32 copies can end together).
+    let (samples_tx, samples_rx) = mpsc::channel(queue + opts.concurrency.max(1));
     let counters = Arc::new(ShadowCounters::default());
     let shadow = Arc::new(Shadow {
         opts,

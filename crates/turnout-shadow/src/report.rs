@@ -13,7 +13,7 @@ use crate::compare::DiffKind;
 
 /// Latencies below this are taken as this in [`Report::latency_ratio_p99`] and the gate:
 /// sub-millisecond jitter on a fast service must not fail a deployment.
-pub const LATENCY_RATIO_FLOOR_MS: f64 = 1.0;
+pub const LATENCY_RATIO_FLOOR_MS: f64 = 5.0;
 
 /// The comparison of candidate against live.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
