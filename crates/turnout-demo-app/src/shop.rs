@@ -38,6 +38,10 @@ pub struct Args {
     /// Share of API requests answered with 500 (0 to 1).
     #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     pub fail_rate: f64,
+    /// `--fail-rate` starts only this long after the service started, e.g. `20s` (a
+    /// version that goes bad under load after a while: a leak, an expiring cache).
+    #[arg(long, value_parser = parse_duration)]
+    pub fail_after: Option<Duration>,
     /// Added to every API answer, e.g. `200ms`.
     #[arg(long, value_parser = parse_duration)]
     pub extra_latency: Option<Duration>,
@@ -101,6 +105,8 @@ pub struct Shop {
     db: Arc<Mutex<Connection>>,
     /// A small xorshift state for `--fail-rate` (no need for a random crate).
     dice: Arc<AtomicU64>,
+    /// When the service started (for `--fail-after`).
+    started: std::time::Instant,
     /// Requests received, by whether they carried `X-Turnout-Shadow: 1` and by method
     /// (`GET /debug/requests`).
     seen: Arc<Mutex<Seen>>,
@@ -141,6 +147,7 @@ impl Shop {
             args: Arc::new(args),
             db: Arc::new(Mutex::new(conn)),
             dice: Arc::new(AtomicU64::new(seed)),
+            started: std::time::Instant::now(),
             seen: Arc::default(),
         })
     }
@@ -192,7 +199,11 @@ impl Shop {
         if let Some(d) = self.args.extra_latency {
             tokio::time::sleep(d).await;
         }
-        (self.args.fail_rate > 0.0 && self.roll() < self.args.fail_rate).then(|| {
+        let failing = self
+            .args
+            .fail_after
+            .is_none_or(|after| self.started.elapsed() >= after);
+        (failing && self.args.fail_rate > 0.0 && self.roll() < self.args.fail_rate).then(|| {
             error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "injected failure (--fail-rate)",
@@ -399,6 +410,7 @@ mod tests {
             version: "v1".into(),
             db: dir.join("shop.db"),
             fail_rate: 0.0,
+            fail_after: None,
             extra_latency: None,
             price_as_string: false,
             noisy: false,
@@ -470,6 +482,32 @@ mod tests {
         assert!((230..=370).contains(&failed), "{failed} of 1000 failed");
         // Health stays fine: a bad version is found by its answers, not its health check.
         assert_eq!(call(&app, "GET", "/healthz", "").await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn fail_after_holds_the_failures_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(
+            Shop::open(args(dir.path(), |a| {
+                a.fail_rate = 1.0;
+                a.fail_after = Some(Duration::from_secs(3600));
+            }))
+            .unwrap(),
+        );
+        for _ in 0..50 {
+            assert_eq!(call(&app, "GET", "/api/items", "").await.0, StatusCode::OK);
+        }
+        let app = router(
+            Shop::open(args(dir.path(), |a| {
+                a.fail_rate = 1.0;
+                a.fail_after = Some(Duration::ZERO);
+            }))
+            .unwrap(),
+        );
+        assert_eq!(
+            call(&app, "GET", "/api/items", "").await.0,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 
     async fn call_with(

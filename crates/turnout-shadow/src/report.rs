@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::compare::DiffKind;
 
 /// Latencies below this are taken as this in [`Report::latency_ratio_p99`] and the gate:
-/// sub-millisecond jitter on a fast service must not fail a deployment.
+/// a few milliseconds of scheduling jitter on a fast service must not fail a deployment.
 pub const LATENCY_RATIO_FLOOR_MS: f64 = 5.0;
 
 /// The comparison of candidate against live.

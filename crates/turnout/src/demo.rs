@@ -1,9 +1,10 @@
 //! `turnout demo`: the quick start. With no config file and without reading stdin, it
 //! writes a config into a work directory, starts a router (`turnout serve`, a child
 //! process) and steady load on free loopback ports, and releases the demo service
-//! (`turnout-demo-app`) three times through the same API call and follower as `turnout
-//! deploy`: v1 (the first version), v2 (promoted after its bake) and v3-bad (30% of its
-//! API answers fail, so the bake rolls it back). It prints each stage, each verdict with
+//! (`turnout-demo-app`) four times through the same API call and follower as `turnout
+//! deploy`: v1 (the first version), v2 (shadowed, promoted after its bake), v3-price (a
+//! changed JSON field: the shadow gate stops it before the switch) and v4-bad (goes bad
+//! after its shadow test: the bake rolls it back). It prints each stage, each verdict with
 //! what the load saw meanwhile, and where the config, logs and state are. The work
 //! directory is kept; the router is always stopped (it stops the instances it started).
 //! Exit 0 only when every verdict was the expected one.
@@ -51,7 +52,7 @@ struct Release {
     expected: Verdict,
 }
 
-const RELEASES: [Release; 3] = [
+const RELEASES: [Release; 4] = [
     Release {
         version: "v1",
         about: "first version: becomes live without a standby",
@@ -59,12 +60,18 @@ const RELEASES: [Release; 3] = [
     },
     Release {
         version: "v2",
-        about: "a good version: started beside v1, switched to, baked, then v1 is retired",
+        about: "a good version: shadowed with live traffic, switched to, baked, then v1 is retired",
         expected: Verdict::Promoted,
     },
     Release {
-        version: "v3-bad",
-        about: "30% of its API answers are errors: the bake should roll it back",
+        version: "v3-price",
+        about:
+            "sends prices as strings: the shadow comparison should stop it before any user sees it",
+        expected: Verdict::Failed,
+    },
+    Release {
+        version: "v4-bad",
+        about: "goes bad 10s after it starts (30% of its API answers fail): it passes the shadow test, and the bake should roll it back",
         expected: Verdict::RolledBack,
     },
 ];
@@ -144,7 +151,7 @@ async fn demo(exe: &Path, app: &Path, dir: &Path) -> anyhow::Result<ExitCode> {
     let token = random_token();
     write_private(&dir.join("admin-token"), &format!("{token}\n"))?;
     out(&format!(
-        "turnout demo: three releases of the demo service behind a router, under steady load\n  work dir: {}",
+        "turnout demo: four releases of the demo service behind a router, under steady load\n  work dir: {}",
         dir.display()
     ))?;
 
@@ -233,7 +240,7 @@ async fn demo(exe: &Path, app: &Path, dir: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Deploys the three releases in turn; returns the verdicts reached (fewer than three when
+/// Deploys the releases in turn; returns the verdicts reached (fewer than all when
 /// one could not be run).
 async fn releases(client: &AdminClient, load: &Load) -> Vec<Option<Verdict>> {
     let mut verdicts = Vec::new();
@@ -382,7 +389,7 @@ fn config_text(app: &Path, dir: &Path, data: u16, admin: u16) -> String {
     let app = shell_quote(&app.display().to_string()).into_owned();
     let db = shell_quote(&dir.join("shop.db").display().to_string()).into_owned();
     let command = format!(
-        "case {{version}} in *-bad) x='--fail-rate 0.3';; *) x='';; esac; exec {app} --port {{port}} --version {{version}} --db {db} $x"
+        "case {{version}} in *-bad) x='--fail-rate 0.3 --fail-after 10s';; *-price) x='--price-as-string';; *) x='';; esac; exec {app} --port {{port}} --version {{version}} --db {db} $x"
     );
     format!(
         r#"# Written by `turnout demo`. Run this router again with:
@@ -399,8 +406,9 @@ token = "file:admin-token"
 dir = "state"
 
 [provision]
-# Two instances of the demo service per version; one named *-bad fails 30% of its API
-# requests (but not /healthz or /, so only its users' answers show it).
+# Two instances of the demo service per version; one named *-bad starts failing 30% of
+# its API requests 10s after it started (after its shadow test: a version that goes bad
+# under load), one named *-price sends prices as strings ("2.50" instead of 2.5).
 command = {command}
 instances = 2
 health_timeout = "30s"
@@ -414,6 +422,16 @@ unhealthy = 2
 
 [verify]
 checks = [{{ path = "/healthz", status = 200 }}, {{ path = "/", status = 200, body_contains = "turnout-demo-app" }}]
+
+[shadow]
+# Live GET requests are mirrored to the candidate for 5s and the answers compared; the
+# version number in every answer is expected to differ. Some requests go twice to live,
+# to learn what differs anyway (noise).
+duration = "5s"
+ignore_json = ["/version"]
+noise_sample = 0.2
+max_mismatch_rate = 0.01
+min_requests = 20
 
 [bake]
 duration = "15s"

@@ -115,7 +115,7 @@ fn the_demo_releases_three_versions_with_the_expected_verdicts_and_leaves_nothin
     );
     assert_eq!(status.code(), Some(0), "{context}");
 
-    // The three verdicts, in order: each release's line and the summary's rows.
+    // The four verdicts, in order: each release's line and the summary's rows.
     let lines: Vec<&str> = stdout.lines().collect();
     let position = |pred: &dyn Fn(&str) -> bool, after: usize, what: &str| -> usize {
         lines[after..]
@@ -128,7 +128,8 @@ fn the_demo_releases_three_versions_with_the_expected_verdicts_and_leaves_nothin
     for (version, verdict) in [
         ("v1", "promoted"),
         ("v2", "promoted"),
-        ("v3-bad", "rolled_back"),
+        ("v3-price", "failed"),
+        ("v4-bad", "rolled_back"),
     ] {
         at = position(
             &|l: &str| l.starts_with("== ") && l.contains(&format!(" deploy {version} ")),
@@ -144,7 +145,8 @@ fn the_demo_releases_three_versions_with_the_expected_verdicts_and_leaves_nothin
     for (version, verdict) in [
         ("v1", "promoted"),
         ("v2", "promoted"),
-        ("v3-bad", "rolled_back"),
+        ("v3-price", "failed"),
+        ("v4-bad", "rolled_back"),
     ] {
         at = position(
             &|l: &str| {
