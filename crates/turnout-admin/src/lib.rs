@@ -4,6 +4,10 @@
 //! `/openapi.json` and the dashboard. Errors have one JSON shape,
 //! `{"error": {"code": "...", "message": "..."}}`, produced by [`ApiError`]'s
 //! `IntoResponse` impl and nowhere else.
+//!
+//! `POST /api/v1/capture` streams live exchanges as a GoReplay file (see `capture.rs`).
+
+mod capture;
 
 use std::sync::Arc;
 
@@ -19,6 +23,11 @@ use turnout_core::Deployment;
 use turnout_core::{RoutingState, SlotName, SwitchError};
 use turnout_pipeline::{ControlError, Controller, DeployRequest, Status, StoreError};
 
+pub use capture::{
+    CaptureRequest, CONTENT_TYPE as CAPTURE_CONTENT_TYPE, MAX_CAPTURE_BODY, TRAILER_DROPPED,
+    TRAILER_END, TRAILER_EXCHANGES, TRAILER_SKIPPED,
+};
+
 /// What the admin routes share.
 #[derive(Clone)]
 pub struct AdminState {
@@ -26,6 +35,9 @@ pub struct AdminState {
     pub controller: Arc<Controller>,
     /// The bearer token; `None` only on a loopback address (the binary enforces that).
     pub token: Option<Arc<str>>,
+    /// Turns true when the router is stopping: streaming answers (a capture) then end, so
+    /// that they do not hold up the graceful stop. `None`: they end only on their own.
+    pub shutdown: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// An error as the API returns it.
@@ -37,7 +49,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             code,
@@ -157,6 +173,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/promote", post(promote))
         .route("/api/v1/abort", post(abort))
         .route("/api/v1/shadow/report", get(shadow_report))
+        .route("/api/v1/capture", post(capture::capture))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(api)
@@ -327,6 +344,13 @@ mod tests {
     use super::*;
 
     async fn app(dir: &std::path::Path) -> Router {
+        app_with_shutdown(dir).await.0
+    }
+
+    /// The app, and the sender that tells it the router is stopping.
+    pub(crate) async fn app_with_shutdown(
+        dir: &std::path::Path,
+    ) -> (Router, tokio::sync::watch::Sender<bool>) {
         let store = Arc::new(EmbeddedStore::open(dir).unwrap());
         let slot = |a: &str| SlotState {
             version: None,
@@ -342,10 +366,13 @@ mod tests {
         )
         .await
         .unwrap();
-        router(AdminState {
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let app = router(AdminState {
             controller: Arc::new(controller),
             token: Some("s3cret".into()),
-        })
+            shutdown: Some(shutdown),
+        });
+        (app, stop)
     }
 
     async fn call(

@@ -134,6 +134,7 @@ mod tests {
                 version: "v1".into(),
                 db: db.clone(),
                 fail_rate: 0.0,
+                fail_after: None,
                 extra_latency: None,
                 price_as_string: false,
                 noisy: false,

@@ -410,18 +410,52 @@ fn write_headers(out: &mut Vec<u8>, headers: &[(String, Bytes)], length: Option<
     out.extend_from_slice(b"\r\n");
 }
 
+/// Headers and body of a message that may have a body. A truncated body with no
+/// `content-length` held (its full length unknown) is written with chunked framing cut
+/// short — one chunk of what is held and no last chunk — so that reading it back gives
+/// `body_truncated` again instead of a complete shorter body.
+fn write_headers_and_body(
+    out: &mut Vec<u8>,
+    headers: &[(String, Bytes)],
+    body: &[u8],
+    truncated: bool,
+    request: bool,
+) {
+    let has_length = headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("content-length"));
+    if truncated && !has_length {
+        write_headers(out, headers, None);
+        out.truncate(out.len() - 2);
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+        if !body.is_empty() {
+            out.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+            out.extend_from_slice(body);
+        }
+        return;
+    }
+    let length = (!request || !body.is_empty()).then_some(body.len());
+    write_headers(out, headers, length);
+    out.extend_from_slice(body);
+}
+
 impl RequestCopy {
     /// The request as raw HTTP/1.1 bytes (CRLF line ends): request line, headers as held
     /// (names in lower case) without `transfer-encoding`, a `content-length` when there is a
     /// body and none is held, a blank line, the body. A truncated body is written as held,
     /// so its `content-length` (when held) says more than follows and reading it back gives
-    /// `body_truncated` again.
+    /// `body_truncated` again; with no `content-length` held, it is written as a chunked
+    /// body cut short (one chunk, no last chunk), which reads back as truncated too.
     pub fn to_http1(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(128 + self.body.len());
         out.extend_from_slice(format!("{} {} HTTP/1.1\r\n", self.method, self.target).as_bytes());
-        let length = (!self.body.is_empty()).then_some(self.body.len());
-        write_headers(&mut out, &self.headers, length);
-        out.extend_from_slice(&self.body);
+        write_headers_and_body(
+            &mut out,
+            &self.headers,
+            &self.body,
+            self.body_truncated,
+            true,
+        );
         out
     }
 }
@@ -437,12 +471,18 @@ impl ResponseCopy {
         );
         let bodiless =
             (100..200).contains(&self.status) || self.status == 204 || self.status == 304;
-        write_headers(
-            &mut out,
-            &self.headers,
-            (!bodiless).then_some(self.body.len()),
-        );
-        out.extend_from_slice(&self.body);
+        if bodiless {
+            write_headers(&mut out, &self.headers, None);
+            out.extend_from_slice(&self.body);
+        } else {
+            write_headers_and_body(
+                &mut out,
+                &self.headers,
+                &self.body,
+                self.body_truncated,
+                false,
+            );
+        }
         out
     }
 }
@@ -680,5 +720,26 @@ mod tests {
             .push(("content-length".into(), Bytes::from_static(b"100")));
         cut.body_truncated = true;
         assert!(parse_response(&cut.to_http1()).unwrap().body_truncated);
+
+        // Truncated with no content-length held (the data plane drops it when it cuts a
+        // body): written as a chunked body cut short, read back as truncated, never as a
+        // complete shorter body.
+        let mut cut = resp.clone();
+        cut.body_truncated = true;
+        let raw = cut.to_http1();
+        assert_eq!(
+            String::from_utf8_lossy(&raw),
+            "HTTP/1.1 404 Not Found\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n2\r\nno"
+        );
+        let back = parse_response(&raw).unwrap();
+        assert_eq!((&back.body[..], back.body_truncated), (&b"no"[..], true));
+        let mut req = req.clone();
+        req.headers.retain(|(n, _)| n != "transfer-encoding");
+        req.body_truncated = true;
+        let back = parse_request(&req.to_http1()).unwrap();
+        assert_eq!((back.body, back.body_truncated), (req.body.clone(), true));
+        req.body = Bytes::new();
+        let back = parse_request(&req.to_http1()).unwrap();
+        assert_eq!((back.body.len(), back.body_truncated), (0, true));
     }
 }

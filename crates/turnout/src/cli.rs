@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// turnout: a blue-green release router.
 #[derive(Debug, Parser)]
@@ -117,6 +119,12 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+    /// Record live requests and their responses to a GoReplay-format file: the router
+    /// streams them, and this command writes the file where it runs.
+    Capture(CaptureArgs),
+    /// Replay GoReplay-format files (turnout's or GoReplay's own) against a URL or a slot,
+    /// and compare the responses with the recorded ones (or with another target's).
+    Replay(ReplayArgs),
     /// Parse and validate the configuration; print every problem with its key and line.
     CheckConfig,
     /// The quick start, with no config file: a router, steady load and three releases of
@@ -131,6 +139,81 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         app: Option<PathBuf>,
     },
+}
+
+/// `turnout capture ...`.
+#[derive(Debug, Args)]
+pub struct CaptureArgs {
+    /// The file to write (gzip-compressed when the name ends in `.gz`). With
+    /// `--rotate-size`, later files are named FILE_1, FILE_2... before the extension
+    /// (`c.gor.gz`, `c_1.gor.gz`, `c_2.gor.gz`).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// How long to capture, e.g. `30s`, `5m` (default: until Ctrl-C).
+    #[arg(long, value_name = "D", value_parser = crate::capture::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Share of the requests to capture, more than 0 and at most 1 (by request id).
+    #[arg(long, value_name = "F", default_value_t = 1.0, value_parser = crate::capture::parse_share)]
+    pub sample: f64,
+    /// Start a new file when the current one would grow over SIZE (e.g. `100MB`; KB, MB,
+    /// GB are powers of 1024; counted before compression). A record is never split: one
+    /// larger than SIZE gets a file of its own.
+    #[arg(long, value_name = "SIZE", value_parser = crate::capture::parse_size)]
+    pub rotate_size: Option<u64>,
+    /// Bytes of each request and response body kept (e.g. `64KB`, at most 16MB); longer
+    /// bodies are recorded truncated (and replay does not send such requests).
+    #[arg(long, value_name = "SIZE", default_value = "1MB", value_parser = crate::capture::parse_size)]
+    pub max_body: u64,
+}
+
+/// `turnout replay ...`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// GoReplay-format files (plain or gzip); their records are merged by time.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Where to send the requests: `http://host:port`, or `blue`/`green` (a healthy
+    /// upstream of that slot, asked from the running router).
+    #[arg(long, value_name = "URL|blue|green")]
+    pub target: String,
+    /// Replay speed: 2 halves the recorded gaps between requests; `0` or `max` sends
+    /// without waiting.
+    #[arg(long, value_name = "X", default_value = "1", value_parser = crate::replay::parse_speed)]
+    pub speed: crate::replay::Speed,
+    /// The longest wait between two requests, whatever the recording says.
+    #[arg(long, value_name = "D", default_value = "1s", value_parser = crate::capture::parse_duration)]
+    pub max_gap: Duration,
+    /// Also send every request there and compare the target's responses with its
+    /// responses instead of the recorded ones.
+    #[arg(long, value_name = "URL|blue|green")]
+    pub compare_with: Option<String>,
+    /// Write the comparison report: HTML when the name ends in `.html`, else JSON.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Write what was replayed, in GoReplay's format (gzip when the name ends in `.gz`):
+    /// each request sent, as recorded but timed when it was sent (type 1), and the
+    /// target's response to it (type 3).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Requests in flight at most.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: u32,
+    /// Time allowed per request: connect, send, the whole response.
+    #[arg(long, value_name = "D", default_value = "10s", value_parser = crate::capture::parse_duration)]
+    pub timeout: Duration,
+    /// Bytes of each response body read and compared (longer ones compare as truncated).
+    #[arg(long, value_name = "SIZE", default_value = "1MB", value_parser = crate::capture::parse_size)]
+    pub max_body: u64,
+    /// Send `Host: host:port` of the target instead of the recorded `Host`.
+    #[arg(long)]
+    pub rewrite_host: bool,
+    /// A response header not to compare (repeatable; `date` and the like never are).
+    #[arg(long = "ignore-header", value_name = "NAME")]
+    pub ignore_headers: Vec<String>,
+    /// A JSON pointer into bodies not to compare, e.g. `/items/*/updated_at`
+    /// (repeatable).
+    #[arg(long = "ignore-json", value_name = "POINTER")]
+    pub ignore_json: Vec<String>,
 }
 
 /// `turnout shadow ...`.

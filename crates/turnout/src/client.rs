@@ -34,6 +34,47 @@ impl std::fmt::Display for ApiFailure {
 impl std::error::Error for ApiFailure {}
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// For streaming calls: connecting, and the answer's head.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A piece of a streamed answer.
+pub enum StreamFrame {
+    /// Body bytes, as they came.
+    Data(Bytes),
+    /// The trailer fields that end the body.
+    Trailers(hyper::HeaderMap),
+}
+
+/// A streamed answer (see [`AdminClient::stream`]): its body, frame by frame.
+pub struct Streaming {
+    body: hyper::body::Incoming,
+}
+
+impl Streaming {
+    /// The next frame; `None` at the end of the body. No timeout: the caller decides how
+    /// long to wait.
+    pub async fn next(&mut self) -> Option<anyhow::Result<StreamFrame>> {
+        loop {
+            let frame = match self.body.frame().await? {
+                Ok(f) => f,
+                Err(e) => {
+                    return Some(Err(
+                        anyhow::Error::new(e).context("the router's stream broke off")
+                    ))
+                }
+            };
+            match frame.into_data() {
+                Ok(data) if data.is_empty() => continue,
+                Ok(data) => return Some(Ok(StreamFrame::Data(data))),
+                Err(frame) => {
+                    if let Ok(t) = frame.into_trailers() {
+                        return Some(Ok(StreamFrame::Trailers(t)));
+                    }
+                }
+            }
+        }
+    }
+}
 
 impl AdminClient {
     /// `url` is `http://host:port` (a trailing `/` is fine).
@@ -59,6 +100,70 @@ impl AdminClient {
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<serde_json::Value> {
         self.call_within(TIMEOUT, method, path, body).await
+    }
+
+    /// Calls the API for a streamed answer (with `TE: trailers`, so that the router can
+    /// end it with counts): connecting and the answer's head are bounded in time, the body
+    /// is not. A non-2xx answer becomes an [`ApiFailure`] error.
+    pub async fn stream(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<Streaming> {
+        let head = async {
+            let stream = TcpStream::connect(&self.authority).await.with_context(|| {
+                format!(
+                    "cannot reach the router's admin API at http://{}; is `turnout serve` running? (set --admin URL or [admin] addr)",
+                    self.authority
+                )
+            })?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .context("admin API handshake")?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let mut req = Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", self.authority.as_str())
+                .header("content-type", "application/json")
+                .header("te", "trailers");
+            if let Some(token) = &self.token {
+                req = req.header("authorization", format!("Bearer {token}"));
+            }
+            let payload = match body {
+                Some(v) => Bytes::from(serde_json::to_vec(&v)?),
+                None => Bytes::new(),
+            };
+            sender
+                .send_request(req.body(Full::new(payload))?)
+                .await
+                .with_context(|| format!("admin API request to http://{}{path}", self.authority))
+        };
+        let resp = tokio::time::timeout(CONNECT_TIMEOUT, head)
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "the router at http://{} did not answer within {}s",
+                    self.authority,
+                    CONNECT_TIMEOUT.as_secs()
+                )
+            })??;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(Streaming {
+                body: resp.into_body(),
+            });
+        }
+        let bytes = tokio::time::timeout(CONNECT_TIMEOUT, resp.into_body().collect())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        Err(failure(status, &bytes).into())
     }
 
     async fn call_within(
@@ -132,25 +237,28 @@ impl AdminClient {
             .await
             .with_context(|| format!("reading the admin API's answer{unknown}"))?
             .to_bytes();
-        let json: serde_json::Value =
-            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
         if status.is_success() {
-            return Ok(json);
+            return Ok(serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null));
         }
-        let code = json["error"]["code"]
-            .as_str()
-            .unwrap_or("http_error")
-            .to_owned();
-        let message = json["error"]["message"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("the admin API answered {status}"));
-        Err(ApiFailure {
-            status,
-            code,
-            message,
-        }
-        .into())
+        Err(failure(status, &bytes).into())
+    }
+}
+
+/// The API's error answer (`{"error": {"code", "message"}}`) as an [`ApiFailure`].
+fn failure(status: StatusCode, bytes: &[u8]) -> ApiFailure {
+    let json: serde_json::Value = serde_json::from_slice(bytes).unwrap_or(serde_json::Value::Null);
+    let code = json["error"]["code"]
+        .as_str()
+        .unwrap_or("http_error")
+        .to_owned();
+    let message = json["error"]["message"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("the admin API answered {status}"));
+    ApiFailure {
+        status,
+        code,
+        message,
     }
 }
 

@@ -53,6 +53,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::History { json, limit } => with_client(&cli, |c| async move {
             crate::follow::history(&c, json, limit).await
         }),
+        Command::Capture(ref args) => {
+            with_client(&cli, |c| async move { crate::capture::run(&c, args).await })
+        }
+        // Needs the router only for a slot name as target: the client is made on demand.
+        Command::Replay(ref args) => crate::replay::run(args, || admin_client(&cli)),
         Command::Switch { to, force } => with_client(&cli, |c| async move {
             let r = c
                 .call(
@@ -143,6 +148,16 @@ where
     F: FnOnce(AdminClient) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<ExitCode>>,
 {
+    let client = admin_client(cli)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(f(client))
+}
+
+/// The admin API's client: `--admin` (token from env), else `[admin]` of the config.
+pub(crate) fn admin_client(cli: &Cli) -> anyhow::Result<AdminClient> {
     let env_token = std::env::var("TURNOUT_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
@@ -176,12 +191,7 @@ where
             (format!("http://{addr}"), token)
         }
     };
-    let client = AdminClient::new(&url, token).map_err(|e| UsageError(format!("{e:#}")))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    rt.block_on(f(client))
+    Ok(AdminClient::new(&url, token).map_err(|e| UsageError(format!("{e:#}")))?)
 }
 
 async fn status(client: &AdminClient, json: bool, watch: bool) -> anyhow::Result<()> {

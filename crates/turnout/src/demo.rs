@@ -431,6 +431,9 @@ duration = "5s"
 ignore_json = ["/version"]
 noise_sample = 0.2
 max_mismatch_rate = 0.01
+# Copies and live answers share this machine's cores: p99s of a few milliseconds move
+# with scheduling, so the latency rule is loose here.
+max_latency_ratio_p99 = 3.0
 min_requests = 20
 
 [bake]

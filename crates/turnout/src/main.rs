@@ -1,11 +1,13 @@
 //! The `turnout` binary: glue between the CLI and the libraries. The logic lives in the
 //! `turnout-*` crates; this crate parses arguments, wires `serve`, and prints.
 
+mod capture;
 mod cli;
 mod client;
 mod commands;
 mod demo;
 mod follow;
+mod replay;
 mod serve;
 
 use std::process::ExitCode;

@@ -224,6 +224,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let router = turnout_admin::router(turnout_admin::AdminState {
         controller: controller.clone(),
         token,
+        shutdown: Some(stop_rx.clone()),
     });
     let admin_task = tokio::spawn({
         let stop = stopped(stop_rx.clone());
