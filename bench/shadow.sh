@@ -19,7 +19,10 @@
 # Usage: bash bench/shadow.sh     (needs nginx, wrk, curl, taskset, python3; root to
 #                                  apt-get them when missing)
 # Knobs: BENCH_RUNS [3], BENCH_DURATION [10], BENCH_WARMUP [3], BENCH_CONNECTIONS [64],
-#        BENCH_PROXY_CPU [0], BENCH_LOAD_CPU [1], TURNOUT_BIN, BENCH_BUILD [1], BENCH_OUT.
+#        BENCH_PROXY_CPU [0], BENCH_LOAD_CPU [1], TURNOUT_BIN, BENCH_BUILD [1], BENCH_OUT,
+#        BENCH_RATE: a fixed request rate (requests/s) instead of wrk's closed loop,
+#        measured with oha (`cargo install oha`) and latency-corrected — the operating
+#        point of a router with headroom, where mirroring should cost nothing.
 
 set -euo pipefail
 
@@ -176,12 +179,32 @@ shadow_off() {
     "${T[@]}" abort >>"$OUT/cli.log" 2>&1 || die "abort failed (see $OUT/cli.log)"
 }
 
+parse_oha() {  # oha JSON -> "rps p50_ms p99_ms errors"
+    python3 - "$1" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+s = r["summary"]; p = r["latencyPercentiles"]
+codes = r.get("statusCodeDistribution", {})
+ok = sum(v for k, v in codes.items() if k.startswith("2"))
+total = sum(codes.values()) + sum(r.get("errorDistribution", {}).values())
+print(f'{s["requestsPerSec"]:.2f} {p["p50"]*1000:.3f} {p["p99"]*1000:.3f} {total - ok}')
+EOF
+}
+
 run() {  # run MODE ROUND
-    local f="$OUT/$1-$2.txt"
-    timeout $(( DURATION + 30 )) taskset -c "$LOAD_CPU" \
-        wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$DATA_PORT/" >"$f" 2>&1
-    echo "$1 $2 $(parse_wrk "$f")" >>"$OUT/results.txt"
-    log "$1 round $2: $(parse_wrk "$f") (rps p50 p99 errors)"
+    local f="$OUT/$1-$2.txt" line
+    if [[ -n ${BENCH_RATE:-} ]]; then
+        timeout $(( DURATION + 30 )) taskset -c "$LOAD_CPU" \
+            oha --no-tui --output-format json --latency-correction -c "$CONNS" -q "$BENCH_RATE" \
+            -z "${DURATION}s" "http://127.0.0.1:$DATA_PORT/" >"$f" 2>/dev/null
+        line=$(parse_oha "$f")
+    else
+        timeout $(( DURATION + 30 )) taskset -c "$LOAD_CPU" \
+            wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$DATA_PORT/" >"$f" 2>&1
+        line=$(parse_wrk "$f")
+    fi
+    echo "$1 $2 $line" >>"$OUT/results.txt"
+    log "$1 round $2: $line (rps p50 p99 errors)"
 }
 
 log "warm-up"
@@ -222,4 +245,6 @@ printf '| mirror | %.0f | %.3f ms | %.3f ms | %s | %.2f× rps, %.2f× p99 |\n' "
     "$(echo "$MIR_RPS / $OFF_RPS" | bc -l)" "$(echo "$MIR_P99 / $OFF_P99" | bc -l)"
 echo
 read -r M C D <<<"$MIRRORED"
-echo "mirrored $M, compared $C, dropped $D over $RUNS mirror rounds of ${DURATION}s (median of $RUNS rounds, wrk -t1 -c$CONNS, turnout on core $PROXY_CPU, wrk and both backends on core $LOAD_CPU)"
+LOADGEN="wrk -t1 -c$CONNS (closed loop: as fast as turnout answers)"
+[[ -n ${BENCH_RATE:-} ]] && LOADGEN="oha -c$CONNS -q $BENCH_RATE (fixed rate, latency-corrected)"
+echo "mirrored $M, compared $C, dropped $D over $RUNS mirror rounds of ${DURATION}s (median of $RUNS rounds, $LOADGEN, turnout on core $PROXY_CPU, the load generator and both backends on core $LOAD_CPU)"

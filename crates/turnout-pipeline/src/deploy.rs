@@ -577,15 +577,25 @@ impl Run {
             counters: handle.counters.clone(),
         };
         *self.inner.shadow.lock().unwrap_or_else(|p| p.into_inner()) = Some(run);
-        // Comparing is CPU work (JSON bodies up to max_body): on the blocking pool, never
-        // on a data-plane worker.
+        // Comparing is CPU work (JSON bodies up to max_body): on a thread of its own at
+        // the lowest priority, never on a data-plane worker nor in its way.
         let mut samples = handle.samples;
         let feed = aggregator.clone();
-        let collector = tokio::task::spawn_blocking(move || {
-            while let Some(sample) = samples.blocking_recv() {
-                feed.lock().unwrap_or_else(|p| p.into_inner()).add(&sample);
-            }
-        });
+        let (done_tx, collector) = tokio::sync::oneshot::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("turnout-compare".into())
+            .spawn(move || {
+                turnout_proxy::lower_thread_priority();
+                while let Some(sample) = samples.blocking_recv() {
+                    feed.lock().unwrap_or_else(|p| p.into_inner()).add(&sample);
+                }
+                let _ = done_tx.send(());
+            });
+        if let Err(e) = spawned {
+            return Err(Stop::Fail(format!(
+                "cannot start the shadow comparison thread: {e}"
+            )));
+        }
         self.note(format!(
             "mirroring {} requests ({}% sampled) to {} for {}s; `turnout shadow report` shows the comparison so far",
             sh.mirror.methods.join("/"),

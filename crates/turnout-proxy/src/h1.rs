@@ -275,9 +275,14 @@ impl Head {
 
     /// The response, its body read from `conn` as the client takes it.
     pub(crate) fn into_response(self, conn: RawConn, upstream: UpstreamRef) -> Response<RawBody> {
+        self.into_response_home(conn, Home::Upstream(upstream))
+    }
+
+    /// The response, its connection going back to `home` at the end of the body.
+    pub(crate) fn into_response_home(self, conn: RawConn, home: Home) -> Response<RawBody> {
         let mut resp = Response::new(RawBody {
             conn: Some(conn),
-            upstream,
+            home,
             framing: self.framing,
             keep_alive: self.keep_alive,
         });
@@ -417,10 +422,19 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Where a connection goes when its response body has been read to the end.
+pub(crate) enum Home {
+    /// The upstream's pool of idle connections (the live path).
+    Upstream(UpstreamRef),
+    /// A pool of the mirror's own (see `mirror.rs`): its connections belong to the
+    /// mirror's runtime and must never serve live requests.
+    Mirror(std::sync::Arc<crate::mirror::MirrorPool>, std::sync::Arc<str>),
+}
+
 /// A response body read straight from the upstream connection.
 pub struct RawBody {
     conn: Option<RawConn>,
-    upstream: UpstreamRef,
+    home: Home,
     framing: Framing,
     keep_alive: bool,
 }
@@ -454,7 +468,10 @@ impl RawBody {
         if framing_done(&self.framing) {
             if let Some(conn) = self.conn.take() {
                 if self.keep_alive && conn.buf.is_empty() {
-                    self.upstream.checkin_raw(conn);
+                    match &self.home {
+                        Home::Upstream(up) => up.checkin_raw(conn),
+                        Home::Mirror(pool, addr) => pool.checkin(addr, conn),
+                    }
                 }
             }
         }

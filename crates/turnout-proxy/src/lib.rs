@@ -36,7 +36,7 @@ pub use body::{BodyError, ProxyBody, RequestBody};
 pub use error::ProxyError;
 pub use health::HealthCheck;
 pub use mirror::{
-    request_id, CaptureHandle, ShadowCounters, ShadowCounts, ShadowHandle, ShadowOptions,
+    lower_thread_priority, request_id, CaptureHandle, ShadowCounters, ShadowCounts, ShadowHandle, ShadowOptions,
     SHADOW_HEADER,
 };
 pub use stats::{SlotStats, StatsSnapshot};
@@ -142,6 +142,9 @@ pub(crate) struct Inner {
     pub(crate) retry_on: AtomicU8,
     /// Shadow and capture taps (see `mirror.rs`); one relaxed load per request when off.
     pub(crate) tap: mirror::TapState,
+    /// The low-priority thread and runtime that mirror copies run on, started with the
+    /// first shadow.
+    pub(crate) mirror: std::sync::OnceLock<mirror::MirrorRuntime>,
 }
 
 impl Inner {
@@ -193,6 +196,7 @@ impl Proxy {
                 stats: [SlotStats::new(), SlotStats::new()],
                 retry_on: AtomicU8::new(0),
                 tap: mirror::TapState::new(),
+                mirror: std::sync::OnceLock::new(),
             }),
         };
         proxy.apply(state);

@@ -40,8 +40,7 @@ use tokio::sync::{mpsc, Semaphore};
 use turnout_core::SlotName;
 use turnout_shadow::{Exchange, RequestCopy, ResponseCopy, Sample};
 
-use crate::h1::{Head, RawConn};
-use crate::upstream::UpstreamRef;
+use crate::h1::{Head, Home, RawConn};
 use crate::Inner;
 
 /// The header that marks a mirrored copy. Requests that carry it are never mirrored.
@@ -330,9 +329,20 @@ impl TapState {
             .filter(|s| pick < s.opts.sample && s.wants(req));
         let mut noise = false;
         if let Some(s) = shadow {
+            bump(&s.counters.eligible);
+        }
+        // A full queue drops the copy before any of it is made: under load, a request
+        // that will not be mirrored costs the live path nothing more.
+        let shadow = shadow.filter(|s| {
+            let room = s.jobs.capacity() > 0;
+            if !room {
+                bump(&s.counters.dropped);
+            }
+            room
+        });
+        if let Some(s) = shadow {
             limit = s.opts.max_body;
             noise = f64::from(b) / 4_294_967_296.0 < s.opts.noise_sample;
-            bump(&s.counters.eligible);
         }
         let mut captures = 0u64;
         for (i, c) in taps.captures.iter().enumerate().take(64) {
@@ -826,6 +836,102 @@ struct Job {
     noise: bool,
 }
 
+/// The mirror's own runtime: one OS thread at the lowest CPU priority the system allows
+/// (`SCHED_IDLE`, else nice 19), running a current-thread Tokio runtime, with a pool of
+/// connections of its own. Copies run there, so that under load the live requests get
+/// the CPU first and copies are what gives way (the queue fills, and further copies are
+/// dropped and counted). Its connections never serve live requests, and live ones never
+/// serve copies: each is bound to the runtime that made it.
+pub(crate) struct MirrorRuntime {
+    pub(crate) handle: tokio::runtime::Handle,
+    pub(crate) pool: Arc<MirrorPool>,
+}
+
+/// Idle keep-alive connections of the mirror, by upstream address.
+#[derive(Default)]
+pub(crate) struct MirrorPool {
+    idle: Mutex<std::collections::HashMap<Arc<str>, Vec<RawConn>>>,
+}
+
+/// Idle connections kept per upstream by the mirror.
+const MIRROR_IDLE: usize = 64;
+
+impl MirrorPool {
+    fn checkout(&self, addr: &str) -> Option<RawConn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.get_mut(addr).and_then(Vec::pop)
+    }
+
+    pub(crate) fn checkin(&self, addr: &Arc<str>, conn: RawConn) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let conns = idle.entry(addr.clone()).or_default();
+        if conns.len() < MIRROR_IDLE {
+            conns.push(conn);
+        }
+    }
+}
+
+fn mirror_runtime(inner: &Inner) -> &MirrorRuntime {
+    inner.mirror.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("turnout-mirror".into())
+            .spawn(move || {
+                lower_thread_priority();
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => {
+                        let _ = tx.send(Some(rt.handle().clone()));
+                        rt.block_on(std::future::pending::<()>());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot start the mirror runtime; copies run on the data plane's");
+                        let _ = tx.send(None);
+                    }
+                }
+            });
+        let handle = spawned
+            .ok()
+            .and_then(|_| rx.recv().ok().flatten())
+            .unwrap_or_else(tokio::runtime::Handle::current);
+        MirrorRuntime {
+            handle,
+            pool: Arc::new(MirrorPool::default()),
+        }
+    })
+}
+
+/// Puts the calling thread at the lowest CPU priority: `SCHED_IDLE` (it runs only when a
+/// core has nothing else to do), else nice 19. Best effort, through `chrt` and `renice`
+/// (util-linux), so that no unsafe code is needed; a failure is logged and ignored. For
+/// side work that must never take CPU from live requests (mirror copies, comparisons).
+pub fn lower_thread_priority() {
+    use std::process::{Command, Stdio};
+    let Some(tid) = std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+    else {
+        tracing::debug!("no /proc/thread-self: the thread keeps its priority");
+        return;
+    };
+    let run = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if run("chrt", &["--idle", "-p", "0", &tid]) || run("renice", &["-n", "19", "-p", &tid]) {
+        tracing::debug!(tid = %tid, "side-work thread at idle priority");
+    } else {
+        tracing::warn!(tid = %tid, "could not lower the priority of a side-work thread (chrt and renice failed); it competes with live requests for CPU");
+    }
+}
+
 /// Starts a shadow (replacing any running one).
 pub(crate) fn start_shadow(inner: &Arc<Inner>, opts: ShadowOptions) -> ShadowHandle {
     let queue = opts.queue.max(1);
@@ -840,7 +946,7 @@ pub(crate) fn start_shadow(inner: &Arc<Inner>, opts: ShadowOptions) -> ShadowHan
         jobs: jobs_tx,
         samples: samples_tx.clone(),
     });
-    tokio::spawn(dispatch(
+    mirror_runtime(inner).handle.spawn(dispatch(
         Arc::downgrade(inner),
         Arc::downgrade(&shadow),
         shadow.opts.clone(),
@@ -1000,8 +1106,11 @@ async fn send_copy(
     };
     let timeout = opts.timeout;
     let max_body = opts.max_body;
+    let rt = mirror_runtime(inner);
+    let addr: Arc<str> = Arc::from(up.addr.as_str());
+    let home = || Home::Mirror(rt.pool.clone(), addr.clone());
     let attempt = async {
-        while let Some((mut conn, _)) = up.checkout_raw() {
+        while let Some(mut conn) = rt.pool.checkout(&addr) {
             if !conn.looks_alive() {
                 continue;
             }
@@ -1010,7 +1119,7 @@ async fn send_copy(
                 .exchange_bytes(&up.addr, wire, head_request, timeout)
                 .await
             {
-                Ok(head) => return read_copy(head, conn, &up, sent, max_body).await,
+                Ok(head) => return read_copy(head, conn, home(), sent, max_body).await,
                 // Closed by the upstream meanwhile: once more on a new connection.
                 Err(e) if e.nothing_received && resend => break,
                 Err(e) => return Err(e.error.to_string()),
@@ -1026,7 +1135,7 @@ async fn send_copy(
             .exchange_bytes(&up.addr, wire, head_request, timeout)
             .await
             .map_err(|e| e.error.to_string())?;
-        read_copy(head, conn, &up, sent, max_body).await
+        read_copy(head, conn, home(), sent, max_body).await
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(r) => r,
@@ -1043,7 +1152,7 @@ async fn send_copy(
 async fn read_copy(
     head: Head,
     conn: RawConn,
-    up: &UpstreamRef,
+    home: Home,
     sent: Instant,
     max_body: usize,
 ) -> Result<ResponseCopy, String> {
@@ -1055,7 +1164,7 @@ async fn read_copy(
         latency,
         max_body,
     );
-    let mut body = head.into_response(conn, up.clone()).into_body();
+    let mut body = head.into_response_home(conn, home).into_body();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| e.to_string())?;
         if let Ok(data) = frame.into_data() {
