@@ -428,7 +428,10 @@ pub(crate) enum Home {
     Upstream(UpstreamRef),
     /// A pool of the mirror's own (see `mirror.rs`): its connections belong to the
     /// mirror's runtime and must never serve live requests.
-    Mirror(std::sync::Arc<crate::mirror::MirrorPool>, std::sync::Arc<str>),
+    Mirror(
+        std::sync::Arc<crate::mirror::MirrorPool>,
+        std::sync::Arc<str>,
+    ),
 }
 
 /// A response body read straight from the upstream connection.

@@ -36,8 +36,8 @@ pub use body::{BodyError, ProxyBody, RequestBody};
 pub use error::ProxyError;
 pub use health::HealthCheck;
 pub use mirror::{
-    lower_thread_priority, request_id, CaptureHandle, ShadowCounters, ShadowCounts, ShadowHandle, ShadowOptions,
-    SHADOW_HEADER,
+    lower_thread_priority, request_id, CaptureHandle, ShadowCounters, ShadowCounts, ShadowHandle,
+    ShadowOptions, SHADOW_HEADER,
 };
 pub use stats::{SlotStats, StatsSnapshot};
 pub use table::{SlotPool, Table};
