@@ -8,6 +8,9 @@
 //! `POST /api/v1/capture` streams live exchanges as a GoReplay file (see `capture.rs`).
 
 mod capture;
+mod dashboard;
+mod events;
+pub mod metrics;
 
 use std::sync::Arc;
 
@@ -174,9 +177,15 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/abort", post(abort))
         .route("/api/v1/shadow/report", get(shadow_report))
         .route("/api/v1/capture", post(capture::capture))
+        .route("/api/v1/stats", dashboard::stats_route())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
+        // Its own token check: header, or ?access_token= for EventSource (events.rs).
+        .route("/api/v1/events", get(events::events))
+        // No token: Prometheus scrapes it (metrics.rs).
+        .route("/metrics", get(metrics::metrics))
         .merge(api)
+        .merge(dashboard::routes())
         .fallback(not_found)
         // After the routes: it is set on the routes registered so far. Runs without the
         // token check (it only says which methods a path takes; axum adds `Allow`).

@@ -65,6 +65,43 @@ pub struct Config {
     pub sessions: Option<Sessions>,
     /// `[hooks]`: commands at stage edges.
     pub hooks: Hooks,
+    /// `[log]`: the access log.
+    pub log: Log,
+}
+
+/// `[log]`: logs besides turnout's own (which go to stderr, `--log-format`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Log {
+    /// `access`: one JSON line per request (`off`, the default; `stdout`; `stderr`; or a
+    /// file path, appended to, relative to the config file's directory).
+    pub access: AccessLog,
+}
+
+/// Where the access log goes.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum AccessLog {
+    /// No access log.
+    #[default]
+    Off,
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// A file, appended to.
+    File(PathBuf),
+}
+
+impl AccessLog {
+    /// `off`, `stdout`, `stderr`, or a path.
+    pub fn parse(text: &str) -> Result<AccessLog, String> {
+        Ok(match text {
+            "off" => AccessLog::Off,
+            "stdout" => AccessLog::Stdout,
+            "stderr" => AccessLog::Stderr,
+            "" => return Err("expected \"off\", \"stdout\", \"stderr\" or a file path".into()),
+            path => AccessLog::File(PathBuf::from(path)),
+        })
+    }
 }
 
 /// `[listen]`: where the data plane accepts requests.

@@ -31,6 +31,7 @@ const TOP: &[&str] = &[
     "notify",
     "sessions",
     "hooks",
+    "log",
 ];
 const HOOKS: &[&str] = &[
     "pre_deploy",
@@ -75,6 +76,12 @@ pub(crate) fn config<'a>(ctx: &mut Ctx, doc: &'a Spanned<DeTable<'a>>) -> Config
         notify: notify(ctx, &root),
         sessions: sessions(ctx, &root),
         hooks: hooks(ctx, &root),
+        log: Log {
+            access: root
+                .table(ctx, "log", &["access"])
+                .parse(ctx, "access", AccessLog::parse)
+                .unwrap_or_default(),
+        },
     }
 }
 

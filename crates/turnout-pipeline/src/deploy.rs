@@ -30,6 +30,7 @@ use turnout_proxy::StatsSnapshot;
 
 use crate::analysis::{evaluate, Tick};
 use crate::commands::{self, CommandSpec};
+use crate::events::Why;
 use crate::instances::{InstanceSpec, Instances};
 use crate::options::{PromoteMode, Provisioner};
 use crate::runtime::{SlotKind, SlotRuntime};
@@ -162,6 +163,7 @@ impl Run {
     fn emit(&self, message: String) {
         let stage = self.d.current_stage();
         let event = Event {
+            id: 0,
             at: now(),
             kind: "deployment".into(),
             deployment: Some(self.d.id.clone()),
@@ -171,6 +173,12 @@ impl Run {
             outcome: stage.map(|s| s.outcome),
             verdict: Some(self.d.verdict),
             message,
+            reason: self.d.reason.clone(),
+            data: self
+                .d
+                .analysis
+                .as_ref()
+                .and_then(|a| serde_json::to_value(a).ok()),
         };
         tracing::info!(
             deployment = %self.d.id,
@@ -179,7 +187,28 @@ impl Run {
             verdict = %self.d.verdict,
             "{}", event.message
         );
-        let _ = self.inner.events.send(event);
+        self.inner.events.publish(event);
+    }
+
+    /// A `gate` event: the shadow gate's or a bake's verdict (`pass`, `no_data`,
+    /// `fail`), with the numbers behind it.
+    fn gate(&self, gate: &str, verdict: &str, reason: String, data: serde_json::Value) {
+        let mut event = Event::new(
+            "gate",
+            format!("{} {gate}: {verdict}: {reason}", self.d.version),
+        );
+        event.deployment = Some(self.d.id.clone());
+        event.version = Some(self.d.version.clone());
+        event.slot = Some(self.d.slot);
+        event.stage = self.d.current_stage().map(|s| s.stage);
+        event.reason = Some(reason);
+        event.data = Some(serde_json::json!({ "gate": gate, "verdict": verdict, "numbers": data }));
+        self.inner.events.publish(event);
+    }
+
+    /// Why this deployment changes the routing.
+    fn why(&self, kind: &'static str, reason: impl Into<String>) -> Why {
+        Why::deployment(kind, &self.d.id, &self.d.version, reason)
     }
 
     async fn begin(&mut self, stage: Stage) {
@@ -459,9 +488,15 @@ impl Run {
         let upstreams = self.provision().await?;
         self.d.upstreams = upstreams.clone();
         let (slot, version) = (self.d.slot, self.d.version.clone());
+        let why = self.why(
+            "switch",
+            format!("deployment {} placed in {slot}", self.d.id),
+        );
         let placed = self
             .inner
-            .change(move |s: &RoutingState, _| s.place_candidate(slot, version, upstreams))
+            .change(why, move |s: &RoutingState, _| {
+                s.place_candidate(slot, version, upstreams)
+            })
             .await;
         if let Err(e) = placed {
             return Err(Stop::Fail(format!(
@@ -576,6 +611,7 @@ impl Run {
             aggregator: aggregator.clone(),
             counters: handle.counters.clone(),
         };
+        self.inner.track_shadow(&handle.counters);
         *self.inner.shadow.lock().unwrap_or_else(|p| p.into_inner()) = Some(run);
         // Comparing is CPU work (JSON bodies up to max_body): on a thread of its own at
         // the lowest priority, never on a data-plane worker nor in its way.
@@ -642,6 +678,27 @@ impl Run {
             sh.max_latency_ratio_p99,
             sh.min_requests,
         );
+        let r = &report.report;
+        let numbers = serde_json::json!({
+            "requests": r.requests,
+            "compared": r.compared,
+            "mismatched": r.mismatched,
+            "noise": r.noise,
+            "dropped": r.dropped,
+            "skipped": r.skipped,
+            "failed": r.failed,
+            "mismatch_rate": r.mismatch_rate,
+            "latency_ratio_p99": r.latency_ratio_p99,
+            "max_mismatch_rate": sh.max_mismatch_rate,
+            "max_latency_ratio_p99": sh.max_latency_ratio_p99,
+            "min_requests": sh.min_requests,
+        });
+        let (verdict, summary) = match &gate {
+            turnout_shadow::Gate::Pass(s) => ("pass", s),
+            turnout_shadow::Gate::NoData(s) => ("no_data", s),
+            turnout_shadow::Gate::Fail(s) => ("fail", s),
+        };
+        self.gate("shadow gate", verdict, summary.clone(), numbers);
         match gate {
             turnout_shadow::Gate::Pass(summary) => {
                 self.note(summary).await;
@@ -674,9 +731,13 @@ impl Run {
             let steps: Vec<u8> = self.opts().promote.steps.clone();
             let step_duration = self.opts().promote.step_duration;
             for step in steps.into_iter().filter(|s| *s < 100) {
+                let why = self.why(
+                    "switch",
+                    format!("deployment {} canary step {step}%", self.d.id),
+                );
                 let moved = self
                     .inner
-                    .change(move |s: &RoutingState, p| {
+                    .change(why, move |s: &RoutingState, p| {
                         s.set_canary(slot, step, p.healthy_count(slot))
                     })
                     .await;
@@ -709,9 +770,15 @@ impl Run {
         // The bake's first window starts at the switch, not after the records are saved
         // and the post_switch hook has run.
         let from = self.inner.proxy.stats(slot).snapshot();
+        let why = self.why(
+            "switch",
+            format!("deployment {} switch to {slot}", self.d.id),
+        );
         let switched = self
             .inner
-            .change(move |s: &RoutingState, p| s.switch(slot, p.healthy_count(slot), false))
+            .change(why, move |s: &RoutingState, p| {
+                s.switch(slot, p.healthy_count(slot), false)
+            })
             .await;
         if let Err(e) = switched {
             let why = format!("the switch to {slot} was refused: {e}");
@@ -818,6 +885,9 @@ impl Run {
                 duration.as_secs()
             ),
         };
+        let numbers = serde_json::to_value(&self.d.analysis).unwrap_or_default();
+        let verdict = if seen { "pass" } else { "no_data" };
+        self.gate("bake", verdict, summary.clone(), numbers);
         self.note(summary).await;
         self.hook("post_bake", Phase::AfterSwitch)
             .await
@@ -876,6 +946,8 @@ impl Run {
             };
             match tick {
                 Tick::Breach(why, analysis) => {
+                    let numbers = serde_json::to_value(&analysis).unwrap_or_default();
+                    self.gate("analysis", "fail", why.clone(), numbers);
                     self.d.analysis = Some(analysis);
                     return Err(Interrupt::Stop(Stop::Rollback(why)));
                 }
@@ -1068,14 +1140,17 @@ impl Run {
             Some(prev) => {
                 let moved = self
                     .inner
-                    .change(move |s: &RoutingState, p| {
-                        if s.live == Some(slot) {
-                            s.switch(prev, p.healthy_count(prev), true)
-                        } else {
-                            // A canary: give its share back.
-                            s.clear_slot(slot)
-                        }
-                    })
+                    .change(
+                        self.why("rollback", why.clone()),
+                        move |s: &RoutingState, p| {
+                            if s.live == Some(slot) {
+                                s.switch(prev, p.healthy_count(prev), true)
+                            } else {
+                                // A canary: give its share back.
+                                s.clear_slot(slot)
+                            }
+                        },
+                    )
                     .await;
                 match moved {
                     Ok(_) => Ok(prev),
@@ -1177,13 +1252,16 @@ impl Run {
                 let slot = self.d.slot;
                 let moved = self
                     .inner
-                    .change(move |s: &RoutingState, p| {
-                        if s.live == Some(slot) {
-                            s.switch(prev, p.healthy_count(prev), false)
-                        } else {
-                            Ok(s.clone())
-                        }
-                    })
+                    .change(
+                        self.why("rollback", why.clone()),
+                        move |s: &RoutingState, p| {
+                            if s.live == Some(slot) {
+                                s.switch(prev, p.healthy_count(prev), false)
+                            } else {
+                                Ok(s.clone())
+                            }
+                        },
+                    )
                     .await;
                 let t = now();
                 match moved {

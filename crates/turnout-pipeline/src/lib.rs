@@ -12,7 +12,9 @@
 mod analysis;
 pub mod commands;
 mod deploy;
+mod events;
 pub mod instances;
+pub mod notify;
 mod options;
 mod runtime;
 mod shadow;
@@ -214,19 +216,34 @@ struct Inner {
     /// baseline for `max_p99_ratio` is measured from here to the switch.
     mark: std::sync::Mutex<Option<(String, SlotName, StatsSnapshot)>>,
     /// Deployment and routing events, for the event stream and webhooks.
-    events: broadcast::Sender<Event>,
+    events: events::Bus,
     /// The task of the running deployment.
     task: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
     /// The shadow comparison in progress, if any.
     shadow: std::sync::Mutex<Option<shadow::ShadowRun>>,
+    /// Shadow outcomes of the runs that ended, and the counters of those that may still
+    /// count (for [`Controller::shadow_counts`]).
+    shadow_totals: std::sync::Mutex<(
+        turnout_proxy::ShadowCounts,
+        Vec<Arc<turnout_proxy::ShadowCounters>>,
+    )>,
+    /// Routing commits that changed the live slot.
+    switches: std::sync::atomic::AtomicU64,
 }
 
-/// Something that happened: a stage started or ended, a verdict, a switch.
+/// Something that happened: a stage started or ended, a switch, a rollback, a health
+/// change, a gate's verdict.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Event {
+    /// Increases by one per event of this router process (the SSE `id:`); 0 before the
+    /// event is published.
+    #[serde(default)]
+    pub id: u64,
     /// RFC 3339 time.
     pub at: String,
-    /// `deployment` (more kinds come with the event stream).
+    /// `deployment` (a stage started or ended, a verdict), `switch` (the live slot or the
+    /// weights changed), `rollback` (the same, going back), `health` (an upstream's
+    /// health changed) or `gate` (a shadow gate's or a bake's verdict).
     pub kind: String,
     /// The deployment's id.
     pub deployment: Option<String>,
@@ -242,6 +259,43 @@ pub struct Event {
     pub verdict: Option<Verdict>,
     /// What happened, in a sentence.
     pub message: String,
+    /// Why it happened ("operator switch", the breached rule, the failed check, ...).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The numbers behind it: the slots and weights of a switch, the analysis of a bake,
+    /// the counts of a shadow gate, the address of an upstream.
+    #[serde(default)]
+    pub data: Option<serde_json::Value>,
+}
+
+impl Event {
+    /// An event of `kind` happening now, with only its message set.
+    pub fn new(kind: &str, message: String) -> Event {
+        Event {
+            id: 0,
+            at: deploy::now(),
+            kind: kind.to_owned(),
+            deployment: None,
+            version: None,
+            slot: None,
+            stage: None,
+            outcome: None,
+            verdict: None,
+            message,
+            reason: None,
+            data: None,
+        }
+    }
+
+    /// One line for people (a chat message): `turnout: <message>`.
+    pub fn summary(&self) -> String {
+        let mut line = format!("turnout: {}", self.message);
+        if let Some(d) = &self.deployment {
+            let version = self.version.as_deref().unwrap_or("?");
+            line.push_str(&format!(" [deployment {d} of {version}]"));
+        }
+        line
+    }
 }
 
 /// `POST /api/v1/deployments`.
@@ -324,13 +378,59 @@ impl Controller {
                 run: std::sync::Mutex::new(None),
                 slots: Mutex::new([None, None]),
                 mark: std::sync::Mutex::new(None),
-                events: broadcast::channel(1024).0,
+                events: events::Bus::new(),
                 task: std::sync::Mutex::new(None),
                 shadow: std::sync::Mutex::new(None),
+                shadow_totals: Default::default(),
+                switches: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         controller.inner.recover().await?;
+        controller.forward_health();
         Ok(controller)
+    }
+
+    /// How many routing changes moved the live slot (switches, rollbacks, promotions)
+    /// since this router started.
+    pub fn switches(&self) -> u64 {
+        self.inner
+            .switches
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Shadow outcomes (mirrored, dropped, skipped, failed) summed over every shadow run
+    /// since this router started, the running one included.
+    pub fn shadow_counts(&self) -> turnout_proxy::ShadowCounts {
+        let mut totals = self
+            .inner
+            .shadow_totals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let (done, runs) = &mut *totals;
+        // A run's counters held only here: it ended, its counts are final.
+        runs.retain(|c| {
+            if Arc::strong_count(c) > 1 {
+                return true;
+            }
+            let s = c.snapshot();
+            done.eligible += s.eligible;
+            done.mirrored += s.mirrored;
+            done.dropped += s.dropped;
+            done.skipped += s.skipped;
+            done.failed += s.failed;
+            done.samples_dropped += s.samples_dropped;
+            false
+        });
+        let mut sum = *done;
+        for s in runs.iter().map(|c| c.snapshot()) {
+            sum.eligible += s.eligible;
+            sum.mirrored += s.mirrored;
+            sum.dropped += s.dropped;
+            sum.skipped += s.skipped;
+            sum.failed += s.failed;
+            sum.samples_dropped += s.samples_dropped;
+        }
+        sum
     }
 
     /// The data plane this controller drives.
@@ -362,7 +462,15 @@ impl Controller {
         detached(async move {
             let mut state = inner.state.lock().await;
             let next = state.switch(to, inner.proxy.healthy_count(to), force)?;
-            inner.commit(&mut state, next).await
+            let why = events::Why::operator(
+                "switch",
+                if force {
+                    "operator switch (forced)"
+                } else {
+                    "operator switch"
+                },
+            );
+            inner.commit(&mut state, next, why).await
         })
         .await
     }
@@ -384,7 +492,8 @@ impl Controller {
             let mut state = inner.state.lock().await;
             let healthy = state.standby().map_or(0, |s| inner.proxy.healthy_count(s));
             let next = state.rollback(healthy)?;
-            inner.commit(&mut state, next).await
+            let why = events::Why::operator("rollback", "operator rollback");
+            inner.commit(&mut state, next, why).await
         })
         .await
     }
@@ -600,9 +709,45 @@ impl Controller {
         }
     }
 
-    /// Deployment events as they happen.
+    /// Events as they happen.
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.inner.events.subscribe()
+    }
+
+    /// The recent events after id `last_id` (at most the last 1000 are kept), and a
+    /// receiver for the ones after those: a client resuming from `last_id` misses none
+    /// that is still kept, and sees none twice.
+    pub fn events_since(&self, last_id: u64) -> (Vec<Event>, broadcast::Receiver<Event>) {
+        self.inner.events.since(last_id)
+    }
+
+    /// Publishes an event (it gets the next id).
+    pub fn publish(&self, event: Event) {
+        self.inner.events.publish(event);
+    }
+
+    /// Turns the data plane's health changes into `health` events, until the controller
+    /// is gone.
+    fn forward_health(&self) {
+        let mut rx = self.inner.proxy.health_events();
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                let h = match rx.recv().await {
+                    Ok(h) => h,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(
+                            missed = n,
+                            "{n} health changes were not turned into events (too many at once)"
+                        );
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(inner) = inner.upgrade() else { return };
+                inner.events.publish(events::health_event(&h));
+            }
+        });
     }
 
     /// Stops every instance turnout started (SIGTERM, then SIGKILL after the stop
@@ -719,6 +864,7 @@ impl Inner {
     /// (see [`Controller::switch`]).
     async fn change(
         self: &Arc<Inner>,
+        why: events::Why,
         f: impl FnOnce(&RoutingState, &Proxy) -> Result<RoutingState, SwitchError> + Send + 'static,
     ) -> Result<RoutingState, ControlError> {
         let inner = self.clone();
@@ -728,7 +874,7 @@ impl Inner {
             if next == *state {
                 return Ok(next);
             }
-            inner.commit(&mut state, next).await
+            inner.commit(&mut state, next, why).await
         })
         .await
     }
@@ -802,7 +948,8 @@ impl Inner {
     async fn retire(self: &Arc<Inner>, slot: SlotName) -> Result<(), ControlError> {
         let has = !self.state.lock().await.slot(slot).upstreams.is_empty();
         if has {
-            self.change(move |s: &RoutingState, _| s.clear_slot(slot))
+            let why = events::Why::operator("switch", format!("{slot} retired"));
+            self.change(why, move |s: &RoutingState, _| s.clear_slot(slot))
                 .await?;
         }
         let rt = {
@@ -925,7 +1072,11 @@ impl Inner {
                         rt.instances = Some(started);
                         restarted.push(slot);
                         if addrs != upstreams {
-                            self.change(move |s: &RoutingState, _| {
+                            let why = events::Why::operator(
+                                "switch",
+                                format!("{slot}'s instances restarted"),
+                            );
+                            self.change(why, move |s: &RoutingState, _| {
                                 let mut next = s.clone();
                                 next.revision += 1;
                                 next.slot_mut(slot).upstreams = addrs;
@@ -1023,6 +1174,15 @@ impl Inner {
         }
     }
 
+    /// Counts a shadow run's counters in [`Controller::shadow_counts`].
+    pub(crate) fn track_shadow(&self, counters: &Arc<turnout_proxy::ShadowCounters>) {
+        self.shadow_totals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .push(counters.clone());
+    }
+
     /// Saves `next` over `state`, then routes by it. When the save fails, the outcome is
     /// not always known (a conflict means another writer; a failed commit may have landed):
     /// the store is read back and the data plane follows what it holds.
@@ -1030,6 +1190,7 @@ impl Inner {
         &self,
         state: &mut RoutingState,
         next: RoutingState,
+        why: events::Why,
     ) -> Result<RoutingState, ControlError> {
         if let Err(source) = self.store.save_routing(&next, Some(state.revision)).await {
             let now = self.reload(state).await;
@@ -1037,7 +1198,14 @@ impl Inner {
             return Err(ControlError::NotSaved { source, now });
         }
         self.proxy.apply(&next);
+        if next.live != state.live {
+            self.switches
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         tracing::info!(live = ?next.live, from = ?state.live, revision = next.revision, "switched");
+        if let Some(event) = why.event(state, &next) {
+            self.events.publish(event);
+        }
         *state = next.clone();
         Ok(next)
     }

@@ -77,6 +77,8 @@ pub(crate) async fn serve_conn(
         first_deadline: deadline_after(inner_header_timeout),
         stop,
         tap: None,
+        request_id: Vec::new(),
+        body_bytes: 0,
     };
     match conn.detect_h2().await {
         Some(true) => return conn.serve_h2(peer).await,
@@ -114,6 +116,10 @@ struct ClientConn {
     first_deadline: Instant,
     /// The shadow/capture tap of the request in flight, when one wants it.
     tap: Option<Box<Tap>>,
+    /// The request id of the request in flight (the client's, or one turnout made).
+    request_id: Vec<u8>,
+    /// Response body bytes relayed for the request in flight (for the access log).
+    body_bytes: u64,
 }
 
 /// What happens after a request.
@@ -142,6 +148,8 @@ struct Plan {
     /// An `Upgrade` request; `true` for WebSocket.
     upgrade: Option<bool>,
     expect_continue: bool,
+    /// Where the client's `X-Request-Id` value is in the head (start, end), if it sent one.
+    request_id: Option<(usize, usize)>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -185,6 +193,8 @@ struct RespPlan {
     client_chunked: bool,
     /// The client connection closes after this response.
     close: bool,
+    /// The upstream's response has an `X-Request-Id` of its own.
+    has_request_id: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -254,6 +264,8 @@ impl ClientConn {
     async fn one_request(&mut self, first: bool) -> Next {
         // Phase 2 (prepare) comes first here: the head is checked and the upstream head
         // written from it before routing.
+        self.request_id.clear();
+        self.body_bytes = 0;
         let plan = match self.read_head(first).await {
             Ok(Some(plan)) => plan,
             Ok(None) => return Next::Close,
@@ -264,6 +276,15 @@ impl ClientConn {
         };
         // The latency clock starts with the complete head.
         let received = Instant::now();
+        match plan.request_id {
+            Some((from, to)) => self.request_id.extend_from_slice(&self.buf[from..to]),
+            None => {
+                // None from the client: one of turnout's, for the upstream and the client.
+                self.request_id
+                    .extend_from_slice(&crate::access::new_request_id());
+                insert_line(&mut self.up_head, &self.request_id);
+            }
+        }
         self.buf.advance(plan.head_len);
         let mut plan = plan;
         // A stopping router says so in the response, so the client does not reuse the
@@ -310,9 +331,14 @@ impl ClientConn {
                 stats.record(status, started.elapsed());
                 self.write_error(status, message, close, plan.head_request)
                     .await;
+                self.access_log(status, Some(&slot), None, received);
                 return if close { Next::Close } else { Next::KeepAlive };
             }
         };
+
+        if !resp.has_request_id {
+            insert_line(&mut self.out, &self.request_id);
+        }
 
         // Phase 6: tunnel.
         if resp.status == 101 {
@@ -330,6 +356,7 @@ impl ClientConn {
             if self.flush().await.is_err() {
                 return Next::Close;
             }
+            self.access_log(101, Some(&slot), Some(&up), received);
             return Next::Upgrade(Tunnel {
                 upstream,
                 slot: slot.name,
@@ -343,7 +370,9 @@ impl ClientConn {
         }
 
         // Phase 5: respond.
-        match self.relay_body(&mut upstream, &resp).await {
+        let relayed = self.relay_body(&mut upstream, &resp).await;
+        self.access_log(resp.status, Some(&slot), Some(&up), received);
+        match relayed {
             Ok(()) => {
                 if resp.upstream_keep_alive && upstream.buf.is_empty() {
                     up.checkin_raw(upstream);
@@ -382,6 +411,7 @@ impl ClientConn {
             plan.head_request,
         )
         .await;
+        self.access_log(error.status().as_u16(), None, None, Instant::now());
         if close {
             Next::Close
         } else {
@@ -834,6 +864,7 @@ impl ClientConn {
                 let mut left = n;
                 loop {
                     let take = body_part(left, conn.buf.len());
+                    self.body_bytes += take as u64;
                     self.out.extend_from_slice(&conn.buf[..take]);
                     if let Some(tap) = self.tap.as_mut() {
                         tap.response_body(&conn.buf[..take]);
@@ -902,6 +933,7 @@ impl ClientConn {
     }
 
     fn body_piece(&mut self, data: &[u8], chunked: bool) {
+        self.body_bytes += data.len() as u64;
         if let Some(tap) = self.tap.as_mut() {
             tap.response_body(data);
         }
@@ -965,11 +997,45 @@ impl ClientConn {
         if close {
             self.out.extend_from_slice(b"connection: close\r\n");
         }
+        if !self.request_id.is_empty() {
+            self.out.extend_from_slice(b"x-request-id: ");
+            self.out.extend_from_slice(&self.request_id);
+            self.out.extend_from_slice(b"\r\n");
+        }
         self.out.extend_from_slice(b"\r\n");
         if !head_request {
             self.out.extend_from_slice(message.as_bytes());
         }
         let _ = self.flush().await;
+    }
+
+    /// Queues the access log line of the request just answered, when the log is on.
+    fn access_log(
+        &self,
+        status: u16,
+        slot: Option<&SlotPool>,
+        up: Option<&UpstreamRef>,
+        received: Instant,
+    ) {
+        let Some(log) = self.inner.access.get() else {
+            return;
+        };
+        let line_end = self.up_head.iter().position(|&b| b == b'\r');
+        // "METHOD PATH" of the upstream head's request line, without " HTTP/1.1".
+        let request_line = line_end
+            .and_then(|end| self.up_head[..end].strip_suffix(b" HTTP/1.1"))
+            .unwrap_or_default();
+        log.log(crate::access::Entry {
+            time: std::time::SystemTime::now(),
+            request_line: request_line.to_vec(),
+            status,
+            slot: slot.map(|s| s.name),
+            version: slot.and_then(|s| s.version.clone()),
+            upstream: up.cloned(),
+            duration: received.elapsed(),
+            bytes: self.body_bytes,
+            request_id: self.request_id.clone(),
+        });
     }
 
     async fn tunnel(self, t: Tunnel) {
@@ -1187,6 +1253,7 @@ fn plan_request(buf: &[u8], ip: &[u8], up: &mut Vec<u8>) -> Result<Option<Plan>,
     // Whether `Connection` names other headers to drop (looked up again when copying).
     let mut conn_names = false;
     let mut expect_continue = false;
+    let mut request_id = None;
     for h in req.headers.iter() {
         let name = h.name;
         if eq(name, "content-length") {
@@ -1230,6 +1297,10 @@ fn plan_request(buf: &[u8], ip: &[u8], up: &mut Vec<u8>) -> Result<Option<Plan>,
             }
         } else if eq(name, "upgrade") {
             upgrade = Some(h.value);
+        } else if eq(name, "x-request-id") {
+            // Where the value is in `buf` (httparse's slices point into it).
+            let from = h.value.as_ptr() as usize - buf.as_ptr() as usize;
+            request_id = Some((from, from + h.value.len()));
         } else if eq(name, "expect") {
             // HTTP/1.0 clients know no 100 Continue (RFC 9110 §10.1.1).
             expect_continue =
@@ -1369,6 +1440,7 @@ fn plan_request(buf: &[u8], ip: &[u8], up: &mut Vec<u8>) -> Result<Option<Plan>,
         close,
         upgrade: upgrade.map(|p| p.trim_ascii().eq_ignore_ascii_case(b"websocket")),
         expect_continue,
+        request_id,
     }))
 }
 
@@ -1404,6 +1476,7 @@ fn respond_head(
         let mut length: Option<u64> = None;
         let mut te: Option<bool> = None; // Some(chunked last)
         let (mut saw_close, mut saw_keep_alive, mut conn_names) = (false, false, false);
+        let mut has_request_id = false;
         for h in resp.headers.iter() {
             if eq(h.name, "content-length") {
                 add_content_length(h.value, &mut length).map_err(LengthError::message)?;
@@ -1423,6 +1496,8 @@ fn respond_head(
                         conn_names = true;
                     }
                 }
+            } else if eq(h.name, "x-request-id") {
+                has_request_id = true;
             }
         }
         let up_close = saw_close || (minor == 0 && !saw_keep_alive);
@@ -1485,8 +1560,19 @@ fn respond_head(
             upstream_keep_alive: !up_close && framing != Framing::UntilClose && status != 101,
             client_chunked,
             close,
+            has_request_id,
         }));
     }
+}
+
+/// Inserts `x-request-id: ID` as the last line of the HTTP head at the end of `head`
+/// (which ends with the empty line).
+fn insert_line(head: &mut Vec<u8>, id: &[u8]) {
+    debug_assert!(head.ends_with(b"\r\n\r\n"));
+    head.truncate(head.len() - 2);
+    head.extend_from_slice(b"x-request-id: ");
+    head.extend_from_slice(id);
+    head.extend_from_slice(b"\r\n\r\n");
 }
 
 /// A three-digit status code as ASCII.

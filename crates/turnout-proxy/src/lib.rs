@@ -7,6 +7,7 @@
 //! ([`Proxy::start_shadow`], [`Proxy::start_capture`]; see `mirror.rs`), which cost a
 //! request one relaxed atomic load while none runs.
 
+mod access;
 mod body;
 mod error;
 mod h1;
@@ -39,7 +40,7 @@ pub use mirror::{
     lower_thread_priority, request_id, CaptureHandle, ShadowCounters, ShadowCounts, ShadowHandle,
     ShadowOptions, SHADOW_HEADER,
 };
-pub use stats::{SlotStats, StatsSnapshot};
+pub use stats::{Counts, SlotStats, StatsSnapshot, STATUS_CLASSES};
 pub use table::{SlotPool, Table};
 pub use upstream::{Upstream, UpstreamRef};
 
@@ -145,6 +146,23 @@ pub(crate) struct Inner {
     /// The low-priority thread and runtime that mirror copies run on, started with the
     /// first shadow.
     pub(crate) mirror: std::sync::OnceLock<mirror::MirrorRuntime>,
+    /// Per slot, where each version's counts begin (for metrics by version); touched
+    /// only by [`Proxy::apply`] and [`Proxy::version_counts`], never by a request.
+    pub(crate) epochs: std::sync::Mutex<[Epochs; 2]>,
+    /// The access log, when one is on (set once, before serving).
+    pub(crate) access: std::sync::OnceLock<access::AccessLog>,
+}
+
+/// How many earlier versions per slot keep their counts for [`Proxy::version_counts`].
+const KEPT_VERSIONS: usize = 10;
+
+/// One slot's versions: the current one and where its counts began, and the final counts
+/// of the earlier ones (newest last, at most [`KEPT_VERSIONS`]).
+#[derive(Default)]
+pub(crate) struct Epochs {
+    current: Option<Arc<str>>,
+    start: Counts,
+    past: std::collections::VecDeque<(Option<Arc<str>>, Counts)>,
 }
 
 impl Inner {
@@ -197,6 +215,8 @@ impl Proxy {
                 retry_on: AtomicU8::new(0),
                 tap: mirror::TapState::new(),
                 mirror: std::sync::OnceLock::new(),
+                epochs: std::sync::Mutex::new(Default::default()),
+                access: std::sync::OnceLock::new(),
             }),
         };
         proxy.apply(state);
@@ -241,9 +261,67 @@ impl Proxy {
                 upstreams,
             ))
         });
+        self.mark_versions(&slots);
         let table = Table::new(state.revision, state.live, state.weights, slots);
         self.inner.table.store(Arc::new(table));
         self.inner.live_tx.send_replace(state.live);
+    }
+
+    /// When a slot's version changes, the counts so far stay the old version's.
+    fn mark_versions(&self, slots: &[Arc<SlotPool>; 2]) {
+        let mut epochs = self.inner.epochs.lock().unwrap_or_else(|e| e.into_inner());
+        for (pool, e) in slots.iter().zip(epochs.iter_mut()) {
+            if pool.version == e.current {
+                continue;
+            }
+            let now = self.inner.stats(pool.name).counts();
+            let done = now.since(&e.start);
+            let old = std::mem::replace(&mut e.current, pool.version.clone());
+            // A version that got no request leaves nothing behind.
+            if done != Counts::default() {
+                match e.past.iter_mut().find(|(v, _)| *v == old) {
+                    Some((_, c)) => c.add(&done),
+                    None => {
+                        if e.past.len() == KEPT_VERSIONS {
+                            e.past.pop_front();
+                        }
+                        e.past.push_back((old, done));
+                    }
+                }
+            }
+            e.start = now;
+        }
+    }
+
+    /// The request counts of `slot` by version, for metrics: the current version's since
+    /// it was placed there, and each of up to ten earlier versions' final counts (a
+    /// version placed twice is one entry). Every request routed to the slot is in exactly
+    /// one entry (a request still in flight when its slot's version changed counts for
+    /// the new version). `None` is a slot with no version.
+    pub fn version_counts(&self, slot: SlotName) -> Vec<(Option<Arc<str>>, Counts)> {
+        let epochs = self.inner.epochs.lock().unwrap_or_else(|e| e.into_inner());
+        let e = &epochs[slot.index()];
+        let now = self.inner.stats(slot).counts().since(&e.start);
+        let mut out: Vec<(Option<Arc<str>>, Counts)> = e.past.iter().cloned().collect();
+        match out.iter_mut().find(|(v, _)| *v == e.current) {
+            Some((_, c)) => c.add(&now),
+            None => out.push((e.current.clone(), now)),
+        }
+        out
+    }
+
+    /// Turns the access log on (once; later calls do nothing): a JSON line per request
+    /// (time, method, path, status, slot, version, upstream, duration_ms, bytes,
+    /// request_id), written to `to` by a thread of its own. Lines go through a bounded
+    /// queue; when it is full a line is dropped and counted
+    /// ([`Proxy::access_log_dropped`]), so a slow log never slows a request.
+    pub fn set_access_log(&self, to: Box<dyn std::io::Write + Send>) {
+        let _ = self.inner.access.set(access::AccessLog::start(to));
+    }
+
+    /// Access log lines dropped because the queue was full.
+    pub fn access_log_dropped(&self) -> u64 {
+        self.inner.access.get().map_or(0, |a| a.dropped())
     }
 
     /// The routing table in force now.

@@ -221,3 +221,44 @@ async fn a_discarded_response_does_not_poison_the_pool() {
         "a half-read connection was pooled"
     );
 }
+
+#[tokio::test]
+async fn counts_stay_with_the_version_they_were_made_under() {
+    let slot = |version: &str| SlotState {
+        version: Some(version.to_owned()),
+        upstreams: vec!["127.0.0.1:9".to_owned()],
+        role: Role::Idle,
+    };
+    let state = |blue: &str| RoutingState::initial(slot(blue), slot("g1"));
+    let proxy = Proxy::new(ProxyOptions::default(), &state("v1"));
+    let ms = std::time::Duration::from_millis(1);
+    let blue = proxy.stats(SlotName::Blue);
+    for _ in 0..3 {
+        blue.record(200, ms);
+    }
+    proxy.apply(&state("v2"));
+    blue.record(503, ms);
+    // The same version again (a new table) changes nothing.
+    proxy.apply(&state("v2"));
+    blue.record(404, ms);
+    let by_version: Vec<(String, [u64; 5])> = proxy
+        .version_counts(SlotName::Blue)
+        .into_iter()
+        .map(|(v, c)| (v.as_deref().unwrap_or("").to_owned(), c.classes))
+        .collect();
+    assert_eq!(
+        by_version,
+        [
+            ("v1".to_owned(), [0, 3, 0, 0, 0]),
+            ("v2".to_owned(), [0, 0, 0, 1, 1])
+        ]
+    );
+    // Back to v1: its counts go on from where they were, in one entry.
+    proxy.apply(&state("v1"));
+    blue.record(200, ms);
+    let v1 = proxy.version_counts(SlotName::Blue);
+    assert_eq!(v1.len(), 2);
+    let v1 = v1.iter().find(|(v, _)| v.as_deref() == Some("v1")).unwrap();
+    assert_eq!(v1.1.classes, [0, 4, 0, 0, 0]);
+    assert_eq!(v1.1.buckets.iter().sum::<u64>(), 4);
+}

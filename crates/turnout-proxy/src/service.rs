@@ -89,14 +89,32 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     }
 }
 
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// `response` with `X-Request-Id: id`.
+fn with_id(mut response: Response<ProxyBody>, id: HeaderValue) -> Response<ProxyBody> {
+    response.headers_mut().insert(X_REQUEST_ID.clone(), id);
+    response
+}
+
 impl ConnService {
     async fn handle(self, mut req: Request<Incoming>) -> Response<ProxyBody> {
         // The latency clock starts with the request head, as hyper hands it over.
         let received = Instant::now();
+        // The client's request id, or one of turnout's for the upstream and the client.
+        let request_id = match req.headers().get(X_REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => {
+                let id = HeaderValue::from_bytes(&crate::access::new_request_id())
+                    .unwrap_or(HeaderValue::from_static("-"));
+                req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+                id
+            }
+        };
         // Phase 1: route. Requests with no live slot are in no slot's statistics.
         let mut slot = match self.inner.table.load().choose() {
             Some(slot) => Arc::clone(slot),
-            None => return error_response(&ProxyError::NoLiveSlot),
+            None => return with_id(error_response(&ProxyError::NoLiveSlot), request_id),
         };
         // Counts the request once: with its status, or as a failure if it is dropped
         // before (the client reset the stream or went away).
@@ -104,6 +122,16 @@ impl ConnService {
 
         // Phase 2: prepare.
         let client_version = req.version();
+        // For the access log (a clone of each: reference counts, no copy).
+        let (method, path) = match self.inner.access.get() {
+            Some(_) => (
+                req.method().clone(),
+                req.uri()
+                    .path_and_query()
+                    .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+            ),
+            None => (http::Method::GET, String::new()),
+        };
         self.prepare(&mut req);
         let mut tap = if self.inner.tap.is_on() {
             let has_body = !req.body().is_end_stream();
@@ -154,6 +182,30 @@ impl ConnService {
                 outcome.record(resp.status().as_u16());
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                if let Some(log) = self.inner.access.get() {
+                    // HTTP/2: logged at the response head; `bytes` is its Content-Length
+                    // (0 when the body is streamed without one).
+                    let bytes = parts
+                        .headers
+                        .get(http::header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok()?.parse().ok())
+                        .unwrap_or(0);
+                    log.log(crate::access::Entry {
+                        time: std::time::SystemTime::now(),
+                        request_line: format!("{} {}", method, path).into_bytes(),
+                        status: parts.status.as_u16(),
+                        slot: Some(slot.name),
+                        version: slot.version.clone(),
+                        upstream: None,
+                        duration: received.elapsed(),
+                        bytes,
+                        request_id: request_id.as_bytes().to_vec(),
+                    });
+                }
+                parts
+                    .headers
+                    .entry(X_REQUEST_ID.clone())
+                    .or_insert(request_id);
                 parts.version = client_version;
                 let body = match tap {
                     None => body,
@@ -169,7 +221,7 @@ impl ConnService {
             Err(e) => {
                 outcome.record(e.status().as_u16());
                 crate::h1server::log_failure(&self.inner, slot.name, &e);
-                error_response(&e)
+                with_id(error_response(&e), request_id)
             }
         }
     }

@@ -42,6 +42,10 @@ fn bucket(latency: Duration) -> usize {
 /// recording is three atomic additions at most.
 pub struct SlotStats {
     requests: AtomicU64,
+    /// Requests by status class: 1xx to 5xx (index 0 to 4); anything else in 5xx.
+    classes: [AtomicU64; 5],
+    /// The sum of the recorded latencies, in nanoseconds.
+    latency_ns: AtomicU64,
     errors: AtomicU64,
     cancelled: AtomicU64,
     buckets: [AtomicU64; BUCKETS],
@@ -67,6 +71,8 @@ impl SlotStats {
     pub fn new() -> SlotStats {
         SlotStats {
             requests: AtomicU64::new(0),
+            classes: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency_ns: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -76,12 +82,14 @@ impl SlotStats {
     /// A request that got a response with `status` (the upstream's, or turnout's own
     /// error response) after `latency`. A status of 500 or more counts as an error.
     pub fn record(&self, status: u16, latency: Duration) {
+        self.classes[class_index(status)].fetch_add(1, Relaxed);
         self.count(status >= 500, latency);
     }
 
     /// A request that got no response at all from the upstream, for a reason on the
     /// upstream's side. Counts as an error.
     pub fn record_failure(&self, latency: Duration) {
+        self.classes[4].fetch_add(1, Relaxed);
         self.count(true, latency);
     }
 
@@ -110,6 +118,22 @@ impl SlotStats {
             self.errors.fetch_add(1, Relaxed);
         }
         self.buckets[bucket(latency)].fetch_add(1, Relaxed);
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        self.latency_ns.fetch_add(ns, Relaxed);
+    }
+
+    /// The counters for the metrics export: exact counts by status class and latency
+    /// bucket since start (see [`Counts`]).
+    pub fn counts(&self) -> Counts {
+        let mut c = Counts::default();
+        for (to, from) in c.classes.iter_mut().zip(&self.classes) {
+            *to = from.load(Relaxed);
+        }
+        for (to, from) in c.buckets.iter_mut().zip(&self.buckets) {
+            *to = from.load(Relaxed);
+        }
+        c.latency_ns = self.latency_ns.load(Relaxed);
+        c
     }
 
     /// The counters now. Not one atomic read: a request recorded meanwhile may be in
@@ -124,6 +148,75 @@ impl SlotStats {
             errors: self.errors.load(Relaxed),
             buckets,
         }
+    }
+}
+
+/// The index of a status code's class: 1xx to 5xx as 0 to 4; a code out of that range
+/// (none reaches here: statuses are checked on the way in) counts as 5xx.
+fn class_index(status: u16) -> usize {
+    match status / 100 {
+        1..=5 => usize::from(status / 100 - 1),
+        _ => 4,
+    }
+}
+
+/// The status classes of [`Counts::classes`], in order.
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// A slot's request counts for a metrics export, all since the router started: by status
+/// class, and by latency bucket (not cumulative) with the latency sum. Every request
+/// recorded with a status (or as a failure, as 5xx) is in one class and one bucket; a
+/// cancelled one in neither. Subtracting an earlier `Counts` gives the counts between.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Counts {
+    /// Requests per status class, in the order of [`STATUS_CLASSES`].
+    pub classes: [u64; 5],
+    /// Requests per latency bucket: those with the bounds of [`Counts::bucket_bounds`],
+    /// then the overflow bucket.
+    pub buckets: [u64; BUCKETS],
+    /// The sum of their latencies, in nanoseconds.
+    pub latency_ns: u64,
+}
+
+impl Default for Counts {
+    fn default() -> Self {
+        Counts {
+            classes: [0; 5],
+            buckets: [0; BUCKETS],
+            latency_ns: 0,
+        }
+    }
+}
+
+impl Counts {
+    /// The upper bounds (inclusive) of the bounded buckets, in nanoseconds; the overflow
+    /// bucket after them has none.
+    pub fn bucket_bounds() -> &'static [u64] {
+        &BOUNDS
+    }
+
+    /// Each count minus `earlier`'s (saturating at zero).
+    pub fn since(&self, earlier: &Counts) -> Counts {
+        let mut c = self.clone();
+        for (a, b) in c.classes.iter_mut().zip(&earlier.classes) {
+            *a = a.saturating_sub(*b);
+        }
+        for (a, b) in c.buckets.iter_mut().zip(&earlier.buckets) {
+            *a = a.saturating_sub(*b);
+        }
+        c.latency_ns = c.latency_ns.saturating_sub(earlier.latency_ns);
+        c
+    }
+
+    /// Each count plus `other`'s.
+    pub fn add(&mut self, other: &Counts) {
+        for (a, b) in self.classes.iter_mut().zip(&other.classes) {
+            *a = a.saturating_add(*b);
+        }
+        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
+            *a = a.saturating_add(*b);
+        }
+        self.latency_ns = self.latency_ns.saturating_add(other.latency_ns);
     }
 }
 
@@ -349,6 +442,27 @@ mod tests {
         assert_eq!(same, StatsSnapshot::default());
         // Reversed: saturates at zero rather than wrapping.
         assert_eq!(before.since(&s.snapshot()), StatsSnapshot::default());
+    }
+
+    #[test]
+    fn counts_by_class_and_bucket() {
+        let s = SlotStats::new();
+        for status in [101u16, 200, 204, 302, 404, 499, 500, 503] {
+            s.record(status, ms(2.0));
+        }
+        s.record_failure(ms(2.0));
+        s.record_cancelled();
+        let c = s.counts();
+        assert_eq!(c.classes, [1, 2, 1, 2, 3]);
+        assert_eq!(c.buckets.iter().sum::<u64>(), 9);
+        assert_eq!(c.latency_ns, 9 * 2_000_000);
+        s.record(200, ms(1.0));
+        let d = s.counts().since(&c);
+        assert_eq!(d.classes, [0, 1, 0, 0, 0]);
+        assert_eq!(d.latency_ns, 1_000_000);
+        let mut sum = c.clone();
+        sum.add(&d);
+        assert_eq!(sum, s.counts());
     }
 
     #[test]

@@ -33,6 +33,7 @@ struct Shared {
 /// - `GET /download?bytes=N`: streams N bytes;
 /// - `GET /chunked?n=N`: N lines `piece-I`, chunked;
 /// - `GET /headers`: the request headers as JSON;
+/// - `GET /status?code=N`: the name, with status N;
 /// - `GET /ws`: a WebSocket echo that answers `NAME:MESSAGE`;
 /// - anything else: the name, with header `x-backend: NAME`.
 pub struct Backend {
@@ -183,6 +184,17 @@ async fn handle(s: Arc<Shared>, mut req: Request<Incoming>) -> Result<Response<B
                 })
                 .collect();
             full(StatusCode::OK, serde_json::Value::Object(map).to_string())
+        }
+        "/status" => {
+            // GET /status?code=N: an empty-ish answer with status N.
+            let code = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("code="))
+                .and_then(|n| n.parse::<u16>().ok())
+                .and_then(|n| StatusCode::from_u16(n).ok())
+                .unwrap_or(StatusCode::OK);
+            full(code, s.name.clone())
         }
         "/slow" => {
             let ms: u64 = req

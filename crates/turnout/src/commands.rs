@@ -196,26 +196,62 @@ pub(crate) fn admin_client(cli: &Cli) -> anyhow::Result<AdminClient> {
 
 async fn status(client: &AdminClient, json: bool, watch: bool) -> anyhow::Result<()> {
     let mut last = None;
-    loop {
-        let value = client.call(Method::GET, "/api/v1/status", None).await?;
-        if last.as_ref() != Some(&value) {
-            if json {
-                out(&serde_json::to_string(&value)?)?;
-            } else {
-                let status: Status =
-                    serde_json::from_value(value.clone()).context("reading the router's status")?;
-                if watch && last.is_some() {
-                    out("")?;
-                }
-                out(&render_status(&status))?;
-            }
-            last = Some(value);
-        }
-        if !watch {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    show_status(client, json, watch, &mut last).await?;
+    if !watch {
+        return Ok(());
     }
+    // Re-read on every event of the router's event stream, and every 10 s anyway; when
+    // the stream drops, reconnect with a growing pause (and re-read meanwhile).
+    const EVERY: Duration = Duration::from_secs(10);
+    let mut events: Option<crate::client::Streaming> = None;
+    let mut pause = Duration::from_millis(500);
+    loop {
+        let Some(stream) = events.as_mut() else {
+            match client.stream(Method::GET, "/api/v1/events", None).await {
+                Ok(s) => {
+                    events = Some(s);
+                    pause = Duration::from_millis(500);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %format!("{e:#}"), "the event stream is not available; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(EVERY);
+                }
+            }
+            // Whatever happened while not connected.
+            show_status(client, json, watch, &mut last).await?;
+            continue;
+        };
+        match tokio::time::timeout(EVERY, stream.next()).await {
+            Ok(Some(Ok(_))) | Err(_) => {}
+            Ok(None) | Ok(Some(Err(_))) => events = None,
+        }
+        show_status(client, json, watch, &mut last).await?;
+    }
+}
+
+/// Fetches the status and prints it when it differs from `last`.
+async fn show_status(
+    client: &AdminClient,
+    json: bool,
+    watch: bool,
+    last: &mut Option<serde_json::Value>,
+) -> anyhow::Result<()> {
+    let value = client.call(Method::GET, "/api/v1/status", None).await?;
+    if last.as_ref() != Some(&value) {
+        if json {
+            out(&serde_json::to_string(&value)?)?;
+        } else {
+            let status: Status =
+                serde_json::from_value(value.clone()).context("reading the router's status")?;
+            if watch && last.is_some() {
+                out("")?;
+            }
+            out(&render_status(&status))?;
+        }
+        *last = Some(value);
+    }
+    Ok(())
 }
 
 /// The status as a short table for people.

@@ -73,6 +73,28 @@ pub(crate) fn anchor_paths(cfg: &mut Config, config: &Path) {
         anchor(&mut tls.cert);
         anchor(&mut tls.key);
     }
+    if let turnout_config::AccessLog::File(p) = &mut cfg.log.access {
+        anchor(p);
+    }
+}
+
+/// Turns on the access log where `[log] access` says.
+fn access_log(cfg: &Config, proxy: &turnout_proxy::Proxy) -> anyhow::Result<()> {
+    use turnout_config::AccessLog;
+    let to: Box<dyn std::io::Write + Send> = match &cfg.log.access {
+        AccessLog::Off => return Ok(()),
+        AccessLog::Stdout => Box::new(std::io::stdout()),
+        AccessLog::Stderr => Box::new(std::io::stderr()),
+        AccessLog::File(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("[log] access: cannot open {}", path.display()))?,
+        ),
+    };
+    proxy.set_access_log(to);
+    Ok(())
 }
 
 fn init_tracing(format: LogFormat) {
@@ -139,7 +161,6 @@ fn proxy_options(cfg: &Config) -> ProxyOptions {
 fn warn_unimplemented(cfg: &Config) {
     let sections = [
         ("[listen.tls]", cfg.listen.tls.is_some()),
-        ("[notify]", cfg.notify.is_some()),
         ("[sessions]", cfg.sessions.is_some()),
     ];
     for (name, present) in sections {
@@ -202,7 +223,17 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         )
         .await?,
     );
+    if let Some(n) = &cfg.notify {
+        turnout_pipeline::notify::spawn(
+            controller.events(),
+            turnout_pipeline::notify::NotifyOptions {
+                webhooks: n.webhooks.clone(),
+                timeout: n.timeout,
+            },
+        );
+    }
 
+    access_log(&cfg, controller.proxy())?;
     let data = bind(cfg.listen.addr, "[listen] addr").await?;
     let admin = bind(cfg.admin.addr, "[admin] addr").await?;
     let data_addr = data.local_addr()?;

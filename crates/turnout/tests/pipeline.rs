@@ -555,6 +555,8 @@ struct Look {
 /// Polls the status (every 20 ms) until the deployment has left its switch stage.
 async fn watch_weights(router: &Router) -> Vec<Look> {
     let mut looks = Vec::new();
+    // The deploy command may not have started the deployment yet when watching begins.
+    let mut started = false;
     let end = Instant::now() + Duration::from_secs(60);
     while Instant::now() < end {
         let sent = Instant::now();
@@ -566,7 +568,8 @@ async fn watch_weights(router: &Router) -> Vec<Look> {
             green: s["weights"]["green"].as_u64().unwrap_or(0),
         });
         let stage = s["deployment"]["stage"].as_str().unwrap_or("none");
-        if matches!(stage, "bake" | "rollback" | "decommission" | "none") && looks.len() > 1 {
+        started |= stage != "none";
+        if started && matches!(stage, "bake" | "rollback" | "decommission" | "none") {
             return looks;
         }
         tokio::time::sleep(ms(20)).await;
