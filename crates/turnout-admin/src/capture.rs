@@ -69,7 +69,7 @@ const QUEUE_BYTES: u64 = 256 << 20;
 const FRAME_BYTES: usize = 256 * 1024;
 
 /// The body of `POST /api/v1/capture`.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CaptureRequest {
     /// How long to capture, in milliseconds; absent: until the client goes away.
@@ -88,6 +88,12 @@ fn bad(message: String) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
 }
 
+/// Streams live requests and their responses as GoReplay records, until the duration ends
+/// or the client goes away; with `TE: trailers`, trailers report what was dropped.
+#[utoipa::path(post, path = "/api/v1/capture", tag = "capture", security(("bearer" = [])),
+    request_body = CaptureRequest,
+    responses((status = 200, description = "GoReplay records", content_type = "application/x-goreplay"),
+        (status = 400, body = crate::ErrorResponse), (status = 401, body = crate::ErrorResponse)))]
 pub(crate) async fn capture(
     State(state): State<AdminState>,
     body: Result<Json<CaptureRequest>, JsonRejection>,

@@ -5,14 +5,13 @@
 //! few seconds, from the data plane's counters.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, MethodRouter};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Serialize;
 use turnout_core::SlotName;
 use turnout_proxy::StatsSnapshot;
@@ -39,13 +38,6 @@ const INDEX: &str = include_str!("../assets/index.html");
 /// from anywhere but the admin address itself.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; frame-ancestors 'none'";
 
-/// `/` and `/assets/{file}`, without the token.
-pub(crate) fn routes() -> Router<AdminState> {
-    Router::new()
-        .route("/", get(index))
-        .route("/assets/{file}", get(asset))
-}
-
 fn page(content_type: &'static str, body: &'static str) -> Response {
     (
         [
@@ -69,11 +61,18 @@ fn page(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-async fn index() -> Response {
+/// The dashboard page (no token: it asks for one).
+#[utoipa::path(get, path = "/", tag = "dashboard",
+    responses((status = 200, description = "the dashboard", content_type = "text/html")))]
+pub(crate) async fn index() -> Response {
     page("text/html; charset=utf-8", INDEX)
 }
 
-async fn asset(Path(file): Path<String>) -> Result<Response, ApiError> {
+/// The dashboard's script and style sheet (no token).
+#[utoipa::path(get, path = "/assets/{file}", tag = "dashboard",
+    params(("file" = String, Path, description = "app.js or app.css")),
+    responses((status = 200, description = "the asset"), (status = 404, body = crate::ErrorResponse)))]
+pub(crate) async fn asset(Path(file): Path<String>) -> Result<Response, ApiError> {
     ASSETS
         .iter()
         .find(|(name, _, _)| *name == file)
@@ -98,17 +97,21 @@ struct Ring {
 
 /// `GET /api/v1/stats` (behind the token): the handler owns the snapshots it compares
 /// with, so that the numbers need no background task.
-pub(crate) fn stats_route() -> MethodRouter<AdminState> {
-    let ring = Arc::new(Mutex::new(Ring::default()));
-    get(move |State(state): State<AdminState>| {
-        let ring = ring.clone();
-        async move { Json(stats(&state, &ring)) }
-    })
+/// The windows' ring, shared by every call (one router per process in practice).
+static RING: std::sync::LazyLock<Mutex<Ring>> = std::sync::LazyLock::new(Default::default);
+
+/// Requests, errors and latency per slot over the last few seconds, for the dashboard's
+/// charts.
+#[utoipa::path(get, path = "/api/v1/stats", tag = "dashboard", security(("bearer" = [])),
+    responses((status = 200, description = "per slot: requests/s, error rate, p50 and p99 over the last window, and totals"),
+        (status = 401, body = crate::ErrorResponse)))]
+pub(crate) async fn stats(State(state): State<AdminState>) -> Json<Stats> {
+    Json(stats_now(&state, &RING))
 }
 
 /// The answer of `GET /api/v1/stats`.
 #[derive(Debug, Serialize)]
-struct Stats {
+pub(crate) struct Stats {
     /// Milliseconds since the Unix epoch.
     at_ms: u64,
     /// The window the numbers cover, in milliseconds (0 on the first call).
@@ -144,7 +147,7 @@ struct SlotStats {
     total_errors: u64,
 }
 
-fn stats(state: &AdminState, ring: &Mutex<Ring>) -> Stats {
+fn stats_now(state: &AdminState, ring: &Mutex<Ring>) -> Stats {
     let proxy = state.controller.proxy();
     let now = Instant::now();
     let snap = [
@@ -205,6 +208,7 @@ fn stats(state: &AdminState, ring: &Mutex<Ring>) -> Stats {
 mod tests {
     use axum::body::Body;
     use axum::http::Request;
+    use axum::Router;
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 

@@ -78,6 +78,13 @@ pub fn frame(event: &Event) -> String {
     format!("id: {}\nevent: {}\ndata: {data}\n\n", event.id, event.kind)
 }
 
+/// Server-sent events: every deployment stage change, switch, rollback, health change and
+/// gate verdict, with ids to resume from (`Last-Event-ID` or `?last_event_id=`).
+#[utoipa::path(get, path = "/api/v1/events", tag = "events", security(("bearer" = [])),
+    params(("access_token" = Option<String>, Query, description = "the token, for clients that cannot send a header (EventSource)"),
+        ("last_event_id" = Option<u64>, Query, description = "resume after this event id")),
+    responses((status = 200, description = "an event stream", content_type = "text/event-stream"),
+        (status = 401, body = crate::ErrorResponse)))]
 pub(crate) async fn events(
     State(state): State<AdminState>,
     headers: HeaderMap,

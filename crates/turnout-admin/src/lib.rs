@@ -19,7 +19,6 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use turnout_core::Deployment;
@@ -137,7 +136,7 @@ impl From<JsonRejection> for ApiError {
 }
 
 /// The body of `POST /api/v1/switch`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SwitchRequest {
     /// `blue` or `green`.
@@ -148,7 +147,7 @@ pub struct SwitchRequest {
 }
 
 /// The answer to a switch or rollback.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct SwitchResponse {
     /// The live slot now.
     pub live: Option<SlotName>,
@@ -165,32 +164,93 @@ impl From<RoutingState> for SwitchResponse {
     }
 }
 
-/// The admin router.
-pub fn router(state: AdminState) -> Router {
-    let api = Router::new()
-        .route("/api/v1/status", get(status))
-        .route("/api/v1/switch", post(switch))
-        .route("/api/v1/rollback", post(rollback))
-        .route("/api/v1/deployments", post(deploy).get(deployments))
-        .route("/api/v1/deployments/{id}", get(deployment))
-        .route("/api/v1/promote", post(promote))
-        .route("/api/v1/abort", post(abort))
-        .route("/api/v1/shadow/report", get(shadow_report))
-        .route("/api/v1/capture", post(capture::capture))
-        .route("/api/v1/stats", dashboard::stats_route())
+/// Every error's shape, for the OpenAPI document (what [`ApiError`] writes).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorResponse {
+    /// The error.
+    pub error: ErrorResponseDetail,
+}
+
+/// The inside of [`ErrorResponse`].
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorResponseDetail {
+    /// A stable code for scripts: `unauthorized`, `conflict`, `unhealthy_slot`, ...
+    pub code: String,
+    /// What went wrong and what to do, for people.
+    pub message: String,
+}
+
+/// The admin router and its OpenAPI document, built from the same routes: every route
+/// goes through `utoipa_axum`'s `routes!`, so a route the router serves cannot be missing
+/// from the document.
+pub fn router_and_openapi(state: AdminState) -> (Router, utoipa::openapi::OpenApi) {
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
+    let api = OpenApiRouter::new()
+        .routes(routes!(status))
+        .routes(routes!(switch))
+        .routes(routes!(rollback))
+        .routes(routes!(deploy, deployments))
+        .routes(routes!(deployment))
+        .routes(routes!(promote))
+        .routes(routes!(abort))
+        .routes(routes!(shadow_report))
+        .routes(routes!(capture::capture))
+        .routes(routes!(dashboard::stats))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
+    let (router, mut doc) = OpenApiRouter::new()
         // Its own token check: header, or ?access_token= for EventSource (events.rs).
-        .route("/api/v1/events", get(events::events))
+        .routes(routes!(events::events))
         // No token: Prometheus scrapes it (metrics.rs).
-        .route("/metrics", get(metrics::metrics))
+        .routes(routes!(metrics::metrics))
+        .routes(routes!(openapi_json))
+        .routes(routes!(dashboard::index))
+        .routes(routes!(dashboard::asset))
         .merge(api)
-        .merge(dashboard::routes())
+        .split_for_parts();
+    doc.info.title = "turnout admin API".into();
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    doc.info.description = Some(
+        "The admin API of a turnout router: routing, deployments, shadowing, capture, events and metrics. Every /api/v1 route needs `Authorization: Bearer TOKEN` (the events stream also takes `?access_token=`); /metrics, /openapi.json and the dashboard do not. Errors are `{\"error\": {\"code\", \"message\"}}`.".into(),
+    );
+    doc.info.contact = None;
+    doc.info.license = None;
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        utoipa::openapi::security::SecurityScheme::Http(utoipa::openapi::security::Http::new(
+            utoipa::openapi::security::HttpAuthScheme::Bearer,
+        )),
+    );
+    let json: Arc<str> = Arc::from(doc.to_json().unwrap_or_else(|_| "{}".into()));
+    let router = router
         .fallback(not_found)
         // After the routes: it is set on the routes registered so far. Runs without the
         // token check (it only says which methods a path takes; axum adds `Allow`).
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+        .layer(axum::Extension(OpenApiJson(json)))
+        .with_state(state);
+    (router, doc)
+}
+
+/// The admin router.
+pub fn router(state: AdminState) -> Router {
+    router_and_openapi(state).0
+}
+
+/// The OpenAPI document as served.
+#[derive(Clone)]
+struct OpenApiJson(Arc<str>);
+
+/// This document: the admin API in OpenAPI 3.1, generated from the routes.
+#[utoipa::path(get, path = "/openapi.json", tag = "meta",
+    responses((status = 200, description = "the OpenAPI document", content_type = "application/json")))]
+async fn openapi_json(axum::Extension(doc): axum::Extension<OpenApiJson>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        doc.0.to_string(),
+    )
+        .into_response()
 }
 
 async fn method_not_allowed(req: Request) -> ApiError {
@@ -248,10 +308,21 @@ async fn require_token(
     Ok(next.run(req).await)
 }
 
+/// The live slot, both slots with their upstreams' health, the deployment in progress and
+/// the traffic split.
+#[utoipa::path(get, path = "/api/v1/status", tag = "routing", security(("bearer" = [])),
+    responses((status = 200, body = Status), (status = 401, body = ErrorResponse)))]
 async fn status(State(state): State<AdminState>) -> Json<Status> {
     Json(state.controller.status().await)
 }
 
+/// Moves all traffic to a slot at once; refused when it has no healthy upstream unless
+/// `force`, and while a deployment owns the routing.
+#[utoipa::path(post, path = "/api/v1/switch", tag = "routing", security(("bearer" = [])),
+    request_body = SwitchRequest,
+    responses((status = 200, body = SwitchResponse), (status = 400, body = ErrorResponse),
+        (status = 401, body = ErrorResponse), (status = 409, body = ErrorResponse),
+        (status = 503, body = ErrorResponse)))]
 async fn switch(
     State(state): State<AdminState>,
     body: Result<Json<SwitchRequest>, JsonRejection>,
@@ -264,12 +335,17 @@ async fn switch(
     Ok(Json(next.into()))
 }
 
+/// Sends traffic back to the standby slot; during a deployment, also ends it as rolled
+/// back.
+#[utoipa::path(post, path = "/api/v1/rollback", tag = "routing", security(("bearer" = [])),
+    responses((status = 200, body = SwitchResponse), (status = 401, body = ErrorResponse),
+        (status = 409, body = ErrorResponse)))]
 async fn rollback(State(state): State<AdminState>) -> Result<Json<SwitchResponse>, ApiError> {
     Ok(Json(state.controller.rollback().await?.into()))
 }
 
 /// The body of `POST /api/v1/deployments`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeployBody {
     /// The version to deploy.
@@ -282,6 +358,11 @@ pub struct DeployBody {
     pub manual: bool,
 }
 
+/// Starts a deployment of a version into the idle slot; the pipeline runs in the router.
+#[utoipa::path(post, path = "/api/v1/deployments", tag = "deployments", security(("bearer" = [])),
+    request_body = DeployBody,
+    responses((status = 202, body = Deployment), (status = 400, body = ErrorResponse),
+        (status = 401, body = ErrorResponse), (status = 409, body = ErrorResponse)))]
 async fn deploy(
     State(state): State<AdminState>,
     body: Result<Json<DeployBody>, JsonRejection>,
@@ -304,6 +385,11 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
+/// Recent deployments, newest first.
+#[utoipa::path(get, path = "/api/v1/deployments", tag = "deployments", security(("bearer" = [])),
+    params(("limit" = Option<usize>, Query, description = "how many (default 50, at most 1000)")),
+    responses((status = 200, body = Vec<Deployment>), (status = 400, body = ErrorResponse),
+        (status = 401, body = ErrorResponse)))]
 async fn deployments(
     State(state): State<AdminState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -319,6 +405,11 @@ async fn deployments(
     Ok(Json(state.controller.deployments(limit).await?))
 }
 
+/// One deployment: its stages, verdict and reason.
+#[utoipa::path(get, path = "/api/v1/deployments/{id}", tag = "deployments", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the deployment's id")),
+    responses((status = 200, body = Deployment), (status = 401, body = ErrorResponse),
+        (status = 404, body = ErrorResponse)))]
 async fn deployment(
     State(state): State<AdminState>,
     Path(id): Path<String>,
@@ -326,16 +417,28 @@ async fn deployment(
     Ok(Json(state.controller.deployment(&id).await?))
 }
 
+/// Passes a deployment waiting at its manual gate, or moves a canary to its next step.
+#[utoipa::path(post, path = "/api/v1/promote", tag = "deployments", security(("bearer" = [])),
+    responses((status = 200, body = Deployment), (status = 401, body = ErrorResponse),
+        (status = 409, body = ErrorResponse)))]
 async fn promote(State(state): State<AdminState>) -> Result<Json<Deployment>, ApiError> {
     Ok(Json(state.controller.promote().await?))
 }
 
+/// The shadow comparison of the running deployment (so far) or of the last one.
+#[utoipa::path(get, path = "/api/v1/shadow/report", tag = "shadow", security(("bearer" = [])),
+    responses((status = 200, body = turnout_pipeline::ShadowReport),
+        (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 async fn shadow_report(
     State(state): State<AdminState>,
 ) -> Result<Json<turnout_pipeline::ShadowReport>, ApiError> {
     Ok(Json(state.controller.shadow_report().await?))
 }
 
+/// Ends the running deployment before its switch; answers with its final record.
+#[utoipa::path(post, path = "/api/v1/abort", tag = "deployments", security(("bearer" = [])),
+    responses((status = 200, body = Deployment), (status = 401, body = ErrorResponse),
+        (status = 409, body = ErrorResponse)))]
 async fn abort(State(state): State<AdminState>) -> Result<Json<Deployment>, ApiError> {
     Ok(Json(state.controller.abort().await?))
 }
@@ -615,5 +718,113 @@ mod tests {
         assert_eq!(json["weights"]["blue"], 100);
         let (status, json) = call(&app, "GET", "/api/v1/deployments", Some("s3cret"), "").await;
         assert_eq!((status, json), (StatusCode::OK, serde_json::json!([])));
+    }
+
+    /// Every route the router serves, as a user of the API knows them (SPEC.md plus the
+    /// dashboard's): each must be in the OpenAPI document, and each path in the document
+    /// must be served (not the not-found or method-not-allowed fallbacks).
+    #[tokio::test]
+    async fn the_openapi_document_covers_every_route() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let controller = Controller::start(
+            ProxyOptions::default(),
+            store,
+            [SlotState::idle(), SlotState::idle()],
+            turnout_pipeline::PipelineOptions::default(),
+        )
+        .await
+        .unwrap();
+        let (app, doc) = router_and_openapi(AdminState {
+            controller: Arc::new(controller),
+            token: Some("s3cret".into()),
+            shutdown: None,
+        });
+        let expected: &[(&str, &str)] = &[
+            ("get", "/api/v1/status"),
+            ("post", "/api/v1/switch"),
+            ("post", "/api/v1/rollback"),
+            ("post", "/api/v1/deployments"),
+            ("get", "/api/v1/deployments"),
+            ("get", "/api/v1/deployments/{id}"),
+            ("post", "/api/v1/promote"),
+            ("post", "/api/v1/abort"),
+            ("get", "/api/v1/shadow/report"),
+            ("post", "/api/v1/capture"),
+            ("get", "/api/v1/events"),
+            ("get", "/api/v1/stats"),
+            ("get", "/metrics"),
+            ("get", "/openapi.json"),
+            ("get", "/"),
+            ("get", "/assets/{file}"),
+        ];
+        let json: serde_json::Value = serde_json::from_str(&doc.to_json().unwrap()).unwrap();
+        let mut documented: Vec<(String, String)> = Vec::new();
+        for (path, item) in json["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                documented.push((method.clone(), path.clone()));
+            }
+        }
+        for (method, path) in expected {
+            assert!(
+                documented.contains(&(method.to_string(), path.to_string())),
+                "{method} {path} is not in the OpenAPI document: {documented:?}"
+            );
+        }
+        // And every documented route is really served.
+        for (method, path) in &documented {
+            let uri = path
+                .replace("{id}", "20261126-000000-0000")
+                .replace("{file}", "app.js");
+            let req = Request::builder()
+                .method(method.to_uppercase().as_str())
+                .uri(&uri)
+                .header("authorization", "Bearer s3cret")
+                .header("content-type", "application/json")
+                .body(Body::from("{}"))
+                .unwrap();
+            let resp = app.clone().oneshot(req).await.unwrap();
+            let status = resp.status();
+            // Streams (events, capture) answer 200 and would not end: the head is enough.
+            if status == StatusCode::OK {
+                continue;
+            }
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let json: serde_json::Value =
+                serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+            let code = json["error"]["code"].as_str().unwrap_or("");
+            let fallback = code == "method_not_allowed"
+                || (code == "not_found"
+                    && json["error"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("no route")));
+            assert!(
+                !fallback,
+                "{method} {uri} is documented but not served: {json}"
+            );
+        }
+        // Served without the token, as JSON.
+        let resp = app
+            .clone()
+            .oneshot(
+                Request::builder()
+                    .uri("/openapi.json")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let served: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert!(served["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.")));
+        assert_eq!(served["paths"], json["paths"]);
     }
 }

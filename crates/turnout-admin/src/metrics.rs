@@ -61,6 +61,8 @@ const STAGES: [Stage; 10] = [
 ];
 
 /// `GET /metrics` (no token: metrics hold no secrets, and scrapers rarely carry one).
+#[utoipa::path(get, path = "/metrics", tag = "metrics",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AdminState>) -> Response {
     match render(&state.controller) {
         Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),

@@ -8,7 +8,7 @@ use crate::SlotName;
 /// The stages of the release pipeline, in the order they run. A deployment records the
 /// ones it entered; skipped ones are recorded with [`Outcome::Skipped`] when the reason
 /// is worth showing (no `[verify]`, no `[shadow]`).
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     /// The `pre_deploy` hook (the expand migration) and, after it, the live slot's
@@ -59,7 +59,7 @@ impl std::fmt::Display for Stage {
 }
 
 /// How a stage ended.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Not ended yet.
@@ -75,7 +75,7 @@ pub enum Outcome {
 }
 
 /// How a deployment ended.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     /// Still running.
@@ -110,7 +110,7 @@ impl std::fmt::Display for Verdict {
 }
 
 /// One stage as it ran.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StageRecord {
     /// Which stage.
     pub stage: Stage,
@@ -127,7 +127,7 @@ pub struct StageRecord {
 
 /// The numbers of one bake (or canary step) evaluation, kept with the deployment so that a
 /// verdict can be explained.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 pub struct Analysis {
     /// Requests in the window.
     pub requests: u64,
@@ -159,7 +159,7 @@ pub fn format_ms(ms: f64) -> String {
 }
 
 /// One run of the release pipeline for one version.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Deployment {
     /// Unique, sortable by start time.
     pub id: String,

@@ -4,7 +4,7 @@ use crate::{Role, SlotName};
 
 /// Percent of new requests each slot receives. They always add up to 100, or are both 0
 /// when no slot is live.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Weights {
     /// Percent of requests for blue.
     pub blue: u8,

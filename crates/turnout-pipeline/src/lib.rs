@@ -140,7 +140,7 @@ impl std::fmt::Display for AfterFailure {
 }
 
 /// What `status` shows.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Status {
     /// The live slot.
     pub live: Option<SlotName>,
@@ -155,7 +155,7 @@ pub struct Status {
 }
 
 /// Blue and green.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct SlotsStatus {
     /// The blue slot.
     pub blue: SlotStatus,
@@ -164,7 +164,7 @@ pub struct SlotsStatus {
 }
 
 /// One slot in `status`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct SlotStatus {
     /// Deployed version, when known.
     pub version: Option<String>,
@@ -175,7 +175,7 @@ pub struct SlotStatus {
 }
 
 /// One upstream in `status`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct UpstreamStatus {
     /// `host:port`.
     pub addr: String,
@@ -184,7 +184,7 @@ pub struct UpstreamStatus {
 }
 
 /// The deployment in progress.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct DeploymentStatus {
     /// Its id.
     pub id: String,
@@ -233,7 +233,7 @@ struct Inner {
 
 /// Something that happened: a stage started or ended, a switch, a rollback, a health
 /// change, a gate's verdict.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Event {
     /// Increases by one per event of this router process (the SSE `id:`); 0 before the
     /// event is published.
@@ -299,7 +299,7 @@ impl Event {
 }
 
 /// `POST /api/v1/deployments`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct DeployRequest {
     /// The version to deploy.
     pub version: String,

@@ -50,7 +50,7 @@ pub(crate) fn counts(c: ShadowCounts) -> Counts {
 }
 
 /// `GET /api/v1/shadow/report`: the report with what it is about.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ShadowReport {
     /// The deployment whose candidate was compared.
     pub deployment: String,

@@ -62,7 +62,19 @@ pub struct CompareOptions {
 }
 
 /// What kind of difference a [`Difference`] is. Serialized in lower case.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum DiffKind {
     /// Same type, another value (also: a changed status, header value, run of text lines,

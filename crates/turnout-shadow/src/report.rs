@@ -16,7 +16,7 @@ use crate::compare::DiffKind;
 pub const LATENCY_RATIO_FLOOR_MS: f64 = 5.0;
 
 /// The comparison of candidate against live.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Report {
     /// Requests mirrored to the candidate.
@@ -52,7 +52,7 @@ pub struct Report {
 }
 
 /// Live and candidate latency quantiles.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct LatencyPair {
     /// The live slot's.
@@ -62,7 +62,7 @@ pub struct LatencyPair {
 }
 
 /// Latency quantiles in milliseconds (upper bounds of 1.1× buckets: at most 10 % high).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Quantiles {
     /// The median; `null` without data.
@@ -72,7 +72,7 @@ pub struct Quantiles {
 }
 
 /// Both latency distributions over the same buckets.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct LatencyHistogram {
     /// Upper bound of each bucket, in milliseconds (each 1.1 times the one before).
@@ -84,7 +84,7 @@ pub struct LatencyHistogram {
 }
 
 /// One endpoint (`GET /items/{id}`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct EndpointReport {
     /// Method and route, identifiers folded (see [`crate::endpoint`]).
@@ -111,7 +111,7 @@ pub struct EndpointReport {
 }
 
 /// One field (path and kind) of an endpoint where live and candidate differ.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FieldReport {
     /// `status`, `header.<name>`, `body<json-pointer>`, `body:line <n>`, `body`, `error`
     /// (see [`crate::compare`](mod@crate::compare)).
@@ -137,7 +137,7 @@ pub struct FieldReport {
 }
 
 /// An example of a difference.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Example {
     /// Method and target: `GET /items/3?full=1`.
