@@ -20,5 +20,13 @@ if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null 
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends chromium
 fi
 
+echo "== curl and openssl (for the TLS tests)"
+if ! command -v curl >/dev/null || ! command -v openssl >/dev/null; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends curl openssl
+fi
+
 echo "== cargo test"
 cargo test --workspace --locked

@@ -114,6 +114,14 @@ pub struct Listen {
     /// `upgrade_drain`, default 30s: how long an upgraded (WebSocket) connection on a slot
     /// that stopped being live may keep running.
     pub upgrade_drain: Duration,
+    /// `max_connections`, default 10000: open client connections at most; past it a new
+    /// connection gets a `503` with `Connection: close` while the open ones are served.
+    /// `0` means no limit.
+    pub max_connections: usize,
+    /// `max_body`, default none: a request body larger than this (a size such as
+    /// `"10MB"`, or a number of bytes) is answered `413` and its connection closed; a
+    /// body with a `Content-Length` over it reaches no upstream.
+    pub max_body: Option<u64>,
     /// `[listen.tls]`: an HTTPS listener as well; `None` when absent.
     pub tls: Option<ListenTls>,
 }
@@ -124,6 +132,8 @@ impl Default for Listen {
             addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
             header_timeout: Duration::from_secs(10),
             upgrade_drain: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_body: None,
             tls: None,
         }
     }
@@ -264,6 +274,11 @@ pub struct Health {
     pub healthy: u32,
     /// `unhealthy`, default 2: consecutive failures to become unhealthy.
     pub unhealthy: u32,
+    /// `failover`, default false: while every upstream of the live slot is unhealthy and
+    /// the standby has a healthy one, requests go to the standby (a `failover` event
+    /// says when this starts and ends). The live slot stays live: the saved routing
+    /// state does not change.
+    pub failover: bool,
 }
 
 impl Default for Health {
@@ -274,6 +289,7 @@ impl Default for Health {
             timeout: Duration::from_millis(500),
             healthy: 2,
             unhealthy: 2,
+            failover: false,
         }
     }
 }

@@ -110,7 +110,14 @@ fn listen(ctx: &mut Ctx, root: &Table, admin: &Admin) -> Listen {
     let t = root.table(
         ctx,
         "listen",
-        &["addr", "header_timeout", "upgrade_drain", "tls"],
+        &[
+            "addr",
+            "header_timeout",
+            "upgrade_drain",
+            "max_connections",
+            "max_body",
+            "tls",
+        ],
     );
     let tls = t.table(ctx, "tls", &["addr", "cert", "key"]);
     let listen = Listen {
@@ -121,6 +128,10 @@ fn listen(ctx: &mut Ctx, root: &Table, admin: &Admin) -> Listen {
         upgrade_drain: t
             .duration(ctx, "upgrade_drain", Zero::Allowed)
             .unwrap_or(d.upgrade_drain),
+        max_connections: t
+            .int(ctx, "max_connections", 0, 1 << 24)
+            .map_or(d.max_connections, |n| n as usize),
+        max_body: t.size(ctx, "max_body").or(d.max_body),
         tls: tls.is_present().then(|| ListenTls {
             addr: tls
                 .parse(ctx, "addr", parse_socket_addr)
@@ -257,7 +268,14 @@ fn upstream(ctx: &mut Ctx, root: &Table) -> UpstreamOptions {
     }
 }
 
-const HEALTH: &[&str] = &["path", "interval", "timeout", "healthy", "unhealthy"];
+const HEALTH: &[&str] = &[
+    "path",
+    "interval",
+    "timeout",
+    "healthy",
+    "unhealthy",
+    "failover",
+];
 
 fn health(ctx: &mut Ctx, root: &Table) -> Option<Health> {
     let t = root.table(ctx, "health", HEALTH).present()?;
@@ -278,6 +296,7 @@ fn health(ctx: &mut Ctx, root: &Table) -> Option<Health> {
         unhealthy: t
             .int(ctx, "unhealthy", 1, 1000)
             .map_or(d.unhealthy, |n| n as u32),
+        failover: t.bool(ctx, "failover").unwrap_or(d.failover),
     })
 }
 

@@ -549,7 +549,7 @@ upstreams = [\"http://127.0.0.1:7001\"]
         "turnout.toml:5: health.interval: invalid duration \"5 s\": expected a number and a unit, \
          e.g. \"500ms\", \"30s\", \"10m\"\n\
          turnout.toml:6: health.timout: unknown key \"timout\"; did you mean \"timeout\"? Valid \
-         keys here: path, interval, timeout, healthy, unhealthy\n\
+         keys here: path, interval, timeout, healthy, unhealthy, failover\n\
          turnout.toml:9: slots.blue.upstreams[0]: upstream \"http://127.0.0.1:7001\" has a \
          scheme: write only host:port, e.g. \"127.0.0.1:7001\""
     );
@@ -614,4 +614,29 @@ fn never_panics_on_odd_input() {
             .worker_threads,
         Some(16)
     );
+}
+
+#[test]
+fn limits_and_failover_keys() {
+    let c = parse("[listen]\naddr = \"127.0.0.1:0\"\n").unwrap();
+    assert_eq!(c.listen.max_connections, 10_000);
+    assert_eq!(c.listen.max_body, None);
+    let c =
+        parse("[listen]\nmax_connections = 0\nmax_body = \"10MB\"\n[health]\nfailover = true\n")
+            .unwrap();
+    assert_eq!(c.listen.max_connections, 0);
+    assert_eq!(c.listen.max_body, Some(10_000_000));
+    assert!(c.health.unwrap().failover);
+    let c = parse("[listen]\nmax_body = 2048\n[health]\n").unwrap();
+    assert_eq!(c.listen.max_body, Some(2048));
+    assert!(!c.health.unwrap().failover);
+    for bad in [
+        "[listen]\nmax_body = \"10\"",
+        "[listen]\nmax_body = 0",
+        "[listen]\nmax_body = true",
+        "[listen]\nmax_connections = -1",
+        "[health]\nfailover = \"yes\"",
+    ] {
+        assert!(parse(bad).is_err(), "{bad}");
+    }
 }

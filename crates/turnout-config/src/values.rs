@@ -56,6 +56,41 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// Parses a size: a whole number and a unit, `B`, `KB`, `MB`, `GB` (powers of 1000) or
+/// `KiB`, `MiB`, `GiB` (powers of 1024), e.g. `"10MB"`, `"512KiB"`; greater than zero.
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let invalid = |hint: &str| {
+        format!(
+            "invalid size {text:?}: expected a number and a unit, e.g. \"10MB\", \"512KiB\"{hint}"
+        )
+    };
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = (&t[..digits], t[digits..].trim());
+    if number.is_empty() {
+        return Err(invalid(""));
+    }
+    let Ok(n) = number.parse::<u64>() else {
+        return Err(invalid("; the number is too large"));
+    };
+    let per = match unit {
+        "B" | "b" => 1u64,
+        "KB" | "kB" | "kb" => 1000,
+        "MB" | "mb" => 1000 * 1000,
+        "GB" | "gb" => 1000 * 1000 * 1000,
+        "KiB" => 1024,
+        "MiB" => 1024 * 1024,
+        "GiB" => 1024 * 1024 * 1024,
+        "" => return Err(invalid(&format!("; did you mean \"{t}B\"?"))),
+        _ => return Err(invalid("; the units are B, KB, MB, GB, KiB, MiB and GiB")),
+    };
+    match n.checked_mul(per) {
+        Some(0) => Err(format!("{text:?} is zero: give a size greater than zero")),
+        Some(size) => Ok(size),
+        None => Err(invalid("; the number is too large")),
+    }
+}
+
 /// Parses a listen address `IP:PORT`; host names are not resolved.
 pub(crate) fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
     text.parse().map_err(|_| {
@@ -157,6 +192,17 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10MB"), Ok(10_000_000));
+        assert_eq!(parse_size("1KiB"), Ok(1024));
+        assert_eq!(parse_size("512B"), Ok(512));
+        assert!(parse_size("10").is_err());
+        assert!(parse_size("0KB").is_err());
+        assert!(parse_size("1.5MB").is_err());
+        assert!(parse_size("10 apples").is_err());
+    }
 
     #[test]
     fn durations() {

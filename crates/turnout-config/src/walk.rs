@@ -276,6 +276,21 @@ impl<'a> Table<'a> {
         })
     }
 
+    /// The size `key`: a number of bytes, or a string such as `"10MB"` or `"512KiB"`.
+    pub(crate) fn size(&self, ctx: &mut Ctx, key: &str) -> Option<u64> {
+        let v = self.get(key)?;
+        match v.get_ref() {
+            DeValue::String(_) => self.parse(ctx, key, crate::values::parse_size),
+            DeValue::Integer(_) => self
+                .int(ctx, key, 1, i64::MAX)
+                .map(|n| u64::try_from(n).unwrap_or(u64::MAX)),
+            _ => {
+                type_error(ctx, self.key(key), v, "a size, e.g. \"10MB\"");
+                None
+            }
+        }
+    }
+
     /// The integer `key`, which must lie in `min..=max`.
     pub(crate) fn int(&self, ctx: &mut Ctx, key: &str, min: i64, max: i64) -> Option<i64> {
         let v = self.get(key)?;

@@ -159,3 +159,41 @@ pub(crate) fn health_event(h: &turnout_proxy::HealthEvent) -> Event {
     event.data = Some(json!({ "addr": h.addr, "healthy": h.healthy }));
     event
 }
+
+/// The event for failover starting (`now` is the standby requests go to) or ending.
+pub(crate) fn failover_event(
+    live: Option<SlotName>,
+    before: Option<SlotName>,
+    now: Option<SlotName>,
+) -> Event {
+    let live_name = live.map_or_else(|| "-".to_string(), |s| s.to_string());
+    let (message, to) = match now {
+        Some(to) => (
+            format!(
+                "failover: the live slot {live_name} has no healthy upstream; requests go to the standby {to} (the live slot stays live)"
+            ),
+            Some(to),
+        ),
+        None => (
+            format!(
+                "failover over: requests go to the live slot {live_name} again (or nowhere healthier)"
+            ),
+            before,
+        ),
+    };
+    let mut event = Event::new("failover", message);
+    event.slot = live;
+    event.reason = Some(
+        if now.is_some() {
+            "live slot has no healthy upstream"
+        } else {
+            "failover ended"
+        }
+        .to_string(),
+    );
+    event.data = Some(json!({
+        "active": now.is_some(),
+        "to": to.map(|s| s.to_string()),
+    }));
+    event
+}

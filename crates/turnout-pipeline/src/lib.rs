@@ -243,7 +243,8 @@ pub struct Event {
     pub at: String,
     /// `deployment` (a stage started or ended, a verdict), `switch` (the live slot or the
     /// weights changed), `rollback` (the same, going back), `health` (an upstream's
-    /// health changed) or `gate` (a shadow gate's or a bake's verdict).
+    /// health changed), `gate` (a shadow gate's or a bake's verdict) or `failover`
+    /// (requests started or stopped going to the standby, `[health] failover`).
     pub kind: String,
     /// The deployment's id.
     pub deployment: Option<String>,
@@ -727,10 +728,13 @@ impl Controller {
     }
 
     /// Turns the data plane's health changes into `health` events, until the controller
-    /// is gone.
+    /// is gone; and after each, raises a `failover` event when requests start or stop
+    /// going to the standby because the live slot has no healthy upstream (`[health]
+    /// failover`).
     fn forward_health(&self) {
         let mut rx = self.inner.proxy.health_events();
         let inner = Arc::downgrade(&self.inner);
+        let mut failover = self.inner.proxy.failover_target();
         tokio::spawn(async move {
             loop {
                 let h = match rx.recv().await {
@@ -746,6 +750,14 @@ impl Controller {
                 };
                 let Some(inner) = inner.upgrade() else { return };
                 inner.events.publish(events::health_event(&h));
+                let now = inner.proxy.failover_target();
+                if now != failover {
+                    let live = inner.proxy.table().live;
+                    inner
+                        .events
+                        .publish(events::failover_event(live, failover, now));
+                    failover = now;
+                }
             }
         });
     }

@@ -68,6 +68,12 @@ pub enum ProxyError {
     /// The client's chunked request body was malformed.
     #[error("the request body's chunked coding is invalid")]
     BadRequestBody,
+    /// The client's request body is larger than `max_body`.
+    #[error("the request body is larger than max_body ({max} bytes)")]
+    BodyTooLarge {
+        /// The limit.
+        max: u64,
+    },
     /// The upstream sent no response head within the response timeout.
     #[error("upstream {addr} did not answer within {timeout_ms} ms")]
     ResponseTimeout {
@@ -89,6 +95,7 @@ impl ProxyError {
                 StatusCode::GATEWAY_TIMEOUT
             }
             ProxyError::BadRequestBody => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -121,6 +128,7 @@ impl ProxyError {
                 "turnout: the upstream did not answer in time\n"
             }
             ProxyError::BadRequestBody => "turnout: invalid chunked request body\n",
+            ProxyError::BodyTooLarge { .. } => "turnout: request body too large\n",
             _ => "turnout: the upstream failed\n",
         }
     }

@@ -37,6 +37,7 @@ use tokio::sync::watch;
 use crate::error::ProxyError;
 use crate::h1::{add_content_length, Chunked, LengthError, RawConn};
 use crate::mirror::Tap;
+use crate::server::ClientIo;
 use crate::service::ConnService;
 use crate::table::SlotPool;
 use crate::upstream::UpstreamRef;
@@ -60,9 +61,9 @@ const LINGER_BYTES: usize = 256 * 1024;
 const EARLY_ANSWER_WAIT: Duration = Duration::from_secs(1);
 
 /// Serves one client connection until it closes, the router stops, or it is upgraded.
-pub(crate) async fn serve_conn(
+pub(crate) async fn serve_conn<S: ClientIo>(
     inner: Arc<Inner>,
-    stream: TcpStream,
+    stream: S,
     peer: SocketAddr,
     stop: watch::Receiver<bool>,
 ) {
@@ -101,9 +102,9 @@ pub(crate) async fn serve_conn(
     conn.linger().await;
 }
 
-struct ClientConn {
+struct ClientConn<S> {
     inner: Arc<Inner>,
-    stream: TcpStream,
+    stream: S,
     /// Bytes read from the client and not yet used.
     buf: BytesMut,
     /// Bytes to write to the client.
@@ -205,7 +206,7 @@ enum Framing {
     UntilClose,
 }
 
-impl ClientConn {
+impl<S: ClientIo> ClientConn<S> {
     /// Reads the first bytes: `Some(true)` for the HTTP/2 preface, `Some(false)` for
     /// anything else, `None` when the client went away or sent nothing in time.
     async fn detect_h2(&mut self) -> Option<bool> {
@@ -240,7 +241,7 @@ impl ClientConn {
             pre: buf.freeze(),
             io: stream,
         };
-        let service = ConnService::new(inner, peer.ip(), false);
+        let service = ConnService::new(inner, peer.ip(), S::TLS);
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());
         let conn = builder.serve_connection(TokioIo::new(io), service);
@@ -290,6 +291,20 @@ impl ClientConn {
         // A stopping router says so in the response, so the client does not reuse the
         // connection.
         plan.close |= *self.stop.borrow();
+        // A body over max_body with its length announced: refused before routing, so
+        // nothing reaches an upstream. The body is not read: the connection closes.
+        if let ReqBody::Length(n) = plan.body {
+            if crate::limits::body_too_large(&self.inner, n) {
+                let error = ProxyError::BodyTooLarge {
+                    max: self.inner.opts.max_body.unwrap_or(0),
+                };
+                let message = error.client_message();
+                self.write_error(413, message, true, plan.head_request)
+                    .await;
+                self.access_log(413, None, None, received);
+                return Next::Close;
+            }
+        }
 
         // Phase 1: route. Requests with no live slot are in no slot's statistics.
         let Some(slot) = self.inner.table.load().choose().cloned() else {
@@ -486,7 +501,9 @@ impl ClientConn {
                 // Only the first MAX_HEAD bytes may hold the head.
                 let window = &self.buf[..self.buf.len().min(MAX_HEAD)];
                 if parse {
-                    if let Some(plan) = plan_request(window, &self.ip, &mut self.up_head)? {
+                    if let Some(plan) =
+                        plan_request_proto(window, &self.ip, S::TLS, &mut self.up_head)?
+                    {
                         return Ok(Some(plan));
                     }
                 }
@@ -818,10 +835,18 @@ impl ClientConn {
     ) -> Result<(), (SendFail, bool)> {
         let idle = self.inner.opts.response_timeout;
         let mut dec = Chunked::default();
+        // Decoded body bytes so far, against max_body: past it, the request goes no
+        // further (this upstream connection is dropped, never pooled) and the client
+        // gets a 413 on a connection that closes.
+        let mut total: u64 = 0;
         loop {
             loop {
                 match dec.decode(&mut self.buf) {
                     Ok(Some(data)) => {
+                        total += data.len() as u64;
+                        if crate::limits::body_too_large(&self.inner, total) {
+                            return Err((body_too_large(&self.inner), false));
+                        }
                         if let Some(tap) = self.tap.as_mut() {
                             tap.request_body(&data);
                         }
@@ -1064,7 +1089,9 @@ impl ClientConn {
 pub(crate) fn log_failure(inner: &Inner, slot: turnout_core::SlotName, error: &ProxyError) {
     if matches!(
         error,
-        ProxyError::NoHealthyUpstream { .. } | ProxyError::NoLiveSlot
+        ProxyError::NoHealthyUpstream { .. }
+            | ProxyError::NoLiveSlot
+            | ProxyError::BodyTooLarge { .. }
     ) {
         tracing::debug!(slot = %slot, error = %error, "request failed");
     } else if let Some(held_back) = inner.errors.allow() {
@@ -1111,7 +1138,7 @@ fn deadline_after(d: Duration) -> Instant {
 
 /// Writes all of `data`, failing when the peer takes nothing for `idle`. The common
 /// case — the socket takes it all at once — needs no timer.
-async fn write_within(stream: &mut TcpStream, data: &[u8], idle: Duration) -> io::Result<()> {
+async fn write_within<W: ClientIo>(stream: &mut W, data: &[u8], idle: Duration) -> io::Result<()> {
     let written = match stream.try_write(data) {
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
@@ -1120,7 +1147,12 @@ async fn write_within(stream: &mut TcpStream, data: &[u8], idle: Duration) -> io
     if written == data.len() {
         return Ok(());
     }
-    match tokio::time::timeout(idle, stream.write_all(&data[written..])).await {
+    // (A TLS stream may keep the last records in its session until flushed.)
+    let write = async {
+        stream.write_all(&data[written..]).await?;
+        stream.flush().await
+    };
+    match tokio::time::timeout(idle, write).await {
         Ok(r) => r,
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,
@@ -1146,6 +1178,17 @@ fn client_gone() -> SendFail {
         retry_elsewhere: false,
         close: true,
         client_gone: true,
+    }
+}
+
+fn body_too_large(inner: &Inner) -> SendFail {
+    SendFail {
+        error: ProxyError::BodyTooLarge {
+            max: inner.opts.max_body.unwrap_or(0),
+        },
+        retry_elsewhere: false,
+        close: true,
+        client_gone: false,
     }
 }
 
@@ -1229,6 +1272,16 @@ fn listed_in_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
 /// Parses and checks a request head in `buf`, and writes the upstream's head into
 /// `up`. `Ok(None)`: the head is not complete yet.
 fn plan_request(buf: &[u8], ip: &[u8], up: &mut Vec<u8>) -> Result<Option<Plan>, Refusal> {
+    plan_request_proto(buf, ip, false, up)
+}
+
+/// [`plan_request`] for a client connection that is TLS (`https`) or not.
+fn plan_request_proto(
+    buf: &[u8],
+    ip: &[u8],
+    https: bool,
+    up: &mut Vec<u8>,
+) -> Result<Option<Plan>, Refusal> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut slots);
     let head_len = match req.parse(buf) {
@@ -1403,7 +1456,11 @@ fn plan_request(buf: &[u8], ip: &[u8], up: &mut Vec<u8>) -> Result<Option<Plan>,
     }
     up.extend_from_slice(ip);
     up.extend_from_slice(b"\r\n");
-    up.extend_from_slice(b"x-forwarded-proto: http\r\n");
+    up.extend_from_slice(if https {
+        b"x-forwarded-proto: https\r\n".as_slice()
+    } else {
+        b"x-forwarded-proto: http\r\n"
+    });
     // turnout is the edge: the forwarded host is the one this client asked for, never a
     // value the client made up.
     if !host.is_empty() {
@@ -1585,12 +1642,12 @@ fn itoa3(n: u16) -> [u8; 3] {
 }
 
 /// A socket with some bytes already read from it, to be read again first.
-struct Prefixed {
+struct Prefixed<S> {
     pre: Bytes,
-    io: TcpStream,
+    io: S,
 }
 
-impl AsyncRead for Prefixed {
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -1606,7 +1663,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -1644,6 +1701,43 @@ fn _assert_send(
     w: watch::Receiver<bool>,
 ) -> impl Future + Send {
     serve_conn(inner, s, p, w)
+}
+
+/// For the fuzz targets in `fuzz/` only: runs the request-head parser and planner
+/// (`plan_request`) on `bytes`, then, when the head is complete, feeds what follows it to
+/// the chunked decoder (whatever the head's framing) in pieces of every size up to 16.
+/// Panics on a broken invariant (a head longer than the input, a request id outside it).
+#[doc(hidden)]
+pub fn fuzz_request_head(bytes: &[u8]) {
+    let mut up = Vec::new();
+    let Ok(Some(plan)) = plan_request(bytes, b"192.0.2.1", &mut up) else {
+        return;
+    };
+    assert!(plan.head_len <= bytes.len(), "head longer than the input");
+    if let Some((from, to)) = plan.request_id {
+        assert!(
+            from <= to && to <= plan.head_len,
+            "request id outside the head"
+        );
+    }
+    assert!(up.ends_with(b"\r\n\r\n"), "upstream head not terminated");
+    let rest = &bytes[plan.head_len..];
+    for split in 1..=16.min(rest.len().max(1)) {
+        let mut dec = Chunked::default();
+        let mut buf = bytes::BytesMut::new();
+        let mut out = 0usize;
+        'feed: for piece in rest.chunks(split) {
+            buf.extend_from_slice(piece);
+            loop {
+                match dec.decode(&mut buf) {
+                    Ok(Some(data)) => out += data.len(),
+                    Ok(None) => break,
+                    Err(()) => break 'feed,
+                }
+            }
+        }
+        assert!(out <= rest.len(), "decoded more than the input");
+    }
 }
 
 #[cfg(test)]

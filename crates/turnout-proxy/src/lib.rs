@@ -13,6 +13,7 @@ mod error;
 mod h1;
 mod h1server;
 mod health;
+mod limits;
 mod mirror;
 #[cfg(test)]
 mod mirror_tests;
@@ -22,6 +23,7 @@ mod server;
 mod service;
 mod stats;
 mod table;
+mod tls;
 mod tunnel;
 mod upstream;
 
@@ -35,6 +37,8 @@ use turnout_core::{RoutingState, SlotName};
 
 pub use body::{BodyError, ProxyBody, RequestBody};
 pub use error::ProxyError;
+#[doc(hidden)]
+pub use h1server::fuzz_request_head;
 pub use health::HealthCheck;
 pub use mirror::{
     lower_thread_priority, request_id, CaptureHandle, ShadowCounters, ShadowCounts, ShadowHandle,
@@ -42,6 +46,7 @@ pub use mirror::{
 };
 pub use stats::{Counts, SlotStats, StatsSnapshot, STATUS_CLASSES};
 pub use table::{SlotPool, Table};
+pub use tls::{TlsCert, TlsError};
 pub use upstream::{Upstream, UpstreamRef};
 
 /// Data-plane settings (from `[listen]`, `[upstream]` and `[health]`).
@@ -63,6 +68,16 @@ pub struct ProxyOptions {
     pub health: HealthCheck,
     /// On shutdown, how long requests in flight may take to finish.
     pub shutdown_grace: Duration,
+    /// Open client connections at most (`0`: no limit). Past it a new connection is
+    /// answered `503` with `Connection: close` and closed; open ones are served on.
+    pub max_connections: usize,
+    /// A request body larger than this is answered `413` and its connection closed
+    /// (`None`: no limit). See `h1server.rs` and `service.rs`.
+    pub max_body: Option<u64>,
+    /// Failover (`[health] failover`): while every upstream of the live slot is
+    /// unhealthy and the standby has a healthy one, requests go to the standby. The
+    /// routing state is not changed.
+    pub failover: bool,
 }
 
 impl Default for ProxyOptions {
@@ -76,6 +91,9 @@ impl Default for ProxyOptions {
             max_idle: 128,
             health: HealthCheck::default(),
             shutdown_grace: Duration::from_secs(30),
+            max_connections: 0,
+            max_body: None,
+            failover: false,
         }
     }
 }
@@ -151,6 +169,14 @@ pub(crate) struct Inner {
     pub(crate) epochs: std::sync::Mutex<[Epochs; 2]>,
     /// The access log, when one is on (set once, before serving).
     pub(crate) access: std::sync::OnceLock<access::AccessLog>,
+    /// Connections refused because `max_connections` were open.
+    pub(crate) refused: std::sync::atomic::AtomicU64,
+    /// Logs the refusals, one line a second at most.
+    pub(crate) refusals: LogLimiter,
+    /// Open client connections, on every listener (see `limits.rs`).
+    pub(crate) connections: std::sync::atomic::AtomicUsize,
+    /// Refused connections being answered now.
+    pub(crate) refusing: std::sync::atomic::AtomicUsize,
 }
 
 /// How many earlier versions per slot keep their counts for [`Proxy::version_counts`].
@@ -217,6 +243,10 @@ impl Proxy {
                 mirror: std::sync::OnceLock::new(),
                 epochs: std::sync::Mutex::new(Default::default()),
                 access: std::sync::OnceLock::new(),
+                refused: std::sync::atomic::AtomicU64::new(0),
+                refusals: LogLimiter::new(),
+                connections: std::sync::atomic::AtomicUsize::new(0),
+                refusing: std::sync::atomic::AtomicUsize::new(0),
             }),
         };
         proxy.apply(state);
@@ -262,7 +292,8 @@ impl Proxy {
             ))
         });
         self.mark_versions(&slots);
-        let table = Table::new(state.revision, state.live, state.weights, slots);
+        let mut table = Table::new(state.revision, state.live, state.weights, slots);
+        table.failover = self.inner.opts.failover;
         self.inner.table.store(Arc::new(table));
         self.inner.live_tx.send_replace(state.live);
     }
@@ -327,6 +358,18 @@ impl Proxy {
     /// The routing table in force now.
     pub fn table(&self) -> Arc<Table> {
         self.inner.table.load_full()
+    }
+
+    /// Connections refused since start because `max_connections` were open.
+    pub fn refused_connections(&self) -> u64 {
+        self.inner.refused.load(Ordering::Relaxed)
+    }
+
+    /// The slot requests fail over to now (see [`ProxyOptions::failover`]): the standby,
+    /// while failover is on, all traffic goes to the live slot, none of its upstreams is
+    /// healthy and the standby has a healthy one. `None` otherwise.
+    pub fn failover_target(&self) -> Option<SlotName> {
+        self.inner.table.load().failover_target()
     }
 
     /// How many upstreams of `slot` are healthy now.
@@ -397,6 +440,17 @@ impl Proxy {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) {
-        server::serve(self.inner.clone(), listener, shutdown).await
+        server::serve(self.inner.clone(), listener, None, shutdown).await
+    }
+
+    /// [`Proxy::serve`] for HTTPS: a TLS handshake with `tls` (ALPN `h2`, `http/1.1`)
+    /// first. `tls` can be reloaded ([`TlsCert::reload`]) while this runs.
+    pub async fn serve_tls(
+        &self,
+        listener: tokio::net::TcpListener,
+        tls: TlsCert,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) {
+        server::serve(self.inner.clone(), listener, Some(tls), shutdown).await
     }
 }

@@ -3,20 +3,68 @@
 //! ones get a GOAWAY) for up to `shutdown_grace`.
 //!
 //! Each connection is served by `h1server::serve_conn`, which speaks HTTP/1.1 itself and
-//! hands HTTP/2 (prior knowledge) connections to hyper.
+//! hands HTTP/2 (prior knowledge) connections to hyper. On the TLS listener the handshake
+//! comes first (within `header_timeout`), in the connection's own task.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use std::future::Future;
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+use crate::tls::{TlsCert, TlsStream};
 use crate::Inner;
+
+/// A client connection as `h1server` serves it: a plain socket or a TLS stream.
+pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The connection is TLS (`X-Forwarded-Proto: https`).
+    const TLS: bool;
+
+    /// Writes what fits without waiting; `WouldBlock` when nothing does (or when the
+    /// type cannot tell: the caller then writes and flushes as usual).
+    fn try_write(&self, data: &[u8]) -> io::Result<usize>;
+
+    /// Waits until the socket is readable, for a connection whose reads have all been
+    /// taken (a read returned pending since).
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_;
+}
+
+impl ClientIo for TcpStream {
+    const TLS: bool = false;
+
+    fn try_write(&self, data: &[u8]) -> io::Result<usize> {
+        TcpStream::try_write(self, data)
+    }
+
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        TcpStream::readable(self)
+    }
+}
+
+impl ClientIo for TlsStream {
+    const TLS: bool = true;
+
+    fn try_write(&self, _data: &[u8]) -> io::Result<usize> {
+        // Records must go through the session: never straight to the socket.
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        // A read that returned pending left no plaintext in the session, so new data
+        // can only come from the socket.
+        self.get_ref().0.readable()
+    }
+}
 
 pub(crate) async fn serve(
     inner: Arc<Inner>,
     listener: TcpListener,
+    tls: Option<TlsCert>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -38,12 +86,39 @@ pub(crate) async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let guard = (open_tx.clone(), OpenGuard::new(&open));
-        let conn = crate::h1server::serve_conn(inner.clone(), stream, peer, stop_rx.clone());
-        tokio::spawn(async move {
-            conn.await;
-            drop(guard);
-        });
+        let Some(slot) = crate::limits::ConnSlot::take(&inner) else {
+            crate::limits::refuse(&inner, stream, tls.is_none());
+            continue;
+        };
+        let guard = (open_tx.clone(), OpenGuard::new(&open), slot);
+        let (inner, stop) = (inner.clone(), stop_rx.clone());
+        match &tls {
+            None => {
+                let conn = crate::h1server::serve_conn(inner, stream, peer, stop);
+                tokio::spawn(async move {
+                    conn.await;
+                    drop(guard);
+                });
+            }
+            Some(tls) => {
+                let handshake = tls.accept(stream);
+                tokio::spawn(async move {
+                    let limit = inner.opts.header_timeout;
+                    match tokio::time::timeout(limit, handshake).await {
+                        Ok(Ok(stream)) => {
+                            crate::h1server::serve_conn(inner, stream, peer, stop).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            tracing::debug!(peer = %peer, "TLS handshake not done within header_timeout");
+                        }
+                    }
+                    drop(guard);
+                });
+            }
+        }
     }
     drop(listener);
     drop(open_tx);

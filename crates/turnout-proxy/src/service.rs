@@ -111,6 +111,14 @@ impl ConnService {
                 id
             }
         };
+        // A body over max_body with its length announced: refused before routing. (A
+        // streamed HTTP/2 body without a length is not cut off at max_body.)
+        if let Some(max) = self.inner.opts.max_body {
+            if req.body().size_hint().lower() > max {
+                let error = ProxyError::BodyTooLarge { max };
+                return with_id(error_response(&error), request_id);
+            }
+        }
         // Phase 1: route. Requests with no live slot are in no slot's statistics.
         let mut slot = match self.inner.table.load().choose() {
             Some(slot) => Arc::clone(slot),

@@ -65,6 +65,8 @@ pub struct Table {
     pub weights: Weights,
     /// Blue and green.
     pub slots: [Arc<SlotPool>; 2],
+    /// Failover on (`ProxyOptions::failover`): see [`Table::failover_target`].
+    pub failover: bool,
     split: AtomicUsize,
 }
 
@@ -80,6 +82,7 @@ impl Table {
             live,
             weights,
             slots,
+            failover: false,
             split: AtomicUsize::new(0),
         }
     }
@@ -104,7 +107,30 @@ impl Table {
                 }
             }
         };
-        Some(&self.slots[slot.index()])
+        let pool = &self.slots[slot.index()];
+        if self.failover && pool.healthy_count() == 0 {
+            if let Some(to) = self.failover_target() {
+                return Some(&self.slots[to.index()]);
+            }
+        }
+        Some(pool)
+    }
+
+    /// With failover on: the standby, when all traffic goes to the live slot, none of
+    /// the live slot's upstreams is healthy and the standby has a healthy one. The
+    /// routing state is not changed: requests go back to the live slot as soon as one of
+    /// its upstreams is healthy again.
+    pub fn failover_target(&self) -> Option<SlotName> {
+        let live = self.live?;
+        let all_live = match live {
+            SlotName::Blue => self.weights.green == 0 && self.weights.blue > 0,
+            SlotName::Green => self.weights.blue == 0 && self.weights.green > 0,
+        };
+        if !self.failover || !all_live || self.slot(live).healthy_count() > 0 {
+            return None;
+        }
+        let standby = SlotName::ALL[1 - live.index()];
+        (self.slot(standby).healthy_count() > 0).then_some(standby)
     }
 
     /// One slot's pool.
@@ -157,5 +183,27 @@ mod tests {
         p.upstreams[0].eject();
         p.upstreams[2].eject();
         assert!(p.pick(None).is_none());
+    }
+
+    #[test]
+    fn failover_goes_to_a_healthy_standby_only_when_on() {
+        let mut t = Table::new(
+            0,
+            Some(SlotName::Blue),
+            Weights::all_to(Some(SlotName::Blue)),
+            [pool(SlotName::Blue, 2), pool(SlotName::Green, 1)],
+        );
+        let chosen = |t: &Table| t.choose().map(|s| s.name);
+        t.slots[0].upstreams[0].eject();
+        assert_eq!(chosen(&t), Some(SlotName::Blue));
+        t.slots[0].upstreams[1].eject();
+        assert_eq!(chosen(&t), Some(SlotName::Blue), "off by default");
+        assert_eq!(t.failover_target(), None);
+        t.failover = true;
+        assert_eq!(chosen(&t), Some(SlotName::Green));
+        assert_eq!(t.failover_target(), Some(SlotName::Green));
+        t.slots[1].upstreams[0].eject();
+        assert_eq!(chosen(&t), Some(SlotName::Blue), "no healthy standby");
+        assert_eq!(t.failover_target(), None);
     }
 }

@@ -59,7 +59,8 @@ pub(crate) async fn relay<C, U>(
     let down = async {
         let mut frames = FrameTracker::default();
         if !early.is_empty() {
-            if cw.write_all(&early).await.is_err() {
+            // Flushed: a TLS client stream may otherwise keep the records in its session.
+            if cw.write_all(&early).await.is_err() || cw.flush().await.is_err() {
                 return false;
             }
             frames.feed(&early);
@@ -95,7 +96,7 @@ pub(crate) async fn relay<C, U>(
                         return false;
                     }
                     Ok(n) => {
-                        if cw.write_all(&buf[..n]).await.is_err() {
+                        if cw.write_all(&buf[..n]).await.is_err() || cw.flush().await.is_err() {
                             return false;
                         }
                         frames.feed(&buf[..n]);

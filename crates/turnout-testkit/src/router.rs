@@ -24,6 +24,8 @@ pub struct RouterOptions {
     pub extra: String,
     /// Extra keys for `[listen]`.
     pub listen_extra: String,
+    /// Extra keys for the generated `[health]`.
+    pub health_extra: String,
 }
 
 /// A running router. Killed (SIGKILL) when dropped; its state directory lives as long as
@@ -32,6 +34,8 @@ pub struct Router {
     pub bin: PathBuf,
     pub data: String,
     pub admin: String,
+    /// The `[listen.tls]` address, when the config has one (else empty).
+    pub tls: String,
     pub config: PathBuf,
     child: Option<Child>,
     dir: tempfile::TempDir,
@@ -57,9 +61,10 @@ impl Router {
             "[listen]\naddr = \"127.0.0.1:0\"\n{listen_extra}\n\
              [admin]\naddr = \"127.0.0.1:0\"\ntoken = \"env:TURNOUT_ADMIN_TOKEN\"\n\n\
              [state]\ndir = {state:?}\n\n\
-             [health]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nhealthy = 1\nunhealthy = 1\n\n\
+             [health]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nhealthy = 1\nunhealthy = 1\n{health_extra}\n\
              [slots.blue]\nupstreams = [{blue}]\n{blue_version}\n[slots.green]\nupstreams = [{green}]\n{green_version}\n{extra}\n",
             listen_extra = opts.listen_extra,
+            health_extra = opts.health_extra,
             state = dir.path().join("state").display().to_string(),
             blue = list(&opts.blue),
             green = list(&opts.green),
@@ -73,6 +78,7 @@ impl Router {
             bin: bin.to_owned(),
             data: String::new(),
             admin: String::new(),
+            tls: String::new(),
             config: path,
             child: None,
             dir,
@@ -102,11 +108,15 @@ impl Router {
             .with_context(|| format!("starting {}", self.bin.display()))?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let mut lines = BufReader::new(stdout).lines();
-        let (mut data, mut admin) = (None, None);
+        let (mut data, mut admin, mut tls) = (None, None, None);
         let read = async {
             while let Some(line) = lines.next_line().await? {
                 if let Some(a) = line.strip_prefix("turnout: data plane listening on http://") {
                     data = Some(a.to_owned());
+                } else if let Some(a) =
+                    line.strip_prefix("turnout: TLS data plane listening on https://")
+                {
+                    tls = Some(a.to_owned());
                 } else if let Some(a) = line.strip_prefix("turnout: admin API listening on http://")
                 {
                     admin = Some(a.to_owned());
@@ -129,6 +139,7 @@ impl Router {
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         self.data = data.unwrap_or_default();
         self.admin = admin.unwrap_or_default();
+        self.tls = tls.unwrap_or_default();
         self.child = Some(child);
         Ok(())
     }

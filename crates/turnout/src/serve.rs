@@ -1,5 +1,6 @@
 //! `turnout serve`: the config applied to an empty process — store, controller, data
-//! plane, admin API — until SIGTERM or Ctrl-C (a second one stops at once).
+//! plane, admin API — until SIGTERM or Ctrl-C (a second one stops at once). SIGHUP
+//! reloads the `[listen.tls]` certificate and key.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -153,16 +154,16 @@ fn proxy_options(cfg: &Config) -> ProxyOptions {
         max_idle: cfg.upstream.max_idle,
         health,
         shutdown_grace: ProxyOptions::default().shutdown_grace,
+        max_connections: cfg.listen.max_connections,
+        max_body: cfg.listen.max_body,
+        failover: cfg.health.as_ref().is_some_and(|h| h.failover),
     }
 }
 
 /// Sections that this build parses but does not act on yet: say so rather than ignore
 /// them silently.
 fn warn_unimplemented(cfg: &Config) {
-    let sections = [
-        ("[listen.tls]", cfg.listen.tls.is_some()),
-        ("[sessions]", cfg.sessions.is_some()),
-    ];
+    let sections = [("[sessions]", cfg.sessions.is_some())];
     for (name, present) in sections {
         if present {
             tracing::warn!(
@@ -201,6 +202,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .into());
     }
     warn_unimplemented(&cfg);
+    // Read now, so that a bad certificate or key stops the start with a clear message.
+    let tls = match &cfg.listen.tls {
+        Some(t) => Some(
+            turnout_proxy::TlsCert::load(&t.cert, &t.key)
+                .map_err(|e| UsageError(format!("[listen.tls]: {e}")))?,
+        ),
+        None => None,
+    };
     // Before anything is started: a signal from here on stops the router in order.
     let mut signals = Signals::new()?;
 
@@ -235,11 +244,22 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
 
     access_log(&cfg, controller.proxy())?;
     let data = bind(cfg.listen.addr, "[listen] addr").await?;
+    let tls_data = match (&cfg.listen.tls, &tls) {
+        (Some(t), Some(cert)) => Some((bind(t.addr, "[listen.tls] addr").await?, cert.clone())),
+        _ => None,
+    };
     let admin = bind(cfg.admin.addr, "[admin] addr").await?;
     let data_addr = data.local_addr()?;
     let admin_addr = admin.local_addr()?;
-    // Scripts and tests read these two lines to find the ports (the config may say :0).
+    // Scripts and tests read these lines to find the ports (the config may say :0); the
+    // admin line comes last.
     println!("turnout: data plane listening on http://{data_addr}");
+    if let Some((listener, _)) = &tls_data {
+        println!(
+            "turnout: TLS data plane listening on https://{}",
+            listener.local_addr()?
+        );
+    }
     println!("turnout: admin API listening on http://{admin_addr}");
     tracing::info!(data = %data_addr, admin = %admin_addr, "turnout serving");
 
@@ -252,6 +272,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         let stop = stopped(stop_rx.clone());
         async move { proxy.serve(data, stop).await }
     });
+    let tls_task = tls_data.map(|(listener, cert)| {
+        let proxy = controller.proxy().clone();
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move { proxy.serve_tls(listener, cert, stop).await })
+    });
+    signals.on_reload(tls);
     let router = turnout_admin::router(turnout_admin::AdminState {
         controller: controller.clone(),
         token,
@@ -274,6 +300,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let drained = async {
         let _ = data_task.await;
+        if let Some(t) = tls_task {
+            let _ = t.await;
+        }
         let _ = admin_task.await;
     };
     let result = tokio::select! {
@@ -405,11 +434,12 @@ fn pipeline_options(cfg: &Config, state_dir: &Path) -> turnout_pipeline::Pipelin
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM, listened for from startup on, so that a second one is
-/// seen as well as the first.
+/// seen as well as the first; and SIGHUP, which reloads (never stops).
 #[cfg(unix)]
 struct Signals {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
+    hup: Option<tokio::signal::unix::Signal>,
 }
 
 #[cfg(unix)]
@@ -419,7 +449,34 @@ impl Signals {
         Ok(Signals {
             int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
             term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            hup: Some(signal(SignalKind::hangup()).context("listening for SIGHUP")?),
         })
+    }
+
+    /// From now on, each SIGHUP reloads the TLS certificate and key (when there is a
+    /// `[listen.tls]`): new handshakes use the new ones, open connections keep theirs. A
+    /// certificate that cannot be loaded is logged and the one in use stays.
+    fn on_reload(&mut self, tls: Option<turnout_proxy::TlsCert>) {
+        let Some(mut hup) = self.hup.take() else {
+            return;
+        };
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let Some(tls) = &tls else {
+                    tracing::info!("SIGHUP: nothing to reload (no [listen.tls])");
+                    continue;
+                };
+                match tls.reload() {
+                    Ok(()) => tracing::info!(
+                        cert = %tls.cert_path().display(),
+                        "SIGHUP: TLS certificate reloaded; new connections use it"
+                    ),
+                    Err(e) => tracing::error!(
+                        "SIGHUP: TLS certificate not reloaded, the previous one stays in use: {e}"
+                    ),
+                }
+            }
+        });
     }
 
     /// The next signal's name.
@@ -444,6 +501,8 @@ impl Signals {
     fn new() -> anyhow::Result<Signals> {
         Ok(Signals)
     }
+
+    fn on_reload(&mut self, _tls: Option<turnout_proxy::TlsCert>) {}
 
     async fn next(&mut self) -> &'static str {
         let _ = tokio::signal::ctrl_c().await;
