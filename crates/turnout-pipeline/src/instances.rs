@@ -267,7 +267,11 @@ impl Instances {
             .env("TURNOUT_SLOT", spec.slot.as_str())
             .env("TURNOUT_VERSION", &spec.version)
             .env("TURNOUT_DEPLOYMENT", &spec.deployment)
-            .env("TURNOUT_PORT", port.to_string());
+            .env("TURNOUT_PORT", port.to_string())
+            // Marks the process as this state directory's, so that a router killed before
+            // it could record the process still finds it at its next start
+            // (`reap_state_dir`).
+            .env(STATE_DIR_ENV, state_dir_of(&spec.log_dir));
         let mut child = cmd.spawn().map_err(|source| ProvisionError::Spawn {
             n,
             command: command.clone(),
@@ -420,6 +424,58 @@ pub fn reap_orphans(records: &[InstanceRecord]) -> usize {
     for record in records {
         if signal_if_ours(record, Signal::SIGKILL) {
             warn!(pid = record.pid, addr = %record.addr, "killed an instance left by a previous router");
+            killed += 1;
+        }
+    }
+    killed
+}
+
+/// The environment variable that marks an instance with its router's state directory.
+pub const STATE_DIR_ENV: &str = "TURNOUT_STATE_DIR";
+
+/// The state directory of a log directory (`STATE/logs`), absolute.
+fn state_dir_of(log_dir: &Path) -> PathBuf {
+    let dir = log_dir.parent().unwrap_or(log_dir);
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned())
+}
+
+/// Kills (SIGKILL to their process groups) every process marked with `state_dir` in its
+/// environment (`TURNOUT_STATE_DIR`, set on every instance turnout starts). Called at
+/// start, when the state directory's lock guarantees that no other router uses it: such
+/// processes are left over from a router that was killed — including ones it started but
+/// had not recorded yet. The caller's own process group is never signalled. Returns how
+/// many groups were killed.
+pub fn reap_state_dir(state_dir: &Path) -> usize {
+    let dir = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_owned());
+    let mut marker = format!("{STATE_DIR_ENV}=").into_bytes();
+    marker.extend_from_slice(dir.as_os_str().as_encoded_bytes());
+    let own_group = proc_stat(std::process::id()).map(|s| s.pgrp);
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut groups: HashSet<u32> = HashSet::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|var| var == marker.as_slice()) {
+            if let Some(stat) = proc_stat(pid) {
+                if Some(stat.pgrp) != own_group && stat.pgrp > 1 {
+                    groups.insert(stat.pgrp);
+                }
+            }
+        }
+    }
+    let mut killed = 0;
+    for pgrp in groups {
+        if signal_group(pgrp, Signal::SIGKILL) {
+            warn!(pgrp, "killed a process group left by a previous router on this state directory");
             killed += 1;
         }
     }
