@@ -248,6 +248,20 @@ pub struct UpstreamOptions {
     pub idle_timeout: Duration,
     /// `max_idle`, default 128: pooled idle connections per upstream.
     pub max_idle: usize,
+    /// `tls = true` (default false): every connection to an upstream is TLS; `None` when
+    /// off.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// `[upstream] tls = true`: how upstreams' certificates are checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamTls {
+    /// `ca` (required with `tls = true`): the PEM file of the CA(s) trusted for the
+    /// upstreams' certificates (relative to the config file's directory).
+    pub ca: PathBuf,
+    /// `server_name`: the name checked in the upstreams' certificates; default the host
+    /// of each upstream's address.
+    pub server_name: Option<String>,
 }
 
 impl Default for UpstreamOptions {
@@ -257,6 +271,7 @@ impl Default for UpstreamOptions {
             response_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
             max_idle: 128,
+            tls: None,
         }
     }
 }

@@ -243,6 +243,9 @@ fn slots(ctx: &mut Ctx, root: &Table) -> Slots {
 }
 
 const UPSTREAM: &[&str] = &[
+    "tls",
+    "ca",
+    "server_name",
     "connect_timeout",
     "response_timeout",
     "idle_timeout",
@@ -265,7 +268,35 @@ fn upstream(ctx: &mut Ctx, root: &Table) -> UpstreamOptions {
         max_idle: t
             .int(ctx, "max_idle", 0, 1 << 20)
             .map_or(d.max_idle, |n| n as usize),
+        tls: upstream_tls(ctx, &t),
     }
+}
+
+fn upstream_tls(ctx: &mut Ctx, t: &Table) -> Option<UpstreamTls> {
+    if t.bool(ctx, "tls") != Some(true) {
+        for key in ["ca", "server_name"] {
+            if t.has(key) {
+                t.error(
+                    ctx,
+                    key,
+                    format!("{key} applies only with tls = true: set tls = true or remove {key}"),
+                );
+            }
+        }
+        return None;
+    }
+    let ca = required(
+        ctx,
+        t,
+        "ca",
+        "the PEM file of the CA that signed the upstreams' certificates",
+        non_blank,
+    );
+    let server_name = t.parse(ctx, "server_name", non_blank);
+    Some(UpstreamTls {
+        ca: ca.into(),
+        server_name,
+    })
 }
 
 const HEALTH: &[&str] = &[

@@ -640,3 +640,35 @@ fn limits_and_failover_keys() {
         assert!(parse(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn upstream_tls() {
+    let off = parse("").unwrap();
+    assert_eq!(off.upstream.tls, None);
+    let on = parse("[upstream]\ntls = true\nca = \"ca.pem\"\nserver_name = \"api.internal\"\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        on.upstream.tls,
+        Some(UpstreamTls {
+            ca: "ca.pem".into(),
+            server_name: Some("api.internal".into()),
+        })
+    );
+    let no_name = parse("[upstream]\ntls = true\nca = \"ca.pem\"\n").unwrap();
+    assert_eq!(no_name.upstream.tls.unwrap().server_name, None);
+    for (text, expected) in [
+        ("[upstream]\ntls = true\n", "missing key ca"),
+        (
+            "[upstream]\nca = \"ca.pem\"\n",
+            "ca applies only with tls = true",
+        ),
+        (
+            "[upstream]\ntls = false\nserver_name = \"x\"\n",
+            "server_name applies only with tls = true",
+        ),
+        ("[upstream]\ntls = \"yes\"\n", "true or false"),
+    ] {
+        let errors = parse(text).unwrap_err().to_string();
+        assert!(errors.contains(expected), "{text:?}: {errors}");
+    }
+}

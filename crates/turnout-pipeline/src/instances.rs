@@ -455,7 +455,11 @@ pub fn reap_state_dir(state_dir: &Path) -> usize {
     };
     let mut groups: HashSet<u32> = HashSet::new();
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid == std::process::id() {
@@ -464,7 +468,10 @@ pub fn reap_state_dir(state_dir: &Path) -> usize {
         let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
             continue;
         };
-        if environ.split(|b| *b == 0).any(|var| var == marker.as_slice()) {
+        if environ
+            .split(|b| *b == 0)
+            .any(|var| var == marker.as_slice())
+        {
             if let Some(stat) = proc_stat(pid) {
                 if Some(stat.pgrp) != own_group && stat.pgrp > 1 {
                     groups.insert(stat.pgrp);
@@ -475,7 +482,10 @@ pub fn reap_state_dir(state_dir: &Path) -> usize {
     let mut killed = 0;
     for pgrp in groups {
         if signal_group(pgrp, Signal::SIGKILL) {
-            warn!(pgrp, "killed a process group left by a previous router on this state directory");
+            warn!(
+                pgrp,
+                "killed a process group left by a previous router on this state directory"
+            );
             killed += 1;
         }
     }

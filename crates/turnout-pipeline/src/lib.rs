@@ -1024,8 +1024,8 @@ impl Inner {
             .flatten()
             .flat_map(|s| s.instances.iter().cloned())
             .collect();
-        let reaped = instances::reap_orphans(&records)
-            + instances::reap_state_dir(&self.pipeline.state_dir);
+        let reaped =
+            instances::reap_orphans(&records) + instances::reap_state_dir(&self.pipeline.state_dir);
         if reaped > 0 {
             tracing::warn!(
                 reaped,

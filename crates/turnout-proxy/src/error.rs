@@ -30,6 +30,15 @@ pub enum ProxyError {
         /// Upstream address.
         addr: String,
     },
+    /// The TLS handshake on a new connection failed (`[upstream] tls`; nothing was sent).
+    #[error("TLS handshake with {addr} failed: {source}")]
+    TlsHandshake {
+        /// Upstream address.
+        addr: String,
+        /// rustls' error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The HTTP handshake on a new connection failed.
     #[error("HTTP handshake with upstream {addr} failed: {source}")]
     Handshake {
@@ -113,6 +122,7 @@ impl ProxyError {
             self,
             ProxyError::Connect { .. }
                 | ProxyError::ConnectTimeout { .. }
+                | ProxyError::TlsHandshake { .. }
                 | ProxyError::Handshake { .. }
         )
     }

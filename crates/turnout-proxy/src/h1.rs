@@ -18,9 +18,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::error::ProxyError;
+use crate::tls::UpstreamStream;
 use crate::upstream::UpstreamRef;
 
 /// Longest response head accepted from an upstream.
@@ -32,7 +32,7 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// An HTTP/1.1 connection to an upstream, idle between requests.
 pub(crate) struct RawConn {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: UpstreamStream,
     pub(crate) buf: BytesMut,
     wbuf: Vec<u8>,
 }
@@ -45,7 +45,7 @@ pub(crate) struct ExchangeError {
 }
 
 impl RawConn {
-    pub(crate) fn new(stream: TcpStream) -> RawConn {
+    pub(crate) fn new(stream: UpstreamStream) -> RawConn {
         RawConn {
             stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
@@ -58,7 +58,9 @@ impl RawConn {
     /// reported readable.
     pub(crate) fn looks_alive(&self) -> bool {
         let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        // On TLS anything readable (a close_notify, say) also means the connection is
+        // done with: the byte taken from under the session does not matter then.
+        matches!(self.stream.tcp().try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// Sends a body-less request and reads the response head.
@@ -164,10 +166,23 @@ impl RawConn {
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let tcp = match &mut self.stream {
+            UpstreamStream::Plain(tcp) => tcp,
+            UpstreamStream::Tls(tls) => {
+                // Through the session: read into zeroed spare room, then keep what came.
+                let len = self.buf.len();
+                self.buf.resize(len + READ_CHUNK, 0);
+                let mut rb = tokio::io::ReadBuf::new(&mut self.buf[len..]);
+                let polled = tokio::io::AsyncRead::poll_read(Pin::new(tls.as_mut()), cx, &mut rb);
+                let n = rb.filled().len();
+                self.buf.truncate(len + n);
+                return polled.map_ok(|()| n);
+            }
+        };
         loop {
-            ready!(self.stream.poll_read_ready(cx))?;
+            ready!(tcp.poll_read_ready(cx))?;
             self.buf.reserve(READ_CHUNK);
-            match self.stream.try_read_buf(&mut self.buf) {
+            match tcp.try_read_buf(&mut self.buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 r => return Poll::Ready(r),
             }
@@ -671,6 +686,7 @@ impl Chunked {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpStream;
 
     fn decode_all(input: &[u8], split: usize) -> Result<(Vec<u8>, bool, usize), ()> {
         let mut dec = Chunked::default();
@@ -822,7 +838,9 @@ mod tests {
             addr.to_string(),
             4,
         ));
-        let mut conn = RawConn::new(TcpStream::connect(addr).await.unwrap());
+        let mut conn = RawConn::new(UpstreamStream::Plain(
+            TcpStream::connect(addr).await.unwrap(),
+        ));
         let (parts, ()) = http::Request::builder()
             .method(method)
             .uri("/")
@@ -930,7 +948,9 @@ mod tests {
             addr.to_string(),
             4,
         ));
-        let mut conn = RawConn::new(TcpStream::connect(addr).await.unwrap());
+        let mut conn = RawConn::new(UpstreamStream::Plain(
+            TcpStream::connect(addr).await.unwrap(),
+        ));
         let (parts, ()) = http::Request::new(()).into_parts();
         let head = conn
             .exchange(&up.addr, &parts, Duration::from_secs(5))

@@ -620,7 +620,7 @@ impl<S: ClientIo> ClientConn<S> {
                 Err((f, _)) => return Err(f),
             }
         }
-        let stream = match up.connect_tcp(connect_timeout).await {
+        let stream = match up.connect_stream(connect_timeout).await {
             Ok(s) => s,
             Err(e) => {
                 if e.is_refused() && up.eject() {

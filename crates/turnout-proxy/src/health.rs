@@ -80,7 +80,10 @@ pub(crate) fn spawn(
 }
 
 async fn probe(up: &Upstream, path: Option<&str>, timeout: Duration) -> Result<(), String> {
-    let stream = up.connect_tcp(timeout).await.map_err(|e| e.to_string())?;
+    let stream = up
+        .connect_stream(timeout)
+        .await
+        .map_err(|e| e.to_string())?;
     let Some(path) = path else { return Ok(()) };
     let (mut sender, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
         .await

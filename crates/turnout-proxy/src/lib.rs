@@ -46,7 +46,7 @@ pub use mirror::{
 };
 pub use stats::{Counts, SlotStats, StatsSnapshot, STATUS_CLASSES};
 pub use table::{SlotPool, Table};
-pub use tls::{TlsCert, TlsError};
+pub use tls::{TlsCert, TlsError, UpstreamTls};
 pub use upstream::{Upstream, UpstreamRef};
 
 /// Data-plane settings (from `[listen]`, `[upstream]` and `[health]`).
@@ -78,6 +78,8 @@ pub struct ProxyOptions {
     /// unhealthy and the standby has a healthy one, requests go to the standby. The
     /// routing state is not changed.
     pub failover: bool,
+    /// TLS to every upstream (`[upstream] tls`); `None`: plain TCP.
+    pub upstream_tls: Option<UpstreamTls>,
 }
 
 impl Default for ProxyOptions {
@@ -94,6 +96,7 @@ impl Default for ProxyOptions {
             max_connections: 0,
             max_body: None,
             failover: false,
+            upstream_tls: None,
         }
     }
 }
@@ -270,11 +273,10 @@ impl Proxy {
                         .find(|u| &u.addr == addr)
                         .cloned()
                         .unwrap_or_else(|| {
-                            let up = Arc::new(Upstream::new(
-                                name,
-                                addr.clone(),
-                                self.inner.opts.max_idle,
-                            ));
+                            let up = Arc::new(
+                                Upstream::new(name, addr.clone(), self.inner.opts.max_idle)
+                                    .with_tls(self.inner.opts.upstream_tls.clone()),
+                            );
                             health::spawn(
                                 &up,
                                 self.inner.opts.health.clone(),

@@ -1126,7 +1126,7 @@ async fn send_copy(
             }
         }
         let stream = up
-            .connect_tcp(inner.opts.connect_timeout)
+            .connect_stream(inner.opts.connect_timeout)
             .await
             .map_err(|e| e.to_string())?;
         let mut conn = RawConn::new(stream);

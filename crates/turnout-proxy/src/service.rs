@@ -301,7 +301,7 @@ impl ConnService {
                 Err(e) => return Err((e.error, false)),
             }
         }
-        let stream = match up.connect_tcp(opts.connect_timeout).await {
+        let stream = match up.connect_stream(opts.connect_timeout).await {
             Ok(s) => s,
             Err(e) => {
                 if e.is_refused() && up.eject() {

@@ -176,3 +176,213 @@ fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Certi
         err(path, format!("unusable private key: {e}"), hint)
     })
 }
+
+/// TLS to upstreams (`[upstream] tls = true`): the rustls client configuration, trusting
+/// only the configured CA, and the name the upstreams' certificates are checked against.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    connector: tokio_rustls::TlsConnector,
+    server_name: Option<rustls::pki_types::ServerName<'static>>,
+    ca_path: PathBuf,
+}
+
+impl fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("ca", &self.ca_path)
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+impl UpstreamTls {
+    /// Reads the PEM CA certificate(s) at `ca`; `server_name` (a DNS name or an IP
+    /// address) overrides the host of each upstream's address as the name checked.
+    pub fn load(ca: &Path, server_name: Option<&str>) -> Result<UpstreamTls, TlsError> {
+        let err = |problem: String, hint: &'static str| TlsError {
+            path: ca.to_owned(),
+            problem,
+            hint,
+        };
+        let pem = std::fs::read(ca).map_err(|e| {
+            err(
+                format!("cannot read the CA certificate: {e}"),
+                "check [upstream] ca and the file's permissions",
+            )
+        })?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                err(
+                    format!("not a valid PEM certificate file: {e}"),
+                    "[upstream] ca must be PEM (-----BEGIN CERTIFICATE-----)",
+                )
+            })?;
+        if certs.is_empty() {
+            return Err(err(
+                "no certificate found (no -----BEGIN CERTIFICATE----- section)".into(),
+                "[upstream] ca must be the PEM certificate of the CA that signed the upstreams' certificates",
+            ));
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in certs {
+            roots.add(cert).map_err(|e| {
+                err(
+                    format!("unusable CA certificate: {e}"),
+                    "[upstream] ca must hold X.509 CA certificates",
+                )
+            })?;
+        }
+        let server_name = server_name
+            .map(|n| {
+                rustls::pki_types::ServerName::try_from(n.to_owned()).map_err(|e| {
+                    err(
+                        format!("server_name {n:?} is not a DNS name or IP address: {e}"),
+                        "set [upstream] server_name to the name in the upstreams' certificates",
+                    )
+                })
+            })
+            .transpose()?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| {
+                err(
+                    format!("no usable TLS protocol version: {e}"),
+                    "this build of turnout cannot speak TLS",
+                )
+            })?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(UpstreamTls {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name,
+            ca_path: ca.to_owned(),
+        })
+    }
+
+    /// The TLS handshake on a new connection to `addr` (`host:port`).
+    pub(crate) async fn connect(&self, addr: &str, tcp: TcpStream) -> io::Result<UpstreamStream> {
+        let name = match &self.server_name {
+            Some(n) => n.clone(),
+            None => {
+                let host = host_of(addr);
+                rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("{host:?} is not a valid TLS server name ({e}); set [upstream] server_name"),
+                    )
+                })?
+            }
+        };
+        let tls = self.connector.connect(name, tcp).await?;
+        Ok(UpstreamStream::Tls(Box::new(tls)))
+    }
+}
+
+/// The host part of `host:port` (brackets of an IPv6 literal removed).
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
+/// A connection to an upstream: plain TCP, or TLS (`[upstream] tls = true`).
+pub(crate) enum UpstreamStream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl UpstreamStream {
+    /// The TCP socket underneath.
+    pub(crate) fn tcp(&self) -> &TcpStream {
+        match self {
+            UpstreamStream::Plain(s) => s,
+            UpstreamStream::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for UpstreamStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            UpstreamStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for UpstreamStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            UpstreamStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamStream::Plain(s) => s.is_write_vectored(),
+            UpstreamStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            UpstreamStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            UpstreamStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl crate::server::ClientIo for UpstreamStream {
+    const TLS: bool = false;
+
+    fn try_write(&self, data: &[u8]) -> io::Result<usize> {
+        match self {
+            UpstreamStream::Plain(s) => s.try_write(data),
+            // Records must go through the session: never straight to the socket.
+            UpstreamStream::Tls(_) => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        self.tcp().readable()
+    }
+}

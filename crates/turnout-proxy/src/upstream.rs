@@ -13,6 +13,7 @@ use turnout_core::SlotName;
 
 use crate::error::ProxyError;
 use crate::h1::RawConn;
+use crate::tls::{UpstreamStream, UpstreamTls};
 
 /// A sender on a pooled HTTP/1.1 connection to an upstream.
 pub(crate) type Sender = http1::SendRequest<crate::body::RequestBody>;
@@ -36,6 +37,8 @@ pub struct Upstream {
     idle: Mutex<Vec<IdleConn>>,
     raw_idle: Mutex<Vec<(RawConn, Instant)>>,
     max_idle: usize,
+    /// TLS to the upstream (`[upstream] tls`), or plain TCP.
+    tls: Option<UpstreamTls>,
 }
 
 struct IdleConn {
@@ -58,7 +61,14 @@ impl Upstream {
             idle: Mutex::new(Vec::new()),
             raw_idle: Mutex::new(Vec::new()),
             max_idle,
+            tls: None,
         }
+    }
+
+    /// Speaks TLS to the upstream when `tls` is set.
+    pub(crate) fn with_tls(mut self, tls: Option<UpstreamTls>) -> Upstream {
+        self.tls = tls;
+        self
     }
 
     /// Whether the upstream takes traffic now.
@@ -200,10 +210,34 @@ impl Upstream {
         Ok(stream)
     }
 
+    /// Opens a connection ready for HTTP: TCP, then the TLS handshake when the upstream
+    /// speaks TLS, all within `timeout`.
+    pub(crate) async fn connect_stream(
+        &self,
+        timeout: Duration,
+    ) -> Result<UpstreamStream, ProxyError> {
+        let Some(tls) = &self.tls else {
+            return Ok(UpstreamStream::Plain(self.connect_tcp(timeout).await?));
+        };
+        let start = Instant::now();
+        let tcp = self.connect_tcp(timeout).await?;
+        let left = timeout.saturating_sub(start.elapsed());
+        match tokio::time::timeout(left, tls.connect(&self.addr, tcp)).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(source)) => Err(ProxyError::TlsHandshake {
+                addr: self.addr.clone(),
+                source,
+            }),
+            Err(_) => Err(ProxyError::ConnectTimeout {
+                addr: self.addr.clone(),
+            }),
+        }
+    }
+
     /// Opens a new HTTP/1.1 connection for hyper's client; its driver runs on its own
     /// task.
     pub(crate) async fn connect(&self, timeout: Duration) -> Result<Sender, ProxyError> {
-        let stream = self.connect_tcp(timeout).await?;
+        let stream = self.connect_stream(timeout).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await

@@ -70,6 +70,9 @@ pub(crate) fn anchor_paths(cfg: &mut Config, config: &Path) {
             anchor(p);
         }
     }
+    if let Some(tls) = &mut cfg.upstream.tls {
+        anchor(&mut tls.ca);
+    }
     if let Some(tls) = &mut cfg.listen.tls {
         anchor(&mut tls.cert);
         anchor(&mut tls.key);
@@ -157,6 +160,8 @@ fn proxy_options(cfg: &Config) -> ProxyOptions {
         max_connections: cfg.listen.max_connections,
         max_body: cfg.listen.max_body,
         failover: cfg.health.as_ref().is_some_and(|h| h.failover),
+        // Read in `serve`, where a bad CA file stops the start.
+        upstream_tls: None,
     }
 }
 
@@ -210,6 +215,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let upstream_tls = match &cfg.upstream.tls {
+        Some(t) => Some(
+            turnout_proxy::UpstreamTls::load(&t.ca, t.server_name.as_deref())
+                .map_err(|e| UsageError(format!("[upstream]: {e}")))?,
+        ),
+        None => None,
+    };
     // Before anything is started: a signal from here on stops the router in order.
     let mut signals = Signals::new()?;
 
@@ -225,7 +237,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     });
     let controller = Arc::new(
         Controller::start(
-            proxy_options(&cfg),
+            ProxyOptions {
+                upstream_tls,
+                ..proxy_options(&cfg)
+            },
             store.clone(),
             static_slots,
             pipeline_options(&cfg, store.dir()),

@@ -1,0 +1,281 @@
+//! `[upstream] tls = true`: the router speaks TLS to its upstreams, trusting only the
+//! configured CA. Needs the `openssl` command (scripts/test-all.sh installs it).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use turnout_testkit::{eventually, HttpClient, Router, RouterOptions};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn openssl(args: &[&str], dir: &Path) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect(
+            "the upstream TLS test needs the `openssl` command (Debian: apt-get install openssl)",
+        );
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A P-256 CA `<name>-ca.pem` (key `<name>-ca.key`) and a server certificate it signed
+/// for localhost and 127.0.0.1, `<name>-srv.pem` (key `<name>-srv.key`), in `dir`.
+fn make_pki(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let f = |suffix: &str| format!("{name}-{suffix}");
+    let curve = "ec_paramgen_curve:prime256v1";
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            curve,
+            "-nodes",
+            "-subj",
+            &format!("/CN={name} test CA"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-days",
+            "1",
+            "-keyout",
+            &f("ca.key"),
+            "-out",
+            &f("ca.pem"),
+        ],
+        dir,
+    );
+    openssl(
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            curve,
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            &f("srv.key"),
+            "-out",
+            &f("srv.csr"),
+        ],
+        dir,
+    );
+    std::fs::write(
+        dir.join(f("ext.cnf")),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &f("srv.csr"),
+            "-CA",
+            &f("ca.pem"),
+            "-CAkey",
+            &f("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &f("ext.cnf"),
+            "-out",
+            &f("srv.pem"),
+        ],
+        dir,
+    );
+    (
+        dir.join(f("ca.pem")),
+        dir.join(f("srv.pem")),
+        dir.join(f("srv.key")),
+    )
+}
+
+/// A TLS backend: `GET /` answers `tls-backend`, anything else (`/healthz`) `ok`, both
+/// 200, keep-alive. Returns its address.
+async fn tls_backend(cert: &Path, key: &Path) -> String {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        let path = head.split(' ').nth(1).unwrap_or("/");
+                        // A body (the POST of the test) is short and arrives with its head.
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        while buf.len() < len {
+                            match tls.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.drain(..len);
+                        let body = if path == "/" { "tls-backend" } else { "ok" };
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if tls.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match tls.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn router(upstream: &str, ca: &Path) -> Router {
+    Router::start(
+        Path::new(env!("CARGO_BIN_EXE_turnout")),
+        &RouterOptions {
+            blue: vec![upstream.to_owned()],
+            extra: format!(
+                "[upstream]\ntls = true\nca = {:?}\nserver_name = \"localhost\"\n",
+                ca.display().to_string()
+            ),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reach_a_tls_upstream_and_a_wrong_ca_fails_the_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_pki(dir.path(), "good");
+    let (other_ca, _, _) = make_pki(dir.path(), "other");
+    let backend = tls_backend(&cert, &key).await;
+
+    // The right CA: health checks pass over TLS, and requests get through (twice on
+    // one client connection: the second may reuse the pooled TLS connection).
+    let r = router(&backend, &ca).await;
+    eventually("blue healthy", WAIT, || async {
+        (r.status().await["slots"]["blue"]["upstreams"][0]["healthy"] == true).then_some(())
+    })
+    .await;
+    let mut client = HttpClient::http1(&r.data).await.unwrap();
+    for _ in 0..2 {
+        let reply = client.get("/").await.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.text(), "tls-backend");
+    }
+    // HTTP/2 with a request body: hyper's client connection, over TLS too.
+    let mut h2 = HttpClient::http2(&r.data).await.unwrap();
+    let reply = h2
+        .request(
+            http::Method::POST,
+            "/",
+            &[],
+            bytes::Bytes::from_static(b"hello"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), "tls-backend");
+
+    // A CA that did not sign the backend's certificate: the handshake fails, and says so.
+    let bad = router(&backend, &other_ca).await;
+    let mut client = HttpClient::http1(&bad.data).await.unwrap();
+    let reply = client.get("/").await.unwrap();
+    // 502 when the request beat the first health check; 503 once the check (which fails
+    // the same way) has taken the upstream out.
+    assert!(
+        reply.status == 502 || reply.status == 503,
+        "status {}: {}",
+        reply.status,
+        reply.text()
+    );
+    let expected = format!("TLS handshake with {backend} failed");
+    eventually("the handshake failure logged", WAIT, || async {
+        bad.stderr().contains(&expected).then_some(())
+    })
+    .await;
+    let log = bad.stderr();
+    assert!(
+        log.contains("UnknownIssuer") || log.contains("unknown issuer"),
+        "{log}"
+    );
+}
+
+#[test]
+fn an_unreadable_ca_file_stops_the_start_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("turnout.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n[state]\ndir = {:?}\n\
+             [upstream]\ntls = true\nca = \"missing-ca.pem\"\n",
+            dir.path().join("state").display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_turnout"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("[upstream]")
+            && stderr.contains("missing-ca.pem")
+            && stderr.contains("cannot read the CA certificate"),
+        "{stderr}"
+    );
+}
