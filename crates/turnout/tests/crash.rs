@@ -16,6 +16,15 @@ fn bin() -> &'static Path {
 
 /// Rounds of (start something, wait a pseudo-random moment, `kill -9`, restart, check).
 const ROUNDS: u64 = 12;
+
+/// Rounds to run: `TURNOUT_CRASH_ROUNDS` for the long run (e.g. 50), else [`ROUNDS`].
+fn rounds() -> u64 {
+    std::env::var("TURNOUT_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| (1..=500).contains(n))
+        .unwrap_or(ROUNDS)
+}
 /// The longest pseudo-random delay before a kill.
 const MAX_DELAY_MS: u64 = 1500;
 /// How long a restarted router may take to settle (end or resume what was running).
@@ -311,7 +320,7 @@ async fn kill_9_during_deployments_and_switches_leaves_a_consistent_router() {
     let mut deployed = false;
     let mut log = Vec::new();
 
-    for round in 0..ROUNDS {
+    for round in 0..rounds() {
         let s = status(&router).await;
         let live = s["live"].as_str().map(str::to_owned);
         let standby = match live.as_deref() {
