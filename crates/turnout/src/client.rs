@@ -112,27 +112,8 @@ impl AdminClient {
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<Streaming> {
         let head = async {
-            let stream = TcpStream::connect(&self.authority).await.with_context(|| {
-                format!(
-                    "cannot reach the router's admin API at http://{}; is `turnout serve` running? (set --admin URL or [admin] addr)",
-                    self.authority
-                )
-            })?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .context("admin API handshake")?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            let mut req = Request::builder()
-                .method(method)
-                .uri(path)
-                .header("host", self.authority.as_str())
-                .header("content-type", "application/json")
-                .header("te", "trailers");
-            if let Some(token) = &self.token {
-                req = req.header("authorization", format!("Bearer {token}"));
-            }
+            let mut sender = self.connect().await?;
+            let req = self.request(method, path).header("te", "trailers");
             let payload = match body {
                 Some(v) => Bytes::from(serde_json::to_vec(&v)?),
                 None => Bytes::new(),
@@ -190,6 +171,38 @@ impl AdminClient {
             })?
     }
 
+    /// A fresh HTTP/1.1 connection to the admin API.
+    async fn connect(
+        &self,
+    ) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+        let stream = TcpStream::connect(&self.authority).await.with_context(|| {
+            format!(
+                "cannot reach the router's admin API at http://{}; is `turnout serve` running? (set --admin URL or [admin] addr)",
+                self.authority
+            )
+        })?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("admin API handshake")?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    /// A request head with the host, JSON content type and the token.
+    fn request(&self, method: Method, path: &str) -> hyper::http::request::Builder {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.authority.as_str())
+            .header("content-type", "application/json");
+        match &self.token {
+            Some(token) => req.header("authorization", format!("Bearer {token}")),
+            None => req,
+        }
+    }
+
     async fn call_inner(
         &self,
         method: Method,
@@ -197,26 +210,8 @@ impl AdminClient {
         body: Option<serde_json::Value>,
         unknown: &str,
     ) -> anyhow::Result<serde_json::Value> {
-        let stream = TcpStream::connect(&self.authority).await.with_context(|| {
-            format!(
-                "cannot reach the router's admin API at http://{}; is `turnout serve` running? (set --admin URL or [admin] addr)",
-                self.authority
-            )
-        })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .context("admin API handshake")?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", self.authority.as_str())
-            .header("content-type", "application/json");
-        if let Some(token) = &self.token {
-            req = req.header("authorization", format!("Bearer {token}"));
-        }
+        let mut sender = self.connect().await?;
+        let req = self.request(method, path);
         let payload = match body {
             Some(v) => Bytes::from(serde_json::to_vec(&v)?),
             None => Bytes::new(),
