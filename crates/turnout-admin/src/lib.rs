@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
@@ -48,6 +48,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// A `Location` for a redirect (to the fleet's leader).
+    location: Option<String>,
 }
 
 impl ApiError {
@@ -60,6 +62,24 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            location: None,
+        }
+    }
+
+    /// `e`, for a call on `path`: on a replica that is not the fleet's leader, a `307`
+    /// to the same path on the leader (a client that follows it repeats the call there).
+    fn at(path: &str) -> impl FnOnce(ControlError) -> ApiError + '_ {
+        move |e| {
+            let leader = match &e {
+                ControlError::NotLeader { leader: Some(l) } => Some(l.admin.clone()),
+                _ => None,
+            };
+            let mut api = ApiError::from(e);
+            if let Some(admin) = leader {
+                api.status = StatusCode::TEMPORARY_REDIRECT;
+                api.location = Some(format!("{}{path}", admin.trim_end_matches('/')));
+            }
+            api
         }
     }
 }
@@ -83,7 +103,11 @@ impl IntoResponse for ApiError {
                 message: &self.message,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(loc) = self.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+            resp.headers_mut().insert(header::LOCATION, loc);
+        }
+        resp
     }
 }
 
@@ -118,6 +142,9 @@ impl From<ControlError> for ApiError {
                 "store_unavailable",
                 message,
             ),
+            ControlError::NotLeader { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", message)
+            }
             ControlError::Interrupted(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "interrupted", message)
             }
@@ -341,7 +368,14 @@ async fn switch(
     responses((status = 200, body = SwitchResponse), (status = 401, body = ErrorResponse),
         (status = 409, body = ErrorResponse)))]
 async fn rollback(State(state): State<AdminState>) -> Result<Json<SwitchResponse>, ApiError> {
-    Ok(Json(state.controller.rollback().await?.into()))
+    Ok(Json(
+        state
+            .controller
+            .rollback()
+            .await
+            .map_err(ApiError::at("/api/v1/rollback"))?
+            .into(),
+    ))
 }
 
 /// The body of `POST /api/v1/deployments`.
@@ -375,7 +409,8 @@ async fn deploy(
             upstreams: req.upstreams,
             manual: req.manual,
         })
-        .await?;
+        .await
+        .map_err(ApiError::at("/api/v1/deployments"))?;
     Ok((StatusCode::ACCEPTED, Json(d)))
 }
 
@@ -422,7 +457,13 @@ async fn deployment(
     responses((status = 200, body = Deployment), (status = 401, body = ErrorResponse),
         (status = 409, body = ErrorResponse)))]
 async fn promote(State(state): State<AdminState>) -> Result<Json<Deployment>, ApiError> {
-    Ok(Json(state.controller.promote().await?))
+    Ok(Json(
+        state
+            .controller
+            .promote()
+            .await
+            .map_err(ApiError::at("/api/v1/promote"))?,
+    ))
 }
 
 /// The shadow comparison of the running deployment (so far) or of the last one.
@@ -440,7 +481,13 @@ async fn shadow_report(
     responses((status = 200, body = Deployment), (status = 401, body = ErrorResponse),
         (status = 409, body = ErrorResponse)))]
 async fn abort(State(state): State<AdminState>) -> Result<Json<Deployment>, ApiError> {
-    Ok(Json(state.controller.abort().await?))
+    Ok(Json(
+        state
+            .controller
+            .abort()
+            .await
+            .map_err(ApiError::at("/api/v1/abort"))?,
+    ))
 }
 
 #[cfg(test)]

@@ -186,6 +186,9 @@ pub struct State {
     pub endpoints: Vec<String>,
     /// `prefix`, default `/turnout`: the etcd key prefix.
     pub prefix: String,
+    /// `advertise`: the URL other replicas send deployment calls to when this one leads
+    /// (etcd backend); default `http://` + the admin address.
+    pub advertise: Option<String>,
 }
 
 impl Default for State {
@@ -195,6 +198,7 @@ impl Default for State {
             backend: StateBackend::Embedded,
             endpoints: Vec::new(),
             prefix: "/turnout".to_string(),
+            advertise: None,
         }
     }
 }

@@ -170,7 +170,11 @@ fn listen(ctx: &mut Ctx, root: &Table, admin: &Admin) -> Listen {
 }
 
 fn state(ctx: &mut Ctx, root: &Table) -> State {
-    let t = root.table(ctx, "state", &["dir", "backend", "endpoints", "prefix"]);
+    let t = root.table(
+        ctx,
+        "state",
+        &["dir", "backend", "endpoints", "prefix", "advertise"],
+    );
     let d = State::default();
     let backend = t.parse(ctx, "backend", |s| match s {
         "embedded" => Ok(StateBackend::Embedded),
@@ -195,11 +199,13 @@ fn state(ctx: &mut Ctx, root: &Table) -> State {
             "the etcd backend needs endpoints, e.g. endpoints = [\"http://127.0.0.1:2379\"]"
                 .to_string(),
         ),
-        StateBackend::Embedded if t.has("endpoints") || t.has("prefix") => {
+        StateBackend::Embedded if t.has("endpoints") || t.has("prefix") || t.has("advertise") => {
             let key = if t.has("endpoints") {
                 "endpoints"
-            } else {
+            } else if t.has("prefix") {
                 "prefix"
+            } else {
+                "advertise"
             };
             let message = format!(
                 "{key} applies only to the etcd backend: set backend = \"etcd\" or remove {key}"
@@ -215,6 +221,9 @@ fn state(ctx: &mut Ctx, root: &Table) -> State {
         prefix: t
             .parse(ctx, "prefix", absolute("prefix", "/turnout/shop"))
             .unwrap_or(d.prefix),
+        advertise: t.parse(ctx, "advertise", |s| {
+            check_http_url(s).map(|()| s.trim_end_matches('/').to_string())
+        }),
     }
 }
 

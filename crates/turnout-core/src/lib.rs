@@ -10,5 +10,5 @@ mod routing;
 mod slot;
 
 pub use deployment::{format_ms, Analysis, Deployment, Outcome, Stage, StageRecord, Verdict};
-pub use routing::{RoutingState, SlotState, SwitchError, Weights};
+pub use routing::{Drain, RoutingState, SlotState, SwitchError, Weights};
 pub use slot::{ParseSlotError, Role, SlotName};

@@ -72,6 +72,22 @@ pub struct RoutingState {
     pub weights: Weights,
     /// Blue, then green (index with [`SlotName::index`]).
     pub slots: [SlotState; 2],
+    /// The session drain of the last switch (`[sessions]`), if one is running: shared
+    /// state, so that every router applies the same window. Set by the control plane
+    /// (this crate reads no clock); the transitions here keep it, except that emptying
+    /// the drained slot or placing a new candidate in it ends it.
+    #[serde(default)]
+    pub drain: Option<Drain>,
+}
+
+/// Sessions pinned to `slot` keep going there until `until_unix_ms`, although it is no
+/// longer live (`[sessions] drain` after a switch away from it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drain {
+    /// The slot that was live before the switch.
+    pub slot: SlotName,
+    /// The end of the window, in milliseconds since the Unix epoch.
+    pub until_unix_ms: u64,
 }
 
 /// Why a switch or rollback was refused. Each message says what to do instead.
@@ -114,6 +130,7 @@ impl RoutingState {
             live: None,
             weights: Weights::all_to(None),
             slots: [blue, green],
+            drain: None,
         };
         let live = SlotName::ALL
             .into_iter()
@@ -223,6 +240,8 @@ impl RoutingState {
         s.upstreams = upstreams;
         s.version = Some(version);
         s.role = Role::Candidate;
+        // Sessions pinned to the version that was here must not reach the new one.
+        next.end_drain_of(slot);
         Ok(next)
     }
 
@@ -275,7 +294,15 @@ impl RoutingState {
         next.revision += 1;
         *next.slot_mut(slot) = SlotState::idle();
         next.set_live(next.live);
+        next.end_drain_of(slot);
         Ok(next)
+    }
+
+    /// Ends the session drain if it is `slot`'s: its version is gone.
+    fn end_drain_of(&mut self, slot: SlotName) {
+        if self.drain.as_ref().is_some_and(|d| d.slot == slot) {
+            self.drain = None;
+        }
     }
 
     /// Makes `live` the live slot with all traffic, and derives the other roles: the other
@@ -453,8 +480,49 @@ mod tests {
     }
 
     #[test]
-    fn state_round_trips_as_json() {
+    fn a_drain_is_kept_by_changes_and_ended_when_its_slot_is_emptied_or_replaced() {
+        let drain = |slot| {
+            Some(Drain {
+                slot,
+                until_unix_ms: 5,
+            })
+        };
+        let mut s = RoutingState::initial(slot(&["a:1"]), slot(&["b:1"]));
+        s = s.switch(SlotName::Green, 1, false).unwrap();
+        s.drain = drain(SlotName::Blue);
+        // What the caller set stays through changes that do not touch the drained slot.
+        assert_eq!(s.switch(SlotName::Green, 1, false).unwrap().drain, s.drain);
+        assert_eq!(s.rollback(1).unwrap().drain, s.drain);
+        assert_eq!(s.set_canary(SlotName::Blue, 10, 1).unwrap().drain, s.drain);
+        // Its version retired, or a new candidate in its place: the drain ends.
+        assert_eq!(s.clear_slot(SlotName::Blue).unwrap().drain, None);
+        let placed = s
+            .clear_slot(SlotName::Blue)
+            .map(|mut c| {
+                c.drain = drain(SlotName::Blue);
+                c
+            })
+            .unwrap()
+            .place_candidate(SlotName::Blue, "v3".into(), vec!["a:2".into()])
+            .unwrap();
+        assert_eq!(placed.drain, None);
+    }
+
+    #[test]
+    fn a_state_saved_before_drains_existed_loads() {
         let s = RoutingState::initial(slot(&["a:1"]), slot(&["b:1"]));
+        let mut value = serde_json::to_value(&s).unwrap();
+        value.as_object_mut().unwrap().remove("drain");
+        assert_eq!(serde_json::from_value::<RoutingState>(value).unwrap(), s);
+    }
+
+    #[test]
+    fn state_round_trips_as_json() {
+        let mut s = RoutingState::initial(slot(&["a:1"]), slot(&["b:1"]));
+        s.drain = Some(Drain {
+            slot: SlotName::Green,
+            until_unix_ms: 1_700_000_000_000,
+        });
         let text = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<RoutingState>(&text).unwrap(), s);
     }

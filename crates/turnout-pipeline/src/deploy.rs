@@ -769,7 +769,7 @@ impl Run {
         }
         // The bake's first window starts at the switch, not after the records are saved
         // and the post_switch hook has run.
-        let from = self.inner.proxy.stats(slot).snapshot();
+        let from = self.inner.snapshot(slot);
         let why = self.why(
             "switch",
             format!("deployment {} switch to {slot}", self.d.id),
@@ -912,14 +912,14 @@ impl Run {
         let end = start + duration;
         let mut ring: std::collections::VecDeque<(Instant, StatsSnapshot)> =
             std::collections::VecDeque::new();
-        let first = from.unwrap_or_else(|| self.inner.proxy.stats(slot).snapshot());
+        let first = from.unwrap_or_else(|| self.inner.snapshot(slot));
         ring.push_back((Instant::now(), first));
         let mut seen = false;
         let mut last_saved = Instant::now();
         loop {
             let next = (tokio::time::Instant::now() + rules.interval).min(end);
             self.guarded(phase, tokio::time::sleep_until(next)).await?;
-            let now_snap = self.inner.proxy.stats(slot).snapshot();
+            let now_snap = self.inner.snapshot(slot);
             let now_t = Instant::now();
             while ring.len() > 1 && now_t.duration_since(ring[1].0) >= rules.window {
                 ring.pop_front();
@@ -991,7 +991,7 @@ impl Run {
     fn baseline(&self) -> Option<Duration> {
         let prev = self.d.previous?;
         let since = self.inner.baseline_mark(prev, &self.d.id)?;
-        let window = self.inner.proxy.stats(prev).snapshot().since(&since);
+        let window = self.inner.snapshot(prev).since(&since);
         (window.requests >= self.opts().bake.min_requests.max(1))
             .then(|| window.p99())
             .flatten()

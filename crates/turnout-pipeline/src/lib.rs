@@ -13,6 +13,7 @@ mod analysis;
 pub mod commands;
 mod deploy;
 mod events;
+mod fleet;
 pub mod instances;
 pub mod notify;
 mod options;
@@ -31,7 +32,7 @@ use turnout_core::{
 };
 use turnout_proxy::{Proxy, StatsSnapshot};
 use turnout_store::StateStore;
-pub use turnout_store::StoreError;
+pub use turnout_store::{ReplicaInfo, StoreError};
 
 pub use options::{
     BakeOptions, Hooks, PipelineOptions, PromoteMode, PromoteOptions, Provisioner, ShadowStage,
@@ -72,6 +73,12 @@ pub enum ControlError {
     /// No such deployment (or report).
     #[error("no {0}; `turnout history` lists the deployments")]
     NotFound(String),
+    /// In a fleet, deployments run on the leader only; this replica is not it.
+    #[error("{}", not_leader_message(leader.as_ref()))]
+    NotLeader {
+        /// The leader, when one is elected.
+        leader: Option<ReplicaInfo>,
+    },
     /// The task making the change failed (a bug, or the process is stopping).
     #[error(
         "the routing change was interrupted ({0}); its outcome is unknown: check `turnout status`"
@@ -97,6 +104,14 @@ pub enum AfterFailure {
         /// The revision now.
         revision: u64,
     },
+    /// The store is unreachable (a fleet's etcd): this router keeps routing by the last
+    /// state it knew and follows the store again once it is back.
+    Static {
+        /// The live slot it routes to.
+        live: Option<SlotName>,
+        /// The revision it routes by.
+        revision: u64,
+    },
     /// The store could not be read back; the router routes as before, which may differ
     /// from what the store holds.
     Unknown {
@@ -107,6 +122,16 @@ pub enum AfterFailure {
         /// Why the store could not be read.
         reason: String,
     },
+}
+
+fn not_leader_message(leader: Option<&ReplicaInfo>) -> String {
+    match leader {
+        Some(l) => format!(
+            "this router is not the fleet's leader; deployments run on the leader, replica {} at {} (the API redirects there with 307)",
+            l.replica, l.admin
+        ),
+        None => "no router of the fleet is the leader right now (the last leader's lease has not run out yet, or etcd is unreachable); retry in a few seconds".into(),
+    }
 }
 
 fn live_name(live: Option<SlotName>) -> &'static str {
@@ -124,6 +149,11 @@ impl std::fmt::Display for AfterFailure {
             AfterFailure::Reloaded { live, revision } => write!(
                 f,
                 "the router reloaded the saved routing state and routes by it now: {} is live (revision {revision})",
+                live_name(*live)
+            ),
+            AfterFailure::Static { live, revision } => write!(
+                f,
+                "the routers keep routing as before ({} is live, revision {revision}) and follow etcd again by themselves once it answers; retry then",
                 live_name(*live)
             ),
             AfterFailure::Unknown {
@@ -152,6 +182,22 @@ pub struct Status {
     pub slots: SlotsStatus,
     /// The deployment in progress (none until the release pipeline exists).
     pub deployment: Option<DeploymentStatus>,
+    /// With `[state] backend = "etcd"`: this replica and the fleet's leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetStatus>,
+}
+
+/// A replica's view of its fleet.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct FleetStatus {
+    /// This replica.
+    pub replica: ReplicaInfo,
+    /// Whether this replica is the leader (runs deployments).
+    pub leader: bool,
+    /// The leader, when one is elected and etcd answered.
+    pub leader_replica: Option<ReplicaInfo>,
+    /// Whether the last call to etcd got through.
+    pub connected: bool,
 }
 
 /// Blue and green.
@@ -229,6 +275,8 @@ struct Inner {
     )>,
     /// Routing commits that changed the live slot.
     switches: std::sync::atomic::AtomicU64,
+    /// With a shared store: the fleet as this replica sees it.
+    fleet: fleet::FleetState,
 }
 
 /// Something that happened: a stage started or ended, a switch, a rollback, a health
@@ -325,6 +373,7 @@ impl Controller {
     ) -> Result<Controller, ControlError> {
         let saved = store.load_routing().await?;
         let expected = saved.as_ref().map(|s| s.revision);
+        let static_slots_again = static_slots.clone();
         let [blue, green] = static_slots;
         let state = match saved {
             None => {
@@ -363,7 +412,19 @@ impl Controller {
             }
         };
         if expected != Some(state.revision) {
-            store.save_routing(&state, expected).await?;
+            match store.save_routing(&state, expected).await {
+                // Another replica of the fleet saved first: start from what it saved.
+                Err(StoreError::Conflict { .. }) if store.fleet().is_some() => {
+                    return Box::pin(Controller::start(
+                        proxy_opts,
+                        store,
+                        static_slots_again,
+                        pipeline,
+                    ))
+                    .await;
+                }
+                r => r?,
+            }
         }
         tracing::info!(live = ?state.live, revision = state.revision, store = %store.describe(), "routing state ready");
         // A check takes at most its timeout; the first one starts at once.
@@ -384,9 +445,15 @@ impl Controller {
                 shadow: std::sync::Mutex::new(None),
                 shadow_totals: Default::default(),
                 switches: std::sync::atomic::AtomicU64::new(0),
+                fleet: Default::default(),
             }),
         };
-        controller.inner.recover().await?;
+        if controller.inner.store.fleet().is_some() {
+            // Deployments are settled by whichever replica is elected.
+            fleet::start(&controller.inner);
+        } else {
+            controller.inner.recover().await?;
+        }
         controller.forward_health();
         Ok(controller)
     }
@@ -479,6 +546,10 @@ impl Controller {
     /// Sends traffic back to the standby slot (after its first health checks, as
     /// [`Controller::switch`]); runs in a task of its own like a switch.
     pub async fn rollback(&self) -> Result<RoutingState, ControlError> {
+        // A deployment owns the routing: on a fleet, its rollback is the leader's to do.
+        if self.inner.remote_current().is_some() {
+            self.require_leader().await?;
+        }
         if let Some(d) = self.signal(SignalKind::Rollback).await? {
             tracing::info!(deployment = %d.id, verdict = %d.verdict, "rollback ended the deployment");
             return Ok(self.inner.state.lock().await.clone());
@@ -535,18 +606,53 @@ impl Controller {
                 id: d.id,
                 version: d.version,
             }),
+            fleet: self.fleet_status().await,
         }
+    }
+
+    async fn fleet_status(&self) -> Option<FleetStatus> {
+        let fleet = self.inner.store.fleet()?;
+        let leader_replica = tokio::time::timeout(Duration::from_secs(2), fleet.leader())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
+        Some(FleetStatus {
+            replica: fleet.me().clone(),
+            leader: self.inner.may_run_deployments(),
+            leader_replica,
+            connected: fleet.connected(),
+        })
+    }
+
+    /// In a fleet, refuses a deployment call on a replica that is not the leader.
+    async fn require_leader(&self) -> Result<(), ControlError> {
+        if self.inner.may_run_deployments() {
+            return Ok(());
+        }
+        let leader = match self.inner.store.fleet() {
+            Some(f) => f.leader().await?,
+            None => None,
+        };
+        Err(ControlError::NotLeader { leader })
     }
 
     /// The running deployment's record, if one runs.
     pub fn current(&self) -> Option<Deployment> {
         let run = self.inner.run.lock().unwrap_or_else(|p| p.into_inner());
-        run.as_ref().map(|h| h.record.borrow().clone())
+        run.as_ref()
+            .map(|h| h.record.borrow().clone())
+            .or_else(|| self.inner.remote_current())
     }
 
     /// Starts a deployment of `req.version` into the idle slot (blue for the first one)
     /// and returns its record; the pipeline runs in a task of its own.
     pub async fn deploy(&self, req: DeployRequest) -> Result<Deployment, ControlError> {
+        self.require_leader().await?;
+        if self.inner.store.fleet().is_some() {
+            // A fleet's leader that cannot reach etcd must not start what it cannot save.
+            self.inner.store.load_routing().await?;
+        }
         validate_version(&req.version)?;
         for addr in &req.upstreams {
             validate_upstream(addr)?;
@@ -596,7 +702,7 @@ impl Controller {
         };
         if let Some(prev) = previous {
             *self.inner.mark.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((d.id.clone(), prev, self.inner.proxy.stats(prev).snapshot()));
+                Some((d.id.clone(), prev, self.inner.snapshot(prev)));
         }
         let (runner, handle) = Run::new(self.inner.clone(), d.clone(), req.upstreams);
         *run = Some(handle);
@@ -614,6 +720,7 @@ impl Controller {
 
     /// Passes the manual gate, or moves a canary on to its next step.
     pub async fn promote(&self) -> Result<Deployment, ControlError> {
+        self.require_leader().await?;
         match self.signal(SignalKind::Promote).await? {
             Some(d) => Ok(d),
             None => Err(ControlError::Conflict(
@@ -624,6 +731,7 @@ impl Controller {
 
     /// Ends the running deployment before its switch; returns its final record.
     pub async fn abort(&self) -> Result<Deployment, ControlError> {
+        self.require_leader().await?;
         match self.signal(SignalKind::Abort).await? {
             Some(d) => Ok(d),
             None => Err(ControlError::Conflict(
@@ -1114,6 +1222,34 @@ impl Inner {
                 tracing::warn!(slot = %slot, error = %e, "the restarted instances of {slot} are not healthy: {e}");
             }
         }
+        self.recover_deployments(deployments).await
+    }
+
+    /// Loads what the slots run (a leader taking over from another replica).
+    async fn load_slots(&self) -> Result<(), ControlError> {
+        let saved: [Option<SavedSlot>; 2] = match self.store.load_value(SLOTS_KEY).await? {
+            None => [None, None],
+            Some(text) => serde_json::from_str(&text).unwrap_or([None, None]),
+        };
+        let mut slots = self.slots.lock().await;
+        for (slot, saved) in slots.iter_mut().zip(saved) {
+            *slot = saved.map(|s| SlotRuntime {
+                kind: s.kind,
+                version: s.version,
+                deployment: s.deployment,
+                instances: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// Settles the deployments a previous process left unfinished (`deployments`: the
+    /// newest first): see [`Inner::recover`].
+    async fn recover_deployments(
+        self: &Arc<Inner>,
+        deployments: Vec<Deployment>,
+    ) -> Result<(), ControlError> {
+        let unfinished = deployments.first().filter(|d| !d.is_over()).cloned();
         // The latest deployment only: older unfinished ones (from a crash long ago) are
         // closed as aborted.
         for d in deployments.into_iter().filter(|d| !d.is_over()) {
@@ -1199,12 +1335,31 @@ impl Inner {
     /// Saves `next` over `state`, then routes by it. When the save fails, the outcome is
     /// not always known (a conflict means another writer; a failed commit may have landed):
     /// the store is read back and the data plane follows what it holds.
+    ///
+    /// With `[sessions]`, a switch of the live slot starts a session drain for the slot
+    /// left (`RoutingState::drain`), and a rollback ends any drain: the slot rolled away
+    /// from was bad, so every session goes to the restored slot at once.
     async fn commit(
         &self,
         state: &mut RoutingState,
-        next: RoutingState,
+        mut next: RoutingState,
         why: events::Why,
     ) -> Result<RoutingState, ControlError> {
+        if let Some(drain) = self.pipeline.session_drain {
+            if why.kind == "rollback" {
+                next.drain = None;
+            } else if let (Some(from), Some(to)) = (state.live, next.live) {
+                if from != to {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default();
+                    next.drain = Some(turnout_core::Drain {
+                        slot: from,
+                        until_unix_ms: u64::try_from((now + drain).as_millis()).unwrap_or(u64::MAX),
+                    });
+                }
+            }
+        }
         if let Err(source) = self.store.save_routing(&next, Some(state.revision)).await {
             let now = self.reload(state).await;
             tracing::warn!(error = %source, now = %now, "routing change not saved");
@@ -1244,6 +1399,13 @@ impl Inner {
                 revision: state.revision,
                 reason: format!("{} holds no routing state", self.store.describe()),
             },
+            // A fleet's replica follows the store again by itself once it is back.
+            Err(StoreError::Unavailable { .. }) if self.store.fleet().is_some() => {
+                AfterFailure::Static {
+                    live: state.live,
+                    revision: state.revision,
+                }
+            }
             Err(e) => AfterFailure::Unknown {
                 live: state.live,
                 revision: state.revision,
@@ -1405,6 +1567,14 @@ mod tests {
             _value: &'a str,
         ) -> BoxFuture<'a, Result<(), StoreError>> {
             Box::pin(async { Ok(()) })
+        }
+
+        fn create_value<'a>(
+            &'a self,
+            _key: &'a str,
+            value: &'a str,
+        ) -> BoxFuture<'a, Result<String, StoreError>> {
+            Box::pin(async move { Ok(value.to_owned()) })
         }
 
         fn describe(&self) -> String {

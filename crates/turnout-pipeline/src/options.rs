@@ -27,6 +27,9 @@ pub struct PipelineOptions {
     pub decommission_delay: Duration,
     /// Commands at stage edges.
     pub hooks: Hooks,
+    /// `[sessions] drain`: after a switch, sessions pinned to the previous live slot stay
+    /// there this long (`RoutingState::drain`); `None` without `[sessions]`.
+    pub session_drain: Option<Duration>,
 }
 
 impl Default for PipelineOptions {
@@ -41,6 +44,7 @@ impl Default for PipelineOptions {
             bake: BakeOptions::default(),
             decommission_delay: Duration::from_secs(60),
             hooks: Hooks::default(),
+            session_drain: None,
         }
     }
 }

@@ -39,6 +39,7 @@ use crate::h1::{add_content_length, Chunked, LengthError, RawConn};
 use crate::mirror::Tap;
 use crate::server::ClientIo;
 use crate::service::ConnService;
+use crate::sessions::{SessionFacts, Sessions};
 use crate::table::SlotPool;
 use crate::upstream::UpstreamRef;
 use crate::{tunnel, Inner};
@@ -151,6 +152,8 @@ struct Plan {
     expect_continue: bool,
     /// Where the client's `X-Request-Id` value is in the head (start, end), if it sent one.
     request_id: Option<(usize, usize)>,
+    /// What its cookies say (`[sessions]` on; default otherwise).
+    session: SessionFacts,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -307,7 +310,11 @@ impl<S: ClientIo> ClientConn<S> {
         }
 
         // Phase 1: route. Requests with no live slot are in no slot's statistics.
-        let Some(slot) = self.inner.table.load().choose().cloned() else {
+        let chosen = match &self.inner.sessions {
+            None => self.inner.table.load().choose().cloned(),
+            Some(_) => crate::sessions::choose(&self.inner.table.load(), plan.session.pin).cloned(),
+        };
+        let Some(slot) = chosen else {
             return self.fail(&plan, &ProxyError::NoLiveSlot).await;
         };
         if self.inner.tap.is_on() && plan.upgrade.is_none() {
@@ -382,6 +389,14 @@ impl<S: ClientIo> ClientConn<S> {
         if let Some(tap) = self.tap.as_mut() {
             tap.set_slot(slot.name);
             tap.response_head_h1(&self.out, plan.head_request, started.elapsed());
+        }
+        // After the tap took the head: a shadow compares what the version answered.
+        if let Some(sessions) = &self.inner.sessions {
+            let sets = sessions.head_sets_session(&self.out);
+            if plan.session.wants_pin(sets, slot.name) {
+                let value = sessions.set_cookie(slot.name, S::TLS);
+                insert_header(&mut self.out, b"set-cookie: ", value.as_bytes());
+            }
         }
 
         // Phase 5: respond.
@@ -501,9 +516,13 @@ impl<S: ClientIo> ClientConn<S> {
                 // Only the first MAX_HEAD bytes may hold the head.
                 let window = &self.buf[..self.buf.len().min(MAX_HEAD)];
                 if parse {
-                    if let Some(plan) =
-                        plan_request_proto(window, &self.ip, S::TLS, &mut self.up_head)?
-                    {
+                    if let Some(plan) = plan_request_proto(
+                        window,
+                        &self.ip,
+                        S::TLS,
+                        self.inner.sessions.as_ref(),
+                        &mut self.up_head,
+                    )? {
                         return Ok(Some(plan));
                     }
                 }
@@ -1272,14 +1291,16 @@ fn listed_in_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
 /// Parses and checks a request head in `buf`, and writes the upstream's head into
 /// `up`. `Ok(None)`: the head is not complete yet.
 fn plan_request(buf: &[u8], ip: &[u8], up: &mut Vec<u8>) -> Result<Option<Plan>, Refusal> {
-    plan_request_proto(buf, ip, false, up)
+    plan_request_proto(buf, ip, false, None, up)
 }
 
-/// [`plan_request`] for a client connection that is TLS (`https`) or not.
+/// [`plan_request`] for a client connection that is TLS (`https`) or not, reading the
+/// cookies when `sessions` are on.
 fn plan_request_proto(
     buf: &[u8],
     ip: &[u8],
     https: bool,
+    sessions: Option<&Sessions>,
     up: &mut Vec<u8>,
 ) -> Result<Option<Plan>, Refusal> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -1360,6 +1381,15 @@ fn plan_request_proto(
                 minor == 1 && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }
     }
+    let session = match sessions {
+        None => SessionFacts::default(),
+        Some(s) => s.facts(
+            req.headers
+                .iter()
+                .filter(|h| eq(h.name, "cookie"))
+                .map(|h| h.value),
+        ),
+    };
     // `close` wins over `keep-alive`; HTTP/1.0 closes unless it asks otherwise.
     let close = saw_close || (minor == 0 && !saw_keep_alive);
     if transfer_encoding && !chunked {
@@ -1498,6 +1528,7 @@ fn plan_request_proto(
         upgrade: upgrade.map(|p| p.trim_ascii().eq_ignore_ascii_case(b"websocket")),
         expect_continue,
         request_id,
+        session,
     }))
 }
 
@@ -1625,10 +1656,16 @@ fn respond_head(
 /// Inserts `x-request-id: ID` as the last line of the HTTP head at the end of `head`
 /// (which ends with the empty line).
 fn insert_line(head: &mut Vec<u8>, id: &[u8]) {
+    insert_header(head, b"x-request-id: ", id);
+}
+
+/// Inserts `name` (with its `: `) and `value` as the last line of the HTTP head at the
+/// end of `head` (which ends with the empty line).
+fn insert_header(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     debug_assert!(head.ends_with(b"\r\n\r\n"));
     head.truncate(head.len() - 2);
-    head.extend_from_slice(b"x-request-id: ");
-    head.extend_from_slice(id);
+    head.extend_from_slice(name);
+    head.extend_from_slice(value);
     head.extend_from_slice(b"\r\n\r\n");
 }
 

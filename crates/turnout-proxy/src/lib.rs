@@ -21,6 +21,7 @@ mod mirror_tests;
 mod proxy_tests;
 mod server;
 mod service;
+mod sessions;
 mod stats;
 mod table;
 mod tls;
@@ -44,6 +45,7 @@ pub use mirror::{
     lower_thread_priority, request_id, CaptureHandle, ShadowCounters, ShadowCounts, ShadowHandle,
     ShadowOptions, SHADOW_HEADER,
 };
+pub use sessions::{derive_key, key_from_hex, key_to_hex, random_key, SessionOptions, PIN_COOKIE};
 pub use stats::{Counts, SlotStats, StatsSnapshot, STATUS_CLASSES};
 pub use table::{SlotPool, Table};
 pub use tls::{TlsCert, TlsError, UpstreamTls};
@@ -80,6 +82,9 @@ pub struct ProxyOptions {
     pub failover: bool,
     /// TLS to every upstream (`[upstream] tls`); `None`: plain TCP.
     pub upstream_tls: Option<UpstreamTls>,
+    /// Session affinity through a cutover (`[sessions]`, see `sessions.rs`); `None`:
+    /// off, and a request pays one `Option` check for it.
+    pub sessions: Option<SessionOptions>,
 }
 
 impl Default for ProxyOptions {
@@ -97,6 +102,7 @@ impl Default for ProxyOptions {
             max_body: None,
             failover: false,
             upstream_tls: None,
+            sessions: None,
         }
     }
 }
@@ -180,6 +186,8 @@ pub(crate) struct Inner {
     pub(crate) connections: std::sync::atomic::AtomicUsize,
     /// Refused connections being answered now.
     pub(crate) refusing: std::sync::atomic::AtomicUsize,
+    /// `[sessions]`, made once from `opts.sessions`.
+    pub(crate) sessions: Option<sessions::Sessions>,
 }
 
 /// How many earlier versions per slot keep their counts for [`Proxy::version_counts`].
@@ -232,6 +240,7 @@ impl Proxy {
         );
         let (live_tx, live_rx) = watch::channel(None);
         let (health_tx, _) = broadcast::channel(256);
+        let sessions = opts.sessions.as_ref().map(sessions::Sessions::new);
         let proxy = Proxy {
             inner: Arc::new(Inner {
                 errors: LogLimiter::new(),
@@ -250,6 +259,7 @@ impl Proxy {
                 refusals: LogLimiter::new(),
                 connections: std::sync::atomic::AtomicUsize::new(0),
                 refusing: std::sync::atomic::AtomicUsize::new(0),
+                sessions,
             }),
         };
         proxy.apply(state);
@@ -296,6 +306,7 @@ impl Proxy {
         self.mark_versions(&slots);
         let mut table = Table::new(state.revision, state.live, state.weights, slots);
         table.failover = self.inner.opts.failover;
+        table.drain = state.drain.clone();
         self.inner.table.store(Arc::new(table));
         self.inner.live_tx.send_replace(state.live);
     }

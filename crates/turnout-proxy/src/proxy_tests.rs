@@ -75,6 +75,7 @@ pub(crate) fn state(live: SlotName, blue: &str, green: &str) -> RoutingState {
         live: Some(live),
         weights: Weights::all_to(Some(live)),
         slots: [slot(blue, SlotName::Blue), slot(green, SlotName::Green)],
+        drain: None,
     }
 }
 

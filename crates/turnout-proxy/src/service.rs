@@ -2,7 +2,8 @@
 //! calls [`ConnService`] for each request, which goes through these phases:
 //!
 //! 1. **route** — load the routing table (one atomic load) and choose the slot: the live
-//!    one, or by weight during a canary. No live slot: `503`.
+//!    one, or by weight during a canary; with `[sessions]`, a session's pin may keep it on
+//!    its slot (`sessions.rs`). No live slot: `503`.
 //! 2. **prepare** — rewrite the head for the HTTP/1.1 upstream in place: origin-form URI,
 //!    `Host` from the authority, split cookies joined, hop-by-hop headers removed (RFC
 //!    9110 §7.6.1), `X-Forwarded-For` appended to, `-Proto` and `-Host` set.
@@ -63,6 +64,8 @@ pub(crate) struct ConnService {
     pub(crate) inner: Arc<Inner>,
     pub(crate) client_ip: HeaderValue,
     pub(crate) proto: HeaderValue,
+    /// The client connection is TLS (a session pin is then `Secure`).
+    pub(crate) tls: bool,
 }
 
 impl ConnService {
@@ -74,6 +77,7 @@ impl ConnService {
             inner,
             client_ip,
             proto,
+            tls,
         }
     }
 }
@@ -120,8 +124,20 @@ impl ConnService {
             }
         }
         // Phase 1: route. Requests with no live slot are in no slot's statistics.
-        let mut slot = match self.inner.table.load().choose() {
-            Some(slot) => Arc::clone(slot),
+        let (chosen, session) = match &self.inner.sessions {
+            None => (self.inner.table.load().choose().cloned(), None),
+            Some(s) => {
+                let cookies = req.headers().get_all(header::COOKIE).iter();
+                let facts = s.facts(cookies.map(HeaderValue::as_bytes));
+                let table = self.inner.table.load();
+                (
+                    crate::sessions::choose(&table, facts.pin).cloned(),
+                    Some(facts),
+                )
+            }
+        };
+        let mut slot = match chosen {
+            Some(slot) => slot,
             None => return with_id(error_response(&ProxyError::NoLiveSlot), request_id),
         };
         // Counts the request once: with its status, or as a failure if it is dropped
@@ -224,6 +240,18 @@ impl ConnService {
                         ProxyBody::tapped(body, tap)
                     }
                 };
+                // After the tap took the head: a shadow compares what the version answered.
+                if let (Some(sessions), Some(facts)) = (&self.inner.sessions, session) {
+                    let sets = parts
+                        .headers
+                        .get_all(header::SET_COOKIE)
+                        .iter()
+                        .any(|v| sessions.sets_session(v.as_bytes()));
+                    if facts.wants_pin(sets, slot.name) {
+                        let value = sessions.set_cookie(slot.name, self.tls).clone();
+                        parts.headers.append(header::SET_COOKIE, value);
+                    }
+                }
                 Response::from_parts(parts, body)
             }
             Err(e) => {

@@ -257,6 +257,42 @@ impl StatsSnapshot {
         }
     }
 
+    /// Each counter plus `other`'s (saturating): several routers' counts as one.
+    pub fn add(&mut self, other: &StatsSnapshot) {
+        for (b, o) in self.buckets.iter_mut().zip(other.buckets.iter()) {
+            *b = b.saturating_add(*o);
+        }
+        self.requests = self.requests.saturating_add(other.requests);
+        self.errors = self.errors.saturating_add(other.errors);
+    }
+
+    /// The latency buckets that are not empty, as `(bucket index, count)`: the compact
+    /// form in which a router publishes its counts to the fleet.
+    pub fn sparse_buckets(&self) -> Vec<(u16, u64)> {
+        self.buckets
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(i, n)| (i as u16, *n))
+            .collect()
+    }
+
+    /// A snapshot from published parts ([`StatsSnapshot::sparse_buckets`]); indices out
+    /// of range (a router of another build) are ignored.
+    pub fn from_parts(requests: u64, errors: u64, sparse: &[(u16, u64)]) -> StatsSnapshot {
+        let mut s = StatsSnapshot {
+            requests,
+            errors,
+            ..StatsSnapshot::default()
+        };
+        for &(i, n) in sparse {
+            if let Some(b) = s.buckets.get_mut(usize::from(i)) {
+                *b = n;
+            }
+        }
+        s
+    }
+
     /// Errors per request, from 0 to 1; `None` without requests.
     pub fn error_rate(&self) -> Option<f64> {
         (self.requests > 0).then(|| (self.errors.min(self.requests)) as f64 / self.requests as f64)

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use turnout_core::{SlotName, Weights};
+use turnout_core::{Drain, SlotName, Weights};
 
 use crate::upstream::UpstreamRef;
 
@@ -67,6 +67,9 @@ pub struct Table {
     pub slots: [Arc<SlotPool>; 2],
     /// Failover on (`ProxyOptions::failover`): see [`Table::failover_target`].
     pub failover: bool,
+    /// The session drain of the routing state (`RoutingState::drain`); only read with
+    /// `[sessions]` on (`sessions.rs`).
+    pub drain: Option<Drain>,
     split: AtomicUsize,
 }
 
@@ -83,6 +86,7 @@ impl Table {
             weights,
             slots,
             failover: false,
+            drain: None,
             split: AtomicUsize::new(0),
         }
     }

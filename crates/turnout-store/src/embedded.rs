@@ -184,6 +184,17 @@ impl EmbeddedStore {
             .map_err(|e| self.backend_err(e))
     }
 
+    fn create_value_sync(&self, key: &str, value: &str) -> Result<String, StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.execute(
+            "INSERT INTO kv (key, revision, value) VALUES (?1, 0, ?2) ON CONFLICT(key) DO NOTHING",
+            rusqlite::params![key, value],
+        )
+        .map_err(|e| self.backend_err(e))?;
+        conn.query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0))
+            .map_err(|e| self.backend_err(e))
+    }
+
     fn save_value_sync(&self, key: &str, value: &str) -> Result<(), StoreError> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         conn.execute(
@@ -254,6 +265,19 @@ impl StateStore for EmbeddedStore {
         Box::pin(async move {
             let location = this.location();
             blocking(location, move || this.save_sync(&state, expected)).await
+        })
+    }
+
+    fn create_value<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<String, StoreError>> {
+        let this = self.clone();
+        let (key, value) = (key.to_owned(), value.to_owned());
+        Box::pin(async move {
+            let location = this.location();
+            blocking(location, move || this.create_value_sync(&key, &value)).await
         })
     }
 

@@ -7,11 +7,17 @@
 //! half-written one.
 
 mod embedded;
+#[cfg(feature = "etcd")]
+mod etcd;
+mod fleet;
 
 use std::future::Future;
 use std::pin::Pin;
 
 pub use embedded::EmbeddedStore;
+#[cfg(feature = "etcd")]
+pub use etcd::{EtcdOptions, EtcdStore};
+pub use fleet::{Change, Fleet, Leadership, ReplicaInfo};
 use turnout_core::{Deployment, RoutingState};
 
 /// A boxed future, so that [`StateStore`] can be used as a trait object.
@@ -46,6 +52,22 @@ pub enum StoreError {
         /// The decoding error.
         #[source]
         source: serde_json::Error,
+    },
+    /// The store cannot be reached (etcd down or partitioned away): nothing was written.
+    #[error("the state store at {location} is unreachable ({source}); changes are refused until it answers again")]
+    Unavailable {
+        /// Where the store is.
+        location: String,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// This replica lost its leadership while writing as the leader (its lease expired):
+    /// nothing was written, and another replica takes over the deployment.
+    #[error("this router is no longer the fleet's leader (its lease at {location} expired); another replica takes the deployment over")]
+    NotLeader {
+        /// Where the store is.
+        location: String,
     },
     /// Another writer changed the state since it was read.
     #[error("the routing state changed while this change was being made (expected revision {expected}, found {found}); read the status again and retry")]
@@ -87,6 +109,21 @@ pub trait StateStore: Send + Sync + 'static {
         value: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
+    /// Stores `value` under `key` unless a value is there already, and returns the value
+    /// stored (the new one or the one that was there): the first writer wins, also among
+    /// several routers on one store.
+    fn create_value<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<String, StoreError>>;
+
     /// A short description for logs and errors (a path or endpoints).
     fn describe(&self) -> String;
+
+    /// The fleet this store is shared by, when several routers share it (etcd): their
+    /// changes, leader election and traffic counters. `None` for a store of one router.
+    fn fleet(&self) -> Option<&dyn Fleet> {
+        None
+    }
 }

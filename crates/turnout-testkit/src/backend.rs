@@ -24,6 +24,7 @@ type Body = BoxBody<Bytes, Infallible>;
 struct Shared {
     name: String,
     healthy: AtomicBool,
+    failing: AtomicBool,
     requests: AtomicU64,
 }
 
@@ -34,6 +35,7 @@ struct Shared {
 /// - `GET /chunked?n=N`: N lines `piece-I`, chunked;
 /// - `GET /headers`: the request headers as JSON;
 /// - `GET /status?code=N`: the name, with status N;
+/// - `GET /set-cookie?NAME=VALUE`: the name, with `Set-Cookie: NAME=VALUE; Path=/`;
 /// - `GET /ws`: a WebSocket echo that answers `NAME:MESSAGE`;
 /// - anything else: the name, with header `x-backend: NAME`.
 pub struct Backend {
@@ -55,6 +57,7 @@ impl Backend {
         let shared = Arc::new(Shared {
             name: name.to_owned(),
             healthy: AtomicBool::new(true),
+            failing: AtomicBool::new(false),
             requests: AtomicU64::new(0),
         });
         let (stop, mut stopped) = oneshot::channel::<()>();
@@ -95,6 +98,12 @@ impl Backend {
         self.shared.healthy.store(healthy, Ordering::SeqCst);
     }
 
+    /// Makes every request but `/healthz` answer 500 (true) or as usual (false): a bad
+    /// version that passes its health checks.
+    pub fn set_failing(&self, failing: bool) {
+        self.shared.failing.store(failing, Ordering::SeqCst);
+    }
+
     /// Requests received, health checks excluded.
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::SeqCst)
@@ -121,6 +130,13 @@ async fn handle(s: Arc<Shared>, mut req: Request<Incoming>) -> Result<Response<B
         ));
     }
     s.requests.fetch_add(1, Ordering::SeqCst);
+    if s.failing.load(Ordering::SeqCst) {
+        let mut r = full(StatusCode::INTERNAL_SERVER_ERROR, s.name.clone());
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&s.name) {
+            r.headers_mut().insert("x-backend", v);
+        }
+        return Ok(r);
+    }
     let resp = match path.as_str() {
         "/upload" => {
             let mut body = req.into_body();
@@ -195,6 +211,17 @@ async fn handle(s: Arc<Shared>, mut req: Request<Incoming>) -> Result<Response<B
                 .and_then(|n| StatusCode::from_u16(n).ok())
                 .unwrap_or(StatusCode::OK);
             full(code, s.name.clone())
+        }
+        "/set-cookie" => {
+            let mut r = full(StatusCode::OK, s.name.clone());
+            if let Some(v) = req
+                .uri()
+                .query()
+                .and_then(|q| format!("{q}; Path=/").parse().ok())
+            {
+                r.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            r
         }
         "/slow" => {
             let ms: u64 = req

@@ -11,6 +11,7 @@
 mod backend;
 mod client;
 mod demo;
+pub mod etcd;
 mod load;
 pub mod router;
 
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 pub use backend::Backend;
 pub use client::{HttpClient, Reply};
 pub use demo::{demo_app_path, processes_with_args, DemoApp};
+pub use etcd::Etcd;
 pub use load::{describe_failures, Load, Sample};
 pub use router::{Router, RouterOptions, TOKEN};
 

@@ -26,6 +26,8 @@ pub struct RouterOptions {
     pub listen_extra: String,
     /// Extra keys for the generated `[health]`.
     pub health_extra: String,
+    /// Extra keys for `[state]` (e.g. the etcd backend).
+    pub state_extra: String,
 }
 
 /// A running router. Killed (SIGKILL) when dropped; its state directory lives as long as
@@ -60,11 +62,12 @@ impl Router {
         let config = format!(
             "[listen]\naddr = \"127.0.0.1:0\"\n{listen_extra}\n\
              [admin]\naddr = \"127.0.0.1:0\"\ntoken = \"env:TURNOUT_ADMIN_TOKEN\"\n\n\
-             [state]\ndir = {state:?}\n\n\
+             [state]\ndir = {state:?}\n{state_extra}\n\
              [health]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nhealthy = 1\nunhealthy = 1\n{health_extra}\n\
              [slots.blue]\nupstreams = [{blue}]\n{blue_version}\n[slots.green]\nupstreams = [{green}]\n{green_version}\n{extra}\n",
             listen_extra = opts.listen_extra,
             health_extra = opts.health_extra,
+            state_extra = opts.state_extra,
             state = dir.path().join("state").display().to_string(),
             blue = list(&opts.blue),
             green = list(&opts.green),

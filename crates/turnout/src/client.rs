@@ -160,7 +160,7 @@ impl AdminClient {
         } else {
             "; the outcome of this change is unknown: check `turnout status`"
         };
-        tokio::time::timeout(timeout, self.call_inner(method, path, body, unknown))
+        tokio::time::timeout(timeout, self.call_inner(method, path, body, unknown, 1))
             .await
             .map_err(|_| {
                 anyhow!(
@@ -209,9 +209,11 @@ impl AdminClient {
         path: &str,
         body: Option<serde_json::Value>,
         unknown: &str,
+        redirects: u8,
     ) -> anyhow::Result<serde_json::Value> {
         let mut sender = self.connect().await?;
-        let req = self.request(method, path);
+        let req = self.request(method.clone(), path);
+        let body_again = body.clone();
         let payload = match body {
             Some(v) => Bytes::from(serde_json::to_vec(&v)?),
             None => Bytes::new(),
@@ -226,17 +228,50 @@ impl AdminClient {
                 )
             })?;
         let status = resp.status();
+        let location = resp
+            .headers()
+            .get(hyper::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let bytes = resp
             .into_body()
             .collect()
             .await
             .with_context(|| format!("reading the admin API's answer{unknown}"))?
             .to_bytes();
+        // A replica of a fleet sends deployment calls to the leader: follow once.
+        if status == StatusCode::TEMPORARY_REDIRECT && redirects > 0 {
+            if let Some((base, path)) = location.as_deref().and_then(split_url) {
+                eprintln!(
+                    "turnout: {} is not the fleet's leader; sending this to the leader at {base}",
+                    self.authority
+                );
+                let leader = AdminClient::new(&base, self.token.clone())?;
+                return Box::pin(leader.call_inner(
+                    method,
+                    &path,
+                    body_again,
+                    unknown,
+                    redirects - 1,
+                ))
+                .await;
+            }
+        }
         if status.is_success() {
             return Ok(serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null));
         }
         Err(failure(status, &bytes).into())
     }
+}
+
+/// `http://host:port/path?query` as (`http://host:port`, `/path?query`).
+fn split_url(url: &str) -> Option<(String, String)> {
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/"),
+    };
+    (!authority.is_empty()).then(|| (format!("http://{authority}"), path.to_owned()))
 }
 
 /// The API's error answer (`{"error": {"code", "message"}}`) as an [`ApiFailure`].

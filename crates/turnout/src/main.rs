@@ -9,6 +9,7 @@ mod demo;
 mod follow;
 mod replay;
 mod serve;
+mod sessions;
 
 use std::process::ExitCode;
 

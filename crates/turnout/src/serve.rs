@@ -14,7 +14,7 @@ use turnout_config::{Config, StateBackend, TokenSource};
 use turnout_core::{Role, SlotName, SlotState};
 use turnout_pipeline::Controller;
 use turnout_proxy::{HealthCheck, ProxyOptions};
-use turnout_store::EmbeddedStore;
+use turnout_store::{EmbeddedStore, StateStore};
 
 use crate::cli::LogFormat;
 use crate::commands::UsageError;
@@ -162,21 +162,70 @@ fn proxy_options(cfg: &Config) -> ProxyOptions {
         failover: cfg.health.as_ref().is_some_and(|h| h.failover),
         // Read in `serve`, where a bad CA file stops the start.
         upstream_tls: None,
+        // Made in `serve`: the key may be kept in the store.
+        sessions: None,
     }
 }
 
-/// Sections that this build parses but does not act on yet: say so rather than ignore
-/// them silently.
-fn warn_unimplemented(cfg: &Config) {
-    let sections = [("[sessions]", cfg.sessions.is_some())];
-    for (name, present) in sections {
-        if present {
-            tracing::warn!(
-                section = name,
-                "this section is not acted on by this version of turnout yet"
-            );
+/// The etcd store of a fleet's replica (`[state] backend = "etcd"`).
+#[cfg(feature = "etcd")]
+async fn open_etcd(cfg: &Config, admin: SocketAddr) -> anyhow::Result<Arc<dyn StateStore>> {
+    use std::hash::{BuildHasher, Hasher};
+    let advertise = match &cfg.state.advertise {
+        Some(url) => url.clone(),
+        None if admin.ip().is_unspecified() => {
+            return Err(UsageError(format!(
+                "[admin] addr = {admin} listens on every interface, so other replicas cannot tell which address reaches this one: set [state] advertise = \"http://HOST:{}\"",
+                admin.port()
+            ))
+            .into())
         }
-    }
+        None => format!("http://{admin}"),
+    };
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    let replica = format!("{:012x}", h.finish() & 0xffff_ffff_ffff);
+    let endpoints: Vec<String> = cfg
+        .state
+        .endpoints
+        .iter()
+        .map(|e| {
+            if e.contains("://") {
+                e.clone()
+            } else {
+                format!("http://{e}")
+            }
+        })
+        .collect();
+    let opts = turnout_store::EtcdOptions {
+        endpoints: endpoints.clone(),
+        prefix: cfg.state.prefix.trim_end_matches('/').to_owned(),
+        me: turnout_store::ReplicaInfo {
+            replica,
+            admin: advertise,
+        },
+        lease_ttl: std::time::Duration::from_secs(5),
+        timeout: std::time::Duration::from_secs(2),
+    };
+    let store = turnout_store::EtcdStore::connect(opts.clone())
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e}; is etcd running at {}? ([state] endpoints)",
+                endpoints.join(", ")
+            )
+        })?;
+    tracing::info!(replica = %opts.me.replica, advertise = %opts.me.admin, prefix = %opts.prefix, "state in etcd at {}, shared by the fleet", endpoints.join(", "));
+    Ok(Arc::new(store))
+}
+
+/// Without the etcd feature: say how to get it.
+#[cfg(not(feature = "etcd"))]
+async fn open_etcd(_cfg: &Config, _admin: SocketAddr) -> anyhow::Result<Arc<dyn StateStore>> {
+    Err(UsageError(
+        "[state] backend = \"etcd\": this turnout was built without the etcd backend. Build it with `cargo build --release -p turnout --features etcd` (the etcd client needs protoc: `apt-get install protobuf-compiler`), or use the embedded store (remove `backend`)".into(),
+    )
+    .into())
 }
 
 async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
@@ -186,9 +235,11 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    if cfg.state.backend == StateBackend::Etcd {
+    if cfg.state.backend == StateBackend::Etcd
+        && cfg.provision.as_ref().is_some_and(|p| p.command.is_some())
+    {
         return Err(UsageError(
-            "[state] backend = \"etcd\" is not available in this build; use the embedded store (remove `backend`)".into(),
+            "[provision] command cannot be used with [state] backend = \"etcd\": instances it starts live and die with one router, and a fleet's next leader could neither reach nor stop them. Use [provision] up/down (instances every replica can reach and that outlive a router) or `turnout deploy VERSION --upstream HOST:PORT`".into(),
         )
         .into());
     }
@@ -206,7 +257,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         ))
         .into());
     }
-    warn_unimplemented(&cfg);
     // Read now, so that a bad certificate or key stops the start with a clear message.
     let tls = match &cfg.listen.tls {
         Some(t) => Some(
@@ -225,8 +275,25 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // Before anything is started: a signal from here on stops the router in order.
     let mut signals = Signals::new()?;
 
-    let store = Arc::new(EmbeddedStore::open(&cfg.state.dir)?);
-    tracing::info!(dir = %store.dir().display(), "state directory {}", store.dir().display());
+    // Bound before the store is opened: a fleet's replica advertises its address.
+    let admin = bind(cfg.admin.addr, "[admin] addr").await?;
+    let admin_addr = admin.local_addr()?;
+    let store: Arc<dyn StateStore> = match cfg.state.backend {
+        StateBackend::Embedded => {
+            let store = EmbeddedStore::open(&cfg.state.dir)?;
+            tracing::info!(dir = %store.dir().display(), "state directory {}", store.dir().display());
+            Arc::new(store)
+        }
+        StateBackend::Etcd => {
+            std::fs::create_dir_all(&cfg.state.dir).with_context(|| {
+                format!(
+                    "cannot create [state] dir {} (logs of hooks and provisioning go there)",
+                    cfg.state.dir.display()
+                )
+            })?;
+            open_etcd(&cfg, admin_addr).await?
+        }
+    };
     let static_slots = SlotName::ALL.map(|name| {
         let s = cfg.slots.get(name);
         SlotState {
@@ -239,11 +306,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         Controller::start(
             ProxyOptions {
                 upstream_tls,
+                sessions: crate::sessions::session_options(&cfg, &*store).await?,
                 ..proxy_options(&cfg)
             },
             store.clone(),
             static_slots,
-            pipeline_options(&cfg, store.dir()),
+            pipeline_options(&cfg, &cfg.state.dir),
         )
         .await?,
     );
@@ -263,9 +331,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         (Some(t), Some(cert)) => Some((bind(t.addr, "[listen.tls] addr").await?, cert.clone())),
         _ => None,
     };
-    let admin = bind(cfg.admin.addr, "[admin] addr").await?;
     let data_addr = data.local_addr()?;
-    let admin_addr = admin.local_addr()?;
     // Scripts and tests read these lines to find the ports (the config may say :0); the
     // admin line comes last.
     println!("turnout: data plane listening on http://{data_addr}");
@@ -445,6 +511,7 @@ fn pipeline_options(cfg: &Config, state_dir: &Path) -> turnout_pipeline::Pipelin
             post_decommission: h.post_decommission.clone(),
             timeout: h.timeout,
         },
+        session_drain: cfg.sessions.as_ref().map(|s| s.drain),
     }
 }
 

@@ -1,0 +1,134 @@
+//! A real etcd server (Debian's `etcd-server`) on free loopback ports, with a temporary
+//! data directory: for the fleet tests. `scripts/test-all.sh` installs it.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+/// A running etcd. Killed when dropped.
+pub struct Etcd {
+    /// `http://127.0.0.1:PORT`, for `[state] endpoints`.
+    pub endpoint: String,
+    client_port: u16,
+    peer_port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+/// The etcd binary: `$ETCD_BIN`, else `etcd` on the PATH.
+fn binary() -> PathBuf {
+    std::env::var_os("ETCD_BIN").map_or_else(|| PathBuf::from("etcd"), PathBuf::from)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Etcd {
+    /// Starts etcd and waits until it answers `/health`.
+    pub async fn start() -> anyhow::Result<Etcd> {
+        let mut etcd = Etcd {
+            endpoint: String::new(),
+            client_port: free_port()?,
+            peer_port: free_port()?,
+            dir: tempfile::tempdir()?,
+            child: None,
+        };
+        etcd.endpoint = format!("http://127.0.0.1:{}", etcd.client_port);
+        etcd.spawn().await?;
+        Ok(etcd)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))?;
+        let child = Command::new(binary())
+            .arg("--name=t")
+            .arg(format!("--data-dir={}", self.dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=t={peer}"))
+            .arg("--logger=zap")
+            .arg("--log-level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (Debian's etcd-server; `bash scripts/test-all.sh` installs it, or set ETCD_BIN)",
+                    binary().display()
+                )
+            })?;
+        self.child = Some(child);
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.healthy().await {
+                return Ok(());
+            }
+            if let Some(Some(status)) = self.child.as_mut().map(|c| c.try_wait().ok().flatten()) {
+                bail!("etcd exited ({status}): {}", self.log());
+            }
+            if Instant::now() > end {
+                bail!("etcd did not become healthy within 30s: {}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether etcd answers `GET /health` with `"health":"true"`.
+    async fn healthy(&self) -> bool {
+        let check = async {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.client_port)).await?;
+            s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                .await?;
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).await?;
+            Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).contains("\"health\":\"true\""))
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), check).await,
+            Ok(Ok(true))
+        )
+    }
+
+    /// What etcd logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+
+    /// Stops etcd (SIGKILL: as abrupt as a crash or a partition) and waits for it.
+    pub async fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    /// Starts it again on the same ports with the same data.
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            return Err(anyhow!("etcd is running"));
+        }
+        self.spawn().await
+    }
+
+    /// `[state]` keys for a router on this etcd under `prefix`.
+    pub fn state_config(&self, prefix: &str) -> String {
+        format!(
+            "backend = \"etcd\"\nendpoints = [{:?}]\nprefix = {prefix:?}\n",
+            self.endpoint
+        )
+    }
+}
