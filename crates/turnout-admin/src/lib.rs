@@ -366,7 +366,9 @@ async fn switch(
 /// back.
 #[utoipa::path(post, path = "/api/v1/rollback", tag = "routing", security(("bearer" = [])),
     responses((status = 200, body = SwitchResponse), (status = 401, body = ErrorResponse),
-        (status = 409, body = ErrorResponse)))]
+        (status = 409, body = ErrorResponse),
+        (status = 307, description = "On a fleet replica that is not the leader: the same call on the leader (Location)", body = ErrorResponse),
+        (status = 503, description = "The state store is unreachable, or no fleet leader is elected", body = ErrorResponse)))]
 async fn rollback(State(state): State<AdminState>) -> Result<Json<SwitchResponse>, ApiError> {
     Ok(Json(
         state
@@ -396,7 +398,9 @@ pub struct DeployBody {
 #[utoipa::path(post, path = "/api/v1/deployments", tag = "deployments", security(("bearer" = [])),
     request_body = DeployBody,
     responses((status = 202, body = Deployment), (status = 400, body = ErrorResponse),
-        (status = 401, body = ErrorResponse), (status = 409, body = ErrorResponse)))]
+        (status = 401, body = ErrorResponse), (status = 409, body = ErrorResponse),
+        (status = 307, description = "On a fleet replica that is not the leader: the same call on the leader (Location)", body = ErrorResponse),
+        (status = 503, description = "The state store is unreachable, or no fleet leader is elected", body = ErrorResponse)))]
 async fn deploy(
     State(state): State<AdminState>,
     body: Result<Json<DeployBody>, JsonRejection>,
@@ -455,7 +459,9 @@ async fn deployment(
 /// Passes a deployment waiting at its manual gate, or moves a canary to its next step.
 #[utoipa::path(post, path = "/api/v1/promote", tag = "deployments", security(("bearer" = [])),
     responses((status = 200, body = Deployment), (status = 401, body = ErrorResponse),
-        (status = 409, body = ErrorResponse)))]
+        (status = 409, body = ErrorResponse),
+        (status = 307, description = "On a fleet replica that is not the leader: the same call on the leader (Location)", body = ErrorResponse),
+        (status = 503, description = "The state store is unreachable, or no fleet leader is elected", body = ErrorResponse)))]
 async fn promote(State(state): State<AdminState>) -> Result<Json<Deployment>, ApiError> {
     Ok(Json(
         state
@@ -479,7 +485,9 @@ async fn shadow_report(
 /// Ends the running deployment before its switch; answers with its final record.
 #[utoipa::path(post, path = "/api/v1/abort", tag = "deployments", security(("bearer" = [])),
     responses((status = 200, body = Deployment), (status = 401, body = ErrorResponse),
-        (status = 409, body = ErrorResponse)))]
+        (status = 409, body = ErrorResponse),
+        (status = 307, description = "On a fleet replica that is not the leader: the same call on the leader (Location)", body = ErrorResponse),
+        (status = 503, description = "The state store is unreachable, or no fleet leader is elected", body = ErrorResponse)))]
 async fn abort(State(state): State<AdminState>) -> Result<Json<Deployment>, ApiError> {
     Ok(Json(
         state

@@ -142,6 +142,16 @@ async fn follow(weak: Weak<Inner>) {
         let Some(inner) = weak.upgrade() else { return };
         match change {
             Change::Routing(s) => inner.follow_routing(s).await,
+            Change::Connected(s) => {
+                inner.follow_routing(s).await;
+                // The deployment may have moved on while this replica was cut off (or
+                // starting): catch up on it too.
+                if let Ok(latest) = inner.store.load_deployments(1).await {
+                    for d in latest {
+                        inner.follow_deployment(d);
+                    }
+                }
+            }
             Change::Deployment(d) => inner.follow_deployment(*d),
         }
     }

@@ -885,6 +885,10 @@ impl Controller {
         if let Some(task) = task {
             task.abort();
         }
+        // A fleet's leader hands over at once rather than after its lease runs out.
+        if let Some(fleet) = self.inner.store.fleet() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), fleet.resign()).await;
+        }
         let taken: Vec<_> = {
             let mut slots = self.inner.slots.lock().await;
             slots

@@ -59,6 +59,8 @@ struct Shared {
     /// and the sender that tells the holder of the [`Leadership`] that it is lost.
     leading: Mutex<Option<(i64, i64, watch::Sender<bool>)>>,
     connected: AtomicBool,
+    /// Set when the router stops: no new lease is taken.
+    resigned: AtomicBool,
 }
 
 impl EtcdStore {
@@ -83,6 +85,7 @@ impl EtcdStore {
                 lease,
                 leading: Mutex::new(None),
                 connected: AtomicBool::new(false),
+                resigned: AtomicBool::new(false),
             }),
         };
         // One read proves the cluster answers (and has a leader).
@@ -347,6 +350,9 @@ async fn keep_lease(shared: Arc<Shared>) {
     let ttl_secs = i64::try_from(ttl.as_secs().max(2)).unwrap_or(5);
     let mut lease = shared.client.lease_client();
     loop {
+        if shared.resigned.load(Ordering::SeqCst) {
+            return;
+        }
         let id = match lease.grant(ttl_secs, None).await {
             Ok(r) => r.id(),
             Err(e) => {
@@ -364,6 +370,9 @@ async fn keep_lease(shared: Arc<Shared>) {
         let give_up = ttl.saturating_sub(Duration::from_secs(1)).max(ttl / 2);
         loop {
             tokio::time::sleep(ttl / 3).await;
+            if shared.resigned.load(Ordering::SeqCst) {
+                return;
+            }
             if keeper.is_none() {
                 keeper = lease.keep_alive(id).await.ok();
             }
@@ -597,6 +606,20 @@ impl Fleet for EtcdStore {
     fn connected(&self) -> bool {
         self.shared.connected.load(Ordering::Relaxed)
     }
+
+    fn resign(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.shared.resigned.store(true, Ordering::SeqCst);
+            step_down(&self.shared, "the router is stopping");
+            let lease = self.shared.lease.send_replace(None);
+            if let Some(id) = lease {
+                let mut l = self.shared.client.lease_client();
+                if let Err(e) = l.revoke(id).await {
+                    tracing::warn!(error = %e, "could not end this router's etcd lease; the fleet waits for it to run out");
+                }
+            }
+        })
+    }
 }
 
 /// Reads the routing state, then watches it and the deployment records from the next
@@ -618,7 +641,7 @@ async fn follow(store: EtcdStore, tx: mpsc::Sender<Change>) {
                 if let Some(kv) = resp.kvs().first() {
                     match store.decode::<RoutingState>(kv.value()) {
                         Ok(s) => {
-                            if tx.send(Change::Routing(s)).await.is_err() {
+                            if tx.send(Change::Connected(s)).await.is_err() {
                                 return;
                             }
                         }

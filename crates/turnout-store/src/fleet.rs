@@ -10,10 +10,12 @@ use crate::{BoxFuture, StoreError};
 /// A change to the shared state, as the store applied it.
 #[derive(Clone, Debug)]
 pub enum Change {
-    /// The routing state: after any replica changed it, and again (unchanged or not)
-    /// each time the connection to the store is made again, so that a replica that missed
-    /// changes while cut off catches up.
+    /// The routing state, after any replica changed it.
     Routing(RoutingState),
+    /// The routing state as stored when the connection to the store was made (at start
+    /// and after each reconnection), so that a replica that missed changes while cut off
+    /// catches up.
+    Connected(RoutingState),
     /// A deployment record the leader saved.
     Deployment(Box<Deployment>),
 }
@@ -60,4 +62,8 @@ pub trait Fleet: Send + Sync {
 
     /// Whether the last call to the store got through.
     fn connected(&self) -> bool;
+
+    /// Ends this replica's lease (a router that stops): its leadership, if it led, passes
+    /// to another replica at once, and its counters go.
+    fn resign(&self) -> BoxFuture<'_, ()>;
 }

@@ -276,6 +276,23 @@ pub fn render_status(s: &Status) -> String {
             let _ = writeln!(o, "deployment: none");
         }
     }
+    if let Some(f) = &s.fleet {
+        let leader = match (&f.leader_replica, f.leader) {
+            (_, true) => "this replica leads (runs the deployments)".to_owned(),
+            (Some(l), false) => format!("leader: replica {} at {}", l.replica, l.admin),
+            (None, false) => "no leader elected right now".to_owned(),
+        };
+        let etcd = if f.connected {
+            "etcd connected"
+        } else {
+            "etcd UNREACHABLE: serving with the last known routing"
+        };
+        let _ = writeln!(
+            o,
+            "fleet: replica {}    {leader}    {etcd}",
+            f.replica.replica
+        );
+    }
     let _ = writeln!(o);
     let _ = writeln!(o, "{:<6} {:<9} {:<12} UPSTREAMS", "SLOT", "ROLE", "VERSION");
     for (name, slot) in [("blue", &s.slots.blue), ("green", &s.slots.green)] {

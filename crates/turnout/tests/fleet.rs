@@ -362,3 +362,74 @@ async fn without_etcd_the_fleet_serves_on_and_refuses_changes_then_catches_up() 
     }
     leader_of(&routers.iter().collect::<Vec<_>>()).await;
 }
+
+/// `GET /` through `router` with `cookie`; the backend that answered and the pin set.
+async fn get_with(router: &Router, cookie: &str) -> (String, Option<String>) {
+    let mut c = HttpClient::http1(&router.data).await.unwrap();
+    let headers: Vec<(&str, &str)> = if cookie.is_empty() {
+        vec![]
+    } else {
+        vec![("cookie", cookie)]
+    };
+    let r = c
+        .request(Method::GET, "/", &headers, Default::default())
+        .await
+        .unwrap();
+    let pin = r.headers.get_all("set-cookie").iter().find_map(|v| {
+        let v = v.to_str().ok()?.strip_prefix("turnout_pin=")?;
+        Some(v.split(';').next()?.to_owned())
+    });
+    (r.text(), pin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_pinned_by_one_replica_stays_on_the_old_slot_through_another() {
+    let etcd = Etcd::start().await.unwrap();
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let sessions = "[sessions]\ncookie = \"sid\"\ndrain = \"1h\"\n";
+    let routers = fleet(&etcd, 2, &blue, Some(&green), sessions).await;
+    // The session begins on blue through replica 0, which pins it (its key is the fleet's,
+    // kept in etcd).
+    let (slot, pin) = get_with(&routers[0], "sid=old").await;
+    assert_eq!(slot, "blue");
+    let pin = pin.expect("a pin for a request with a session");
+    // The switch is made on replica 1; the old session, now sent through replica 1, stays
+    // on blue for the drain window, while a new session and a client without one get green.
+    let (st, body) = routers[1]
+        .api(
+            Method::POST,
+            "/api/v1/switch",
+            Some(json!({ "to": "green" })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let mut green_pin = None;
+    for r in &routers {
+        eventually(
+            "the replica serves green",
+            Duration::from_secs(10),
+            || async { (get_with(r, "").await.0 == "green").then_some(()) },
+        )
+        .await;
+        let (slot, _) = get_with(r, &format!("sid=old; turnout_pin={pin}")).await;
+        assert_eq!(slot, "blue", "the old session left blue through {}", r.data);
+        let (slot, new_pin) = get_with(r, "sid=new").await;
+        assert_eq!(slot, "green");
+        green_pin = Some(new_pin.expect("the new session is pinned to green"));
+    }
+    let green_pin = green_pin.unwrap();
+    // A rollback moves every session back at once, whatever its pin.
+    let (st, body) = routers[0].api(Method::POST, "/api/v1/rollback", None).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    for r in &routers {
+        eventually(
+            "the replica serves blue again",
+            Duration::from_secs(10),
+            || async { (get_with(r, "").await.0 == "blue").then_some(()) },
+        )
+        .await;
+        let (slot, _) = get_with(r, &format!("sid=new; turnout_pin={green_pin}")).await;
+        assert_eq!(slot, "blue", "a session pinned to green after the rollback");
+    }
+}
