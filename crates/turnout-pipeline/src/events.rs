@@ -77,6 +77,9 @@ pub(crate) struct Why {
     pub(crate) reason: String,
     /// The deployment making the change: its id and version.
     pub(crate) deployment: Option<(String, String)>,
+    /// Made by the fleet's leader as the leader (a deployment, retiring a slot): in a
+    /// fleet, saved only while this replica still leads.
+    pub(crate) leader_only: bool,
 }
 
 impl Why {
@@ -86,7 +89,14 @@ impl Why {
             kind,
             reason: reason.into(),
             deployment: None,
+            leader_only: false,
         }
+    }
+
+    /// The change is the leader's (see [`Why::leader_only`]).
+    pub(crate) fn by_leader(mut self) -> Why {
+        self.leader_only = true;
+        self
     }
 
     /// A change made by deployment `id` of `version`.
@@ -100,6 +110,7 @@ impl Why {
             kind,
             reason: reason.into(),
             deployment: Some((id.to_owned(), version.to_owned())),
+            leader_only: true,
         }
     }
 

@@ -61,8 +61,6 @@ struct PublishedSlot {
 /// The other replicas' counters as running totals.
 #[derive(Default)]
 pub(crate) struct Peers {
-    /// When this replica started following (ms since the epoch).
-    since_ms: u64,
     by_id: HashMap<String, Peer>,
 }
 
@@ -85,14 +83,10 @@ impl Peers {
             let now = p
                 .slots
                 .map(|s| StatsSnapshot::from_parts(s.requests, s.errors, &s.buckets));
-            let since = self.since_ms;
+            // Counted from when this replica first saw it (other hosts' clocks are not
+            // compared; at most one publish interval of a new replica's traffic is missed).
             let peer = self.by_id.entry(id).or_insert_with(|| Peer {
-                // A replica that started after this one followed: all its counts are new.
-                first: if p.started_ms >= since {
-                    Default::default()
-                } else {
-                    now.clone()
-                },
+                first: now.clone(),
                 last: Default::default(),
             });
             peer.last = now;
@@ -118,12 +112,6 @@ fn now_ms() -> u64 {
 
 /// Starts the fleet's tasks for `inner` (whose store has a fleet).
 pub(crate) fn start(inner: &Arc<Inner>) {
-    inner
-        .fleet_state()
-        .peers
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .since_ms = now_ms();
     tokio::spawn(follow(Arc::downgrade(inner)));
     tokio::spawn(publish(Arc::downgrade(inner)));
     tokio::spawn(lead(Arc::downgrade(inner)));
@@ -206,18 +194,34 @@ async fn lead(weak: Weak<Inner>) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
-        {
+        // Deployments are accepted only once the one the previous leader left is settled
+        // (until then `require_leader` refuses them); a failed attempt is retried while
+        // the leadership lasts.
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            if *leadership.lost.borrow() {
+                break;
+            }
             let Some(inner) = weak.upgrade() else { return };
-            inner.fleet_state().leader.store(true, Ordering::SeqCst);
-            let me = inner.me().map(|m| m.replica.clone()).unwrap_or_default();
-            inner.events.publish(Event::new(
-                "leader",
-                format!(
-                    "this router (replica {me}) is the fleet's leader: it runs the deployments"
-                ),
-            ));
-            if let Err(e) = inner.take_over().await {
-                tracing::error!(error = %e, "settling the deployment left by the previous leader failed: {e}");
+            match inner.take_over().await {
+                Ok(()) => {
+                    inner.fleet_state().leader.store(true, Ordering::SeqCst);
+                    let me = inner.me().map(|m| m.replica.clone()).unwrap_or_default();
+                    inner.events.publish(Event::new(
+                        "leader",
+                        format!("this router (replica {me}) is the fleet's leader: it runs the deployments"),
+                    ));
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "settling the deployment left by the previous leader failed; retrying: {e}");
+                    drop(inner);
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        _ = leadership.lost.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
             }
         }
         while !*leadership.lost.borrow_and_update() {
@@ -281,7 +285,12 @@ impl Inner {
             return;
         }
         let mut remote = self.fleet.remote.lock().unwrap_or_else(|p| p.into_inner());
-        if remote.as_ref().is_some_and(|r| r.id > d.id) {
+        // The leader saves the running deployment; a record of another one that is over
+        // (an old one closed while settling) does not hide it.
+        if remote
+            .as_ref()
+            .is_some_and(|r| r.id != d.id && !r.is_over() && d.is_over())
+        {
             return;
         }
         let changed = remote.as_ref() != Some(&d);
@@ -341,6 +350,10 @@ impl Inner {
             task.abort();
         }
         self.run.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // What the aborted run had switched on in this data plane (its guards may not
+        // have run: the task stopped mid-await).
+        self.proxy.set_retry_on(None);
+        self.proxy.stop_shadow();
         let me = self.me().map(|m| m.replica.clone()).unwrap_or_default();
         tracing::warn!("this router (replica {me}) is no longer the fleet's leader");
         self.events.publish(Event::new(
@@ -368,12 +381,9 @@ mod tests {
     }
 
     #[test]
-    fn peers_count_only_what_happened_since_following_and_never_go_down() {
-        let mut peers = Peers {
-            since_ms: 1000,
-            ..Default::default()
-        };
-        // "old" ran before we followed (its 50 are not ours), "new" started after.
+    fn peers_count_from_first_sight_and_never_go_down() {
+        let mut peers = Peers::default();
+        // Counted from first sight: neither the 50 of "old" nor the 7 of "new" are ours.
         peers.update(
             "me",
             vec![
@@ -384,7 +394,7 @@ mod tests {
             ],
         );
         let t = peers.total(SlotName::Blue);
-        assert_eq!((t.requests, t.errors), (7, 1));
+        assert_eq!((t.requests, t.errors), (0, 0));
         peers.update(
             "me",
             vec![
@@ -393,12 +403,12 @@ mod tests {
             ],
         );
         let t = peers.total(SlotName::Blue);
-        assert_eq!((t.requests, t.errors), (40, 2));
-        assert_eq!(t.sparse_buckets(), vec![(3, 40)]);
+        assert_eq!((t.requests, t.errors), (33, 1));
+        assert_eq!(t.sparse_buckets(), vec![(3, 33)]);
         // "new" went away: its counts stay.
         peers.update("me", vec![("old".into(), published(10, 90, 6))]);
         let t = peers.total(SlotName::Blue);
-        assert_eq!((t.requests, t.errors), (50, 2));
+        assert_eq!((t.requests, t.errors), (43, 1));
         assert_eq!(peers.total(SlotName::Green).requests, 0);
     }
 }

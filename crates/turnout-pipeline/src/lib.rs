@@ -631,7 +631,9 @@ impl Controller {
             return Ok(());
         }
         let leader = match self.inner.store.fleet() {
-            Some(f) => f.leader().await?,
+            // Elected a moment ago and still settling the previous leader's deployment:
+            // not a redirect to itself, a "retry in a moment".
+            Some(f) => f.leader().await?.filter(|l| l != f.me()),
             None => None,
         };
         Err(ControlError::NotLeader { leader })
@@ -1072,7 +1074,7 @@ impl Inner {
     async fn retire(self: &Arc<Inner>, slot: SlotName) -> Result<(), ControlError> {
         let has = !self.state.lock().await.slot(slot).upstreams.is_empty();
         if has {
-            let why = events::Why::operator("switch", format!("{slot} retired"));
+            let why = events::Why::operator("switch", format!("{slot} retired")).by_leader();
             self.change(why, move |s: &RoutingState, _| s.clear_slot(slot))
                 .await?;
         }
@@ -1288,6 +1290,10 @@ impl Inner {
 
     /// Settles deployment `d` that a previous process left in progress.
     async fn resume(self: &Arc<Inner>, d: Deployment) {
+        // Settling twice (a retried take-over) must not start a second run.
+        if self.run.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            return;
+        }
         let state = self.state.lock().await.clone();
         let baking = state.live == Some(d.slot) && d.reached(Stage::Switch);
         let share = state.weights.of(d.slot);
@@ -1359,12 +1365,22 @@ impl Inner {
                         .unwrap_or_default();
                     next.drain = Some(turnout_core::Drain {
                         slot: from,
-                        until_unix_ms: u64::try_from((now + drain).as_millis()).unwrap_or(u64::MAX),
+                        until_unix_ms: u64::try_from(now.saturating_add(drain).as_millis())
+                            .unwrap_or(u64::MAX),
                     });
                 }
             }
         }
-        if let Err(source) = self.store.save_routing(&next, Some(state.revision)).await {
+        let saved = match self.store.fleet() {
+            // A deposed leader's change in flight must not land over the new leader's.
+            Some(fleet) if why.leader_only => {
+                fleet
+                    .save_routing_as_leader(&next, Some(state.revision))
+                    .await
+            }
+            _ => self.store.save_routing(&next, Some(state.revision)).await,
+        };
+        if let Err(source) = saved {
             let now = self.reload(state).await;
             tracing::warn!(error = %source, now = %now, "routing change not saved");
             return Err(ControlError::NotSaved { source, now });

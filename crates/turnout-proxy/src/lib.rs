@@ -307,6 +307,9 @@ impl Proxy {
         let mut table = Table::new(state.revision, state.live, state.weights, slots);
         table.failover = self.inner.opts.failover;
         table.drain = state.drain.clone();
+        if let Some(sessions) = &self.inner.sessions {
+            sessions.set_versions(SlotName::ALL.map(|n| table.slot(n).version.as_deref()));
+        }
         self.inner.table.store(Arc::new(table));
         self.inner.live_tx.send_replace(state.live);
     }

@@ -248,7 +248,7 @@ impl ConnService {
                         .iter()
                         .any(|v| sessions.sets_session(v.as_bytes()));
                     if facts.wants_pin(sets, slot.name) {
-                        let value = sessions.set_cookie(slot.name, self.tls).clone();
+                        let value = sessions.set_cookie(slot.name, self.tls);
                         parts.headers.append(header::SET_COOKIE, value);
                     }
                 }

@@ -1,8 +1,9 @@
 //! Session affinity through a cutover (`[sessions]`).
 //!
 //! turnout keeps the slot a session is on in a cookie of its own, signed so that a
-//! client cannot choose its slot: `turnout_pin=<slot>.<sig>`, where `sig` is the hex
-//! HMAC-SHA256 of the slot name under the sessions key. Every router with the same key
+//! client cannot forge one: `turnout_pin=<slot>.<sig>`, where `sig` is the hex
+//! HMAC-SHA256 of the slot name and the version the slot holds, under the sessions key
+//! (a pin stops counting when another version is put in its slot). Every router with the same key
 //! reads every other's pins, with no shared memory. The cookie is set (`Path=/;
 //! HttpOnly; SameSite=Lax`, `Secure` on TLS connections, no `Max-Age`: it lasts the
 //! browser session) on a response when the request carries the application's session
@@ -17,12 +18,13 @@
 //! else is routed as if it had no pin.
 //!
 //! With `[sessions]` off a request pays one `Option` check. On, the cookies are read in
-//! place (no allocation); a pin costs one HMAC verification; the `Set-Cookie` values are
-//! made once, at start.
+//! place (no allocation); a pin costs one 32-byte comparison; the `Set-Cookie` values
+//! and signatures are made when the slots' versions change.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use http::HeaderValue;
 use ring::hmac;
 use turnout_core::SlotName;
@@ -90,8 +92,49 @@ pub fn key_from_hex(text: &str) -> Option<[u8; 32]> {
 pub(crate) struct Sessions {
     cookie: Box<[u8]>,
     key: hmac::Key,
+    /// The pins of the versions the slots hold now ([`Sessions::set_versions`]).
+    pins: ArcSwap<Pins>,
+}
+
+/// The pins for the versions the slots hold: a pin names the slot and is signed over the
+/// slot and its version, so that it stops counting when another version is put in its
+/// slot (a later deployment's candidate never gets the old version's sessions).
+struct Pins {
+    versions: [Option<Box<str>>; 2],
+    /// Per slot: the signature.
+    tags: [[u8; 32]; 2],
     /// Per slot: the `Set-Cookie` value for a plain connection, then for TLS.
     set_cookie: [[HeaderValue; 2]; 2],
+}
+
+impl Pins {
+    fn new(key: &hmac::Key, versions: [Option<&str>; 2]) -> Pins {
+        let tag = |slot: SlotName| {
+            let mut ctx = hmac::Context::with_key(key);
+            ctx.update(slot.as_str().as_bytes());
+            if let Some(v) = versions[slot.index()] {
+                ctx.update(b"\0");
+                ctx.update(v.as_bytes());
+            }
+            let mut out = [0u8; 32];
+            out.copy_from_slice(ctx.sign().as_ref());
+            out
+        };
+        let tags = SlotName::ALL.map(tag);
+        let value = |slot: SlotName, tls: bool| {
+            let sig = hex(&tags[slot.index()]);
+            let secure = if tls { "; Secure" } else { "" };
+            let text = format!("{PIN_COOKIE}={slot}.{sig}; Path=/; HttpOnly; SameSite=Lax{secure}");
+            // Only ASCII letters, digits and `=.;/ ` : always a valid header value.
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
+                .unwrap_or(HeaderValue::from_static(""))
+        };
+        Pins {
+            versions: versions.map(|v| v.map(Into::into)),
+            tags,
+            set_cookie: SlotName::ALL.map(|slot| [value(slot, false), value(slot, true)]),
+        }
+    }
 }
 
 /// What a request's cookies say.
@@ -114,20 +157,22 @@ impl SessionFacts {
 impl Sessions {
     pub(crate) fn new(opts: &SessionOptions) -> Sessions {
         let key = hmac::Key::new(hmac::HMAC_SHA256, &opts.key);
-        let value = |slot: SlotName, tls: bool| {
-            let sig = hex(hmac::sign(&key, slot.as_str().as_bytes()).as_ref());
-            let secure = if tls { "; Secure" } else { "" };
-            let text = format!("{PIN_COOKIE}={slot}.{sig}; Path=/; HttpOnly; SameSite=Lax{secure}");
-            // Only ASCII letters, digits and `=.;/ ` : always a valid header value.
-            HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
-                .unwrap_or(HeaderValue::from_static(""))
-        };
-        let set_cookie = SlotName::ALL.map(|slot| [value(slot, false), value(slot, true)]);
+        let pins = ArcSwap::from_pointee(Pins::new(&key, [None, None]));
         Sessions {
             cookie: opts.cookie.as_bytes().into(),
             key,
-            set_cookie,
+            pins,
         }
+    }
+
+    /// The slots hold these versions now (the routing table was rebuilt): pins are made
+    /// and checked for them from here on.
+    pub(crate) fn set_versions(&self, versions: [Option<&str>; 2]) {
+        let now = self.pins.load();
+        if now.versions.iter().map(Option::as_deref).eq(versions) {
+            return;
+        }
+        self.pins.store(Arc::new(Pins::new(&self.key, versions)));
     }
 
     /// Reads the `Cookie` header values of a request (several headers, as HTTP/2 splits
@@ -163,8 +208,9 @@ impl Sessions {
         let mut tag = [0; 32];
         unhex(&value[dot + 1..], &mut tag)?;
         // Constant time: a forger learns nothing from how long a refusal took.
-        hmac::verify(&self.key, slot.as_str().as_bytes(), &tag).ok()?;
-        Some(slot)
+        let want = &self.pins.load().tags[slot.index()];
+        let diff = tag.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        (diff == 0).then_some(slot)
     }
 
     /// Whether a `Set-Cookie` value sets the application's session cookie.
@@ -185,8 +231,8 @@ impl Sessions {
     }
 
     /// The `Set-Cookie` value that pins a session to `slot`.
-    pub(crate) fn set_cookie(&self, slot: SlotName, tls: bool) -> &HeaderValue {
-        &self.set_cookie[slot.index()][usize::from(tls)]
+    pub(crate) fn set_cookie(&self, slot: SlotName, tls: bool) -> HeaderValue {
+        self.pins.load().set_cookie[slot.index()][usize::from(tls)].clone()
     }
 }
 
@@ -274,8 +320,8 @@ mod tests {
 
     /// The pin cookie's value (`slot.sig`) for `slot`.
     fn pin(s: &Sessions, slot: SlotName) -> String {
-        let v = s.set_cookie(slot, false).to_str().unwrap();
-        let v = v.strip_prefix("turnout_pin=").unwrap();
+        let v = s.set_cookie(slot, false);
+        let v = v.to_str().unwrap().strip_prefix("turnout_pin=").unwrap();
         v[..v.find(';').unwrap()].to_owned()
     }
 
@@ -411,15 +457,34 @@ mod tests {
     }
 
     #[test]
+    fn a_pin_stops_counting_when_another_version_is_put_in_its_slot() {
+        let s = sessions();
+        s.set_versions([Some("v1"), Some("v2")]);
+        let blue_v1 = pin(&s, SlotName::Blue);
+        let green_v2 = pin(&s, SlotName::Green);
+        assert_eq!(s.verify(blue_v1.as_bytes()), Some(SlotName::Blue));
+        // A switch changes no version: both pins still hold.
+        s.set_versions([Some("v1"), Some("v2")]);
+        assert_eq!(s.verify(blue_v1.as_bytes()), Some(SlotName::Blue));
+        // v3 goes into blue: v1's sessions are not v3's; green's pins are untouched.
+        s.set_versions([Some("v3"), Some("v2")]);
+        assert_eq!(s.verify(blue_v1.as_bytes()), None);
+        assert_eq!(s.verify(green_v2.as_bytes()), Some(SlotName::Green));
+        assert_ne!(pin(&s, SlotName::Blue), blue_v1);
+    }
+
+    #[test]
     fn set_cookie_attributes() {
         let s = sessions();
-        let plain = s.set_cookie(SlotName::Green, false).to_str().unwrap();
+        let plain = s.set_cookie(SlotName::Green, false);
+        let plain = plain.to_str().unwrap();
         assert!(plain.starts_with("turnout_pin=green."), "{plain}");
         assert!(
             plain.ends_with("; Path=/; HttpOnly; SameSite=Lax"),
             "{plain}"
         );
-        let tls = s.set_cookie(SlotName::Green, true).to_str().unwrap();
+        let tls = s.set_cookie(SlotName::Green, true);
+        let tls = tls.to_str().unwrap();
         assert_eq!(tls, format!("{plain}; Secure"));
     }
 

@@ -121,46 +121,43 @@ impl EtcdStore {
             .map(|kv| (kv.value().to_vec(), kv.mod_revision()))))
     }
 
-    /// The compare that fences a leader's writes, while this replica leads.
-    fn fence(&self) -> Option<Compare> {
+    /// While this replica leads: the leader key's create revision (its term).
+    fn leader_epoch(&self) -> Option<i64> {
         let leading = self
             .shared
             .leading
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        leading
-            .as_ref()
-            .map(|(rev, _, _)| Compare::create_revision(self.key("leader"), CompareOp::Equal, *rev))
+        leading.as_ref().map(|(rev, _, _)| *rev)
     }
 
-    /// Whether a failed fenced transaction failed because the leadership is gone; if so,
-    /// this replica steps down.
-    async fn lost_leadership(&self, fenced: bool) -> bool {
-        if !fenced {
-            return false;
+    fn not_leader(&self) -> StoreError {
+        StoreError::NotLeader {
+            location: self.shared.location.clone(),
         }
-        let mine = {
-            let leading = self
-                .shared
-                .leading
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            leading.as_ref().map(|(rev, _, _)| *rev)
-        };
+    }
+
+    /// After a fenced write of term `epoch` was refused: whether the term is over (the
+    /// leader key is gone or another's), in which case this replica steps down. An
+    /// unanswered check is an error, never taken as "still leading".
+    async fn term_over(&self, epoch: i64) -> Result<bool, StoreError> {
         let mut kv = self.shared.client.kv_client();
-        // Unknown (etcd did not answer): not taken as lost; the lease decides.
-        let Ok(resp) = kv.get(self.key("leader"), None).await else {
-            return false;
-        };
-        let still = mine.is_some_and(|rev| {
-            resp.kvs()
-                .first()
-                .is_some_and(|k| k.create_revision() == rev)
-        });
+        let resp = kv
+            .get(self.key("leader"), None)
+            .await
+            .map_err(|e| self.err(e))?;
+        let still = resp
+            .kvs()
+            .first()
+            .is_some_and(|k| k.create_revision() == epoch);
         if !still {
-            step_down(&self.shared, "the leader key is gone or another replica's");
+            step_down(
+                &self.shared,
+                Some(epoch),
+                "the leader key is gone or another replica's",
+            );
         }
-        !still
+        Ok(!still)
     }
 
     fn decode<T: serde::de::DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, StoreError> {
@@ -170,11 +167,19 @@ impl EtcdStore {
         })
     }
 
+    /// Saves the routing state if the stored revision is `expected`; `as_leader`: only
+    /// while this replica leads in the term it led in when the call began.
     async fn save_routing_inner(
         &self,
         state: &RoutingState,
         expected: Option<u64>,
+        as_leader: bool,
     ) -> Result<(), StoreError> {
+        // Taken before any await: a write begun in a term is fenced by that term.
+        let epoch = match as_leader {
+            true => Some(self.leader_epoch().ok_or_else(|| self.not_leader())?),
+            false => None,
+        };
         let key = self.key("routing");
         let text = serde_json::to_vec(state).map_err(|source| StoreError::Corrupt {
             location: self.shared.location.clone(),
@@ -195,9 +200,13 @@ impl EtcdStore {
             Some((_, mod_rev)) => Compare::mod_revision(key.clone(), CompareOp::Equal, *mod_rev),
             None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
         }];
-        let fence = self.fence();
-        let fenced = fence.is_some();
-        when.extend(fence);
+        if let Some(rev) = epoch {
+            when.push(Compare::create_revision(
+                self.key("leader"),
+                CompareOp::Equal,
+                rev,
+            ));
+        }
         let txn = Txn::new()
             .when(when)
             .and_then(vec![TxnOp::put(key.clone(), text, None)]);
@@ -207,10 +216,10 @@ impl EtcdStore {
         if resp.succeeded() {
             return Ok(());
         }
-        if self.lost_leadership(fenced).await {
-            return Err(StoreError::NotLeader {
-                location: self.shared.location.clone(),
-            });
+        if let Some(rev) = epoch {
+            if self.term_over(rev).await? {
+                return Err(self.not_leader());
+            }
         }
         let now = match self.get(&key).await? {
             Some((bytes, _)) => self.decode::<RoutingState>(&bytes)?.revision,
@@ -222,26 +231,31 @@ impl EtcdStore {
         })
     }
 
+    /// Deployment records are the leader's: saved only while this replica leads in the
+    /// term it led in when the call began.
     async fn save_deployment_inner(&self, d: &Deployment) -> Result<(), StoreError> {
+        let epoch = self.leader_epoch().ok_or_else(|| self.not_leader())?;
         let key = self.key(&format!("deployments/{}", d.id));
         let text = serde_json::to_vec(d).map_err(|source| StoreError::Corrupt {
             location: self.shared.location.clone(),
             source,
         })?;
-        let fence = self.fence();
-        let fenced = fence.is_some();
         let txn = Txn::new()
-            .when(fence.into_iter().collect::<Vec<_>>())
+            .when(vec![Compare::create_revision(
+                self.key("leader"),
+                CompareOp::Equal,
+                epoch,
+            )])
             .and_then(vec![TxnOp::put(key, text, None)]);
         let mut kv = self.shared.client.kv_client();
         let resp = kv.txn(txn).await.map_err(|e| self.err(e))?;
         self.ok(());
-        if resp.succeeded() || !self.lost_leadership(fenced).await {
+        if resp.succeeded() {
             return Ok(());
         }
-        Err(StoreError::NotLeader {
-            location: self.shared.location.clone(),
-        })
+        // The only compare is the term's.
+        self.term_over(epoch).await?;
+        Err(self.not_leader())
     }
 
     async fn load_deployments_inner(&self, limit: usize) -> Result<Vec<Deployment>, StoreError> {
@@ -293,13 +307,12 @@ impl EtcdStore {
         let mut lease_rx = self.shared.lease.subscribe();
         loop {
             let current = *lease_rx.borrow_and_update();
-            let lease = match current {
-                Some(l) => l,
-                None => {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), lease_rx.changed()).await;
-                    continue;
-                }
+            let Some(lease) = current else {
+                let _ = tokio::time::timeout(Duration::from_secs(1), lease_rx.changed()).await;
+                continue;
             };
+            // Put the key if there is none; else read it: it may be ours already, from
+            // an earlier try whose answer was lost.
             let txn = Txn::new()
                 .when(vec![Compare::create_revision(
                     key.clone(),
@@ -310,31 +323,42 @@ impl EtcdStore {
                     key.clone(),
                     me.clone(),
                     Some(PutOptions::new().with_lease(lease)),
-                )]);
+                )])
+                .or_else(vec![TxnOp::get(key.clone(), None)]);
             let mut kv = self.shared.client.kv_client();
-            match kv.txn(txn).await {
+            let term = match kv.txn(txn).await {
                 Ok(resp) if resp.succeeded() => {
                     self.ok(());
-                    let rev = resp.header().map_or(0, |h| h.revision());
-                    let (tx, rx) = watch::channel(false);
-                    let mut leading = self
-                        .shared
-                        .leading
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner());
-                    // The lease may have been lost between the put and here.
-                    if *self.shared.lease.borrow() != Some(lease) {
-                        continue;
-                    }
-                    *leading = Some((rev, lease, tx));
-                    tracing::info!(replica = %self.shared.opts.me.replica, "this router is now the fleet's leader");
-                    return Ok(Leadership { lost: rx });
+                    resp.header().map(|h| h.revision())
                 }
-                Ok(_) => {
+                Ok(resp) => {
                     self.ok(());
+                    resp.op_responses().into_iter().find_map(|r| match r {
+                        TxnOpResponse::Get(g) => g
+                            .kvs()
+                            .first()
+                            .filter(|kv| kv.lease() == lease)
+                            .map(|kv| kv.create_revision()),
+                        _ => None,
+                    })
                 }
                 Err(e) => {
                     let _ = self.err(e);
+                    None
+                }
+            };
+            if let Some(rev) = term {
+                let (tx, rx) = watch::channel(false);
+                let mut leading = self
+                    .shared
+                    .leading
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                // The lease may have been lost between the put and here.
+                if *self.shared.lease.borrow() == Some(lease) {
+                    *leading = Some((rev, lease, tx));
+                    tracing::info!(replica = %self.shared.opts.me.replica, "this router is now the fleet's leader");
+                    return Ok(Leadership { lost: rx });
                 }
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -342,17 +366,21 @@ impl EtcdStore {
     }
 }
 
-/// Keeps this replica's lease alive; when it cannot (etcd unreachable for the lease's
-/// time to live, or the lease expired), the replica steps down and a new lease is taken
-/// as soon as etcd answers again.
+/// Keeps this replica's lease alive; when it cannot, the replica steps down before etcd
+/// would let the lease expire (a renewal acknowledged at `t` keeps it until `t + TTL`
+/// from etcd's view at the earliest measured from when the renewal was sent, so this
+/// replica gives up at send time + TTL − 1 s), and takes a new lease as soon as etcd
+/// answers again.
 async fn keep_lease(shared: Arc<Shared>) {
-    let ttl = shared.opts.lease_ttl;
-    let ttl_secs = i64::try_from(ttl.as_secs().max(2)).unwrap_or(5);
+    let ttl = shared.opts.lease_ttl.max(Duration::from_secs(2));
+    let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(5);
+    let margin = Duration::from_secs(1).min(ttl / 2);
     let mut lease = shared.client.lease_client();
     loop {
         if shared.resigned.load(Ordering::SeqCst) {
             return;
         }
+        let sent = tokio::time::Instant::now();
         let id = match lease.grant(ttl_secs, None).await {
             Ok(r) => r.id(),
             Err(e) => {
@@ -362,53 +390,55 @@ async fn keep_lease(shared: Arc<Shared>) {
                 continue;
             }
         };
+        if shared.resigned.load(Ordering::SeqCst) {
+            let _ = lease.revoke(id).await;
+            return;
+        }
         shared.connected.store(true, Ordering::Relaxed);
         shared.lease.send_replace(Some(id));
-        let mut last_ok = tokio::time::Instant::now();
+        let mut deadline = sent + ttl - margin;
         let mut keeper = None;
-        // Renew every third of the TTL; give up a second before etcd would.
-        let give_up = ttl.saturating_sub(Duration::from_secs(1)).max(ttl / 2);
-        loop {
-            tokio::time::sleep(ttl / 3).await;
+        let lost = loop {
+            tokio::time::sleep_until((tokio::time::Instant::now() + ttl / 3).min(deadline)).await;
             if shared.resigned.load(Ordering::SeqCst) {
                 return;
             }
-            if keeper.is_none() {
-                keeper = lease.keep_alive(id).await.ok();
+            if tokio::time::Instant::now() >= deadline {
+                break "etcd did not confirm it in time";
             }
-            let mut expired = false;
-            if let Some((k, stream)) = keeper.as_mut() {
-                let renewed = tokio::time::timeout(ttl / 3, async {
-                    k.keep_alive().await?;
-                    stream.message().await
-                })
-                .await;
-                match renewed {
-                    Ok(Ok(Some(r))) if r.ttl() > 0 => {
-                        last_ok = tokio::time::Instant::now();
-                        shared.connected.store(true, Ordering::Relaxed);
-                    }
-                    Ok(Ok(Some(_))) => expired = true,
-                    _ => {
-                        keeper = None;
-                        shared.connected.store(false, Ordering::Relaxed);
-                    }
+            let sent = tokio::time::Instant::now();
+            let renewed = tokio::time::timeout_at(deadline, async {
+                if keeper.is_none() {
+                    keeper = Some(lease.keep_alive(id).await?);
                 }
+                let Some((k, stream)) = keeper.as_mut() else {
+                    return Ok(None);
+                };
+                k.keep_alive().await?;
+                stream.message().await
+            })
+            .await;
+            match renewed {
+                Ok(Ok(Some(r))) if r.ttl() > 0 => {
+                    deadline = sent + ttl - margin;
+                    shared.connected.store(true, Ordering::Relaxed);
+                }
+                Ok(Ok(Some(_))) => break "it expired",
+                Ok(_) => {
+                    keeper = None;
+                    shared.connected.store(false, Ordering::Relaxed);
+                }
+                Err(_) => break "etcd did not confirm it in time",
             }
-            if expired || last_ok.elapsed() >= give_up {
-                break;
-            }
-        }
-        tracing::warn!(
-            lease = id,
-            "this router's etcd lease is lost (etcd unreachable or the lease expired)"
-        );
+        };
+        tracing::warn!(lease = id, "this router's etcd lease is lost ({lost})");
         shared.lease.send_replace(None);
-        step_down(&shared, "the lease was lost");
-        // If etcd restored the lease, end it, so that the leader key goes at once.
+        step_down(&shared, None, "its lease was lost");
+        // If etcd still has the lease (it answers again, or restarted with it), end it, so
+        // that the leader key goes at once.
         let mut revoke = shared.client.lease_client();
         tokio::spawn(async move {
-            for _ in 0..20 {
+            for _ in 0..60 {
                 match revoke.revoke(id).await {
                     Ok(_) => return,
                     Err(e) if e.to_string().contains("not found") => return,
@@ -419,12 +449,16 @@ async fn keep_lease(shared: Arc<Shared>) {
     }
 }
 
-fn step_down(shared: &Shared, why: &str) {
-    let was = shared
-        .leading
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
+/// Ends this replica's leadership (of term `epoch` only, when given: a later term won
+/// meanwhile stays).
+fn step_down(shared: &Shared, epoch: Option<i64>, why: &str) {
+    let was = {
+        let mut leading = shared.leading.lock().unwrap_or_else(|p| p.into_inner());
+        match (&*leading, epoch) {
+            (Some((rev, _, _)), Some(e)) if *rev != e => None,
+            _ => leading.take(),
+        }
+    };
     if let Some((_, _, tx)) = was {
         tracing::warn!(replica = %shared.opts.me.replica, "this router is no longer the fleet's leader: {why}");
         let _ = tx.send(true);
@@ -486,7 +520,7 @@ impl StateStore for EtcdStore {
         state: &'a RoutingState,
         expected: Option<u64>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(self.save_routing_inner(state, expected))
+        Box::pin(self.save_routing_inner(state, expected, false))
     }
 
     fn save_deployment<'a>(&'a self, d: &'a Deployment) -> BoxFuture<'a, Result<(), StoreError>> {
@@ -547,6 +581,14 @@ impl Fleet for EtcdStore {
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(follow(self.clone(), tx));
         rx
+    }
+
+    fn save_routing_as_leader<'a>(
+        &'a self,
+        state: &'a RoutingState,
+        expected: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.save_routing_inner(state, expected, true))
     }
 
     fn campaign(&self) -> BoxFuture<'_, Result<Leadership, StoreError>> {
@@ -610,7 +652,7 @@ impl Fleet for EtcdStore {
     fn resign(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             self.shared.resigned.store(true, Ordering::SeqCst);
-            step_down(&self.shared, "the router is stopping");
+            step_down(&self.shared, None, "the router is stopping");
             let lease = self.shared.lease.send_replace(None);
             if let Some(id) = lease {
                 let mut l = self.shared.client.lease_client();

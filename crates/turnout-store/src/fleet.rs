@@ -47,6 +47,15 @@ pub trait Fleet: Send + Sync {
     /// dropped.
     fn changes(&self) -> tokio::sync::mpsc::Receiver<Change>;
 
+    /// [`crate::StateStore::save_routing`] for a change only the leader may make (a
+    /// deployment's): refused with [`StoreError::NotLeader`] unless this replica still
+    /// leads when the write lands.
+    fn save_routing_as_leader<'a>(
+        &'a self,
+        state: &'a RoutingState,
+        expected: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
     /// Resolves when this replica has become the leader (it retries while another replica
     /// leads or the store is unreachable).
     fn campaign(&self) -> BoxFuture<'_, Result<Leadership, StoreError>>;

@@ -70,7 +70,11 @@ async fn contract(a: Arc<dyn StateStore>, b: Arc<dyn StateStore>) {
     );
     assert_eq!(a.load_routing().await.unwrap().as_ref(), Some(winner));
 
-    // Deployments: newest first, limited, replaced by id.
+    // Deployments: newest first, limited, replaced by id. In a fleet only the leader
+    // saves them.
+    if let Some(fleet) = a.fleet() {
+        fleet.campaign().await.unwrap();
+    }
     for id in [
         "20261126-100000-aaaa",
         "20261126-110000-bbbb",
@@ -80,7 +84,11 @@ async fn contract(a: Arc<dyn StateStore>, b: Arc<dyn StateStore>) {
     }
     let mut done = deployment("20261126-110000-bbbb");
     done.verdict = Verdict::Promoted;
-    b.save_deployment(&done).await.unwrap();
+    if b.fleet().is_some() {
+        let err = b.save_deployment(&done).await.unwrap_err();
+        assert!(matches!(err, StoreError::NotLeader { .. }), "{err}");
+    }
+    a.save_deployment(&done).await.unwrap();
     let list = a.load_deployments(2).await.unwrap();
     let ids: Vec<_> = list.iter().map(|d| d.id.as_str()).collect();
     assert_eq!(ids, ["20261126-110000-bbbb", "20261126-100000-aaaa"]);
@@ -132,7 +140,32 @@ async fn the_etcd_store_keeps_the_contract() {
     let b = EtcdStore::connect(etcd_options(&etcd.endpoint, "b"))
         .await
         .unwrap();
-    contract(Arc::new(a), Arc::new(b)).await;
+    let (a, b): (Arc<dyn StateStore>, Arc<dyn StateStore>) = (Arc::new(a), Arc::new(b));
+    contract(a.clone(), b.clone()).await;
+
+    // `a` leads (the contract campaigned with it). Once it resigns, its leader-only
+    // writes are refused, and `b` is elected at once (the lease was ended, not left to
+    // run out).
+    let done = deployment("20261126-120000-dddd");
+    a.save_deployment(&done).await.unwrap();
+    a.fleet().unwrap().resign().await;
+    let err = a.save_deployment(&done).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotLeader { .. }), "{err}");
+    let state = a.load_routing().await.unwrap().unwrap();
+    let err = a
+        .fleet()
+        .unwrap()
+        .save_routing_as_leader(&state, Some(state.revision))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotLeader { .. }), "{err}");
+    let fleet = b.fleet().unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(3), fleet.campaign())
+        .await
+        .expect("b elected within 3 s of a's resignation (the lease TTL is 5 s)")
+        .unwrap();
+    assert_eq!(fleet.leader().await.unwrap().unwrap().replica, "b");
+    b.save_deployment(&done).await.unwrap();
 }
 
 #[cfg(feature = "etcd")]
