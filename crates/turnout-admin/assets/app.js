@@ -161,7 +161,7 @@ function subscribe() {
     refresh();
   };
   es.onmessage = on;
-  for (const k of ["deployment", "switch", "rollback", "health"]) es.addEventListener(k, on);
+  for (const k of ["deployment", "switch", "rollback", "health", "leader"]) es.addEventListener(k, on);
   // A router without the events route answers 404: EventSource then gives up and
   // polling alone keeps the page current.
   state.events = es;
@@ -185,6 +185,26 @@ function badge(slot, small) {
   return el("span", { class: "badge " + (slot || "none") + (small ? " small" : ""), "aria-hidden": "true" });
 }
 
+// A replica of a fleet (state in etcd): who it is, who leads, whether etcd answers.
+function renderFleet(f) {
+  const box = $("fleet");
+  box.hidden = !f;
+  if (!f) return;
+  const parts = ["Fleet replica " + f.replica.replica + " · "];
+  if (f.leader) {
+    parts.push("the leader: deployments run here");
+  } else if (f.leader_replica) {
+    parts.push("deployments run on the leader, replica " + f.leader_replica.replica + " — ");
+    const url = String(f.leader_replica.admin);
+    // Only a web address becomes a link (the value comes from etcd).
+    parts.push(/^https?:\/\//.test(url) ? el("a", { href: url + "/", text: "open its dashboard" }) : url);
+  } else {
+    parts.push("no leader elected right now");
+  }
+  if (!f.connected) parts.push(" · etcd unreachable: serving with the last known routing");
+  box.replaceChildren(...parts);
+}
+
 function renderStatus(s) {
   const live = s.live;
   const lb = $("live-badge");
@@ -202,6 +222,7 @@ function renderStatus(s) {
   $("split-text").textContent = "blue " + w.blue + " %  ·  green " + w.green + " %";
 
   for (const name of SLOTS) renderSlot(name, s.slots[name], live === name);
+  renderFleet(s.fleet);
 
   const other = live === "blue" ? "green" : "blue";
   const sw = $("btn-switch");

@@ -334,6 +334,18 @@ async fn without_etcd_the_fleet_serves_on_and_refuses_changes_then_catches_up() 
     let (code, _, err) = routers[0].cli(&["switch", "--to", "green"]).await;
     assert_ne!(code, 0);
     assert!(err.contains("unreachable"), "{err}");
+    // A deployment is refused too, on whichever replica (the leader cannot save it, a
+    // follower cannot find the leader).
+    for r in &routers {
+        let (st, body) = r
+            .api(
+                Method::POST,
+                "/api/v1/deployments",
+                Some(json!({ "version": "v2", "upstreams": [green.upstream()] })),
+            )
+            .await;
+        assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    }
     for (r, c) in routers.iter().zip(clients.iter_mut()) {
         assert_eq!(served(c, r).await.as_deref(), Some("blue"));
     }
