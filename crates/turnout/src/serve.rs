@@ -209,11 +209,12 @@ async fn open_etcd(cfg: &Config, admin: SocketAddr) -> anyhow::Result<Arc<dyn St
     };
     let store = turnout_store::EtcdStore::connect(opts.clone())
         .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{e}; is etcd running at {}? ([state] endpoints)",
+        .map_err(|e| match e {
+            turnout_store::StoreError::Unavailable { source, .. } => anyhow::anyhow!(
+                "cannot start: a fleet's router reads the shared routing state from etcd first, and etcd at {} did not answer ({source}); is it running, and are [state] endpoints right?",
                 endpoints.join(", ")
-            )
+            ),
+            e => anyhow::anyhow!("cannot start: {e}"),
         })?;
     tracing::info!(replica = %opts.me.replica, advertise = %opts.me.admin, prefix = %opts.prefix, "state in etcd at {}, shared by the fleet", endpoints.join(", "));
     Ok(Arc::new(store))

@@ -447,3 +447,45 @@ async fn a_session_pinned_by_one_replica_stays_on_the_old_slot_through_another()
         assert_eq!(slot, "blue", "a session pinned to green after the rollback");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_configs_that_cannot_work_are_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody = format!("http://{}", free.local_addr().unwrap());
+    drop(free);
+    let serve = |extra: &str| {
+        let config = format!(
+            "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n\
+             [state]\ndir = {:?}\nbackend = \"etcd\"\nendpoints = [{nobody:?}]\n\
+             [slots.blue]\nupstreams = [\"127.0.0.1:7001\"]\n{extra}",
+            dir.path().join("state").display().to_string()
+        );
+        let path = dir.path().join("turnout.toml");
+        std::fs::write(&path, config).unwrap();
+        let out = std::process::Command::new(bin())
+            .args(["serve", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Instances one router starts cannot be a fleet's: a usage error, before anything runs.
+    let (code, err) = serve("[provision]\ncommand = \"./shop --port {port}\"\n");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("[provision] command cannot be used with [state] backend = \"etcd\""),
+        "{err}"
+    );
+    assert!(err.contains("up/down"), "{err}");
+    // No etcd there: the start fails and says where it looked.
+    let (code, err) = serve("");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("cannot start") && err.contains(&nobody),
+        "{err}"
+    );
+}
