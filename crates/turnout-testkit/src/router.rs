@@ -210,6 +210,30 @@ impl Router {
         serde_json::from_str(&out).expect("status JSON")
     }
 
+    /// `POST /api/v1/switch` to `to` through the API: its status and JSON body.
+    pub async fn switch_to(&self, to: &str) -> (http::StatusCode, serde_json::Value) {
+        self.api(
+            http::Method::POST,
+            "/api/v1/switch",
+            Some(serde_json::json!({ "to": to })),
+        )
+        .await
+    }
+
+    /// Waits (at most 10 s) until every upstream of both slots has passed a health check.
+    pub async fn await_healthy(&self) {
+        crate::eventually("both slots healthy", Duration::from_secs(10), || async {
+            let s = self.status().await;
+            let healthy = |slot: &str| {
+                s["slots"][slot]["upstreams"]
+                    .as_array()
+                    .is_some_and(|u| u.iter().all(|u| u["healthy"] == true))
+            };
+            (healthy("blue") && healthy("green")).then_some(())
+        })
+        .await;
+    }
+
     /// Calls the admin API directly (faster than the CLI in loops).
     pub async fn api(
         &self,

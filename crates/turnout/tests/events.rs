@@ -29,13 +29,7 @@ async fn router(blue: &Backend, green: &Backend, extra: &str) -> Router {
     )
     .await
     .unwrap();
-    eventually("both slots healthy", Duration::from_secs(10), || async {
-        let s = router.status().await;
-        (s["slots"]["blue"]["upstreams"][0]["healthy"] == true
-            && s["slots"]["green"]["upstreams"][0]["healthy"] == true)
-            .then_some(())
-    })
-    .await;
+    router.await_healthy().await;
     router
 }
 

@@ -101,9 +101,7 @@ async fn a_switch_made_on_one_replica_is_served_by_all_three() {
         let to = if i % 2 == 0 { "green" } else { "blue" };
         let origin = &routers[i % 3];
         let start = Instant::now();
-        let (st, body) = origin
-            .api(Method::POST, "/api/v1/switch", Some(json!({ "to": to })))
-            .await;
+        let (st, body) = origin.switch_to(to).await;
         assert_eq!(
             st,
             StatusCode::OK,
@@ -317,13 +315,7 @@ async fn without_etcd_the_fleet_serves_on_and_refuses_changes_then_catches_up() 
             assert_eq!(served(c, r).await.as_deref(), Some("blue"));
         }
     }
-    let (st, body) = routers[1]
-        .api(
-            Method::POST,
-            "/api/v1/switch",
-            Some(json!({ "to": "green" })),
-        )
-        .await;
+    let (st, body) = routers[1].switch_to("green").await;
     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
     let msg = body["error"]["message"].as_str().unwrap();
@@ -356,13 +348,7 @@ async fn without_etcd_the_fleet_serves_on_and_refuses_changes_then_catches_up() 
         "a switch goes through again",
         Duration::from_secs(30),
         || async {
-            let (st, _) = routers[2]
-                .api(
-                    Method::POST,
-                    "/api/v1/switch",
-                    Some(json!({ "to": "green" })),
-                )
-                .await;
+            let (st, _) = routers[2].switch_to("green").await;
             (st == StatusCode::OK).then_some(())
         },
     )
@@ -410,13 +396,7 @@ async fn a_session_pinned_by_one_replica_stays_on_the_old_slot_through_another()
     let pin = pin.expect("a pin for a request with a session");
     // The switch is made on replica 1; the old session, now sent through replica 1, stays
     // on blue for the drain window, while a new session and a client without one get green.
-    let (st, body) = routers[1]
-        .api(
-            Method::POST,
-            "/api/v1/switch",
-            Some(json!({ "to": "green" })),
-        )
-        .await;
+    let (st, body) = routers[1].switch_to("green").await;
     assert_eq!(st, StatusCode::OK, "{body}");
     let mut green_pin = None;
     for r in &routers {

@@ -6,7 +6,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use http::Method;
-use serde_json::json;
 use turnout_testkit::{eventually, Backend, HttpClient, Router, RouterOptions};
 
 const PIN: &str = "turnout_pin";
@@ -23,20 +22,12 @@ async fn router(blue: &Backend, green: &Backend, drain: &str) -> Router {
     )
     .await
     .unwrap();
-    eventually("both slots healthy", Duration::from_secs(10), || async {
-        let s = router.status().await;
-        (s["slots"]["blue"]["upstreams"][0]["healthy"] == true
-            && s["slots"]["green"]["upstreams"][0]["healthy"] == true)
-            .then_some(())
-    })
-    .await;
+    router.await_healthy().await;
     router
 }
 
 async fn switch(router: &Router, to: &str) {
-    let (status, body) = router
-        .api(Method::POST, "/api/v1/switch", Some(json!({ "to": to })))
-        .await;
+    let (status, body) = router.switch_to(to).await;
     assert_eq!(status, 200, "{body}");
 }
 

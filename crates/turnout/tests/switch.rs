@@ -33,13 +33,7 @@ async fn two_hundred_switches_under_keep_alive_load_lose_nothing() {
     )
     .await
     .unwrap();
-    eventually("both slots healthy", Duration::from_secs(10), || async {
-        let s = router.status().await;
-        (s["slots"]["blue"]["upstreams"][0]["healthy"] == true
-            && s["slots"]["green"]["upstreams"][0]["healthy"] == true)
-            .then_some(())
-    })
-    .await;
+    router.await_healthy().await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let completed = Arc::new(AtomicU64::new(0));
