@@ -18,6 +18,8 @@
 //! - `turnout_switches_total` (counter; routing changes that moved the live slot);
 //! - `turnout_shadow_requests_total{outcome}` (counter; mirrored, dropped, skipped,
 //!   failed);
+//! - `turnout_fleet_leader`, `turnout_fleet_etcd_connected` (gauges, with
+//!   `[state] backend = "etcd"` only);
 //! - `turnout_deployment_stage{stage}` (gauge, 1 for the running deployment's stage,
 //!   `none` when no deployment runs);
 //! - `turnout_access_log_dropped_total` (counter; access log lines dropped, queue full).
@@ -118,6 +120,11 @@ fn gauge(
     series: &[(Vec<(&str, &str)>, i64)],
 ) -> Result<(), std::fmt::Error> {
     let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    if let [(labels, value)] = series {
+        if labels.is_empty() {
+            return ConstGauge::new(*value).encode(metric);
+        }
+    }
     for (labels, value) in series {
         ConstGauge::new(*value).encode(metric.encode_family(&labels.as_slice())?)?;
     }
@@ -270,6 +277,21 @@ impl Collector for TurnoutCollector {
             "1 for the stage the running deployment is in (`none`: no deployment runs).",
             &stages,
         )?;
+
+        if let Some((leader, connected)) = self.controller.fleet_flags() {
+            gauge(
+                &mut encoder,
+                "turnout_fleet_leader",
+                "1 while this replica leads the fleet (runs the deployments), else 0.",
+                &[(Vec::new(), i64::from(leader))],
+            )?;
+            gauge(
+                &mut encoder,
+                "turnout_fleet_etcd_connected",
+                "1 while this replica's calls to etcd get through, 0 while it serves with the last routing it knew.",
+                &[(Vec::new(), i64::from(connected))],
+            )?;
+        }
 
         counter(
             &mut encoder,

@@ -625,6 +625,13 @@ impl Controller {
         })
     }
 
+    /// In a fleet: whether this replica leads, and whether its last call to etcd got
+    /// through (no call to etcd made here). `None` for a router of its own.
+    pub fn fleet_flags(&self) -> Option<(bool, bool)> {
+        let fleet = self.inner.store.fleet()?;
+        Some((self.inner.may_run_deployments(), fleet.connected()))
+    }
+
     /// In a fleet, refuses a deployment call on a replica that is not the leader.
     async fn require_leader(&self) -> Result<(), ControlError> {
         if self.inner.may_run_deployments() {

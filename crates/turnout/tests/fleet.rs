@@ -58,6 +58,12 @@ async fn served(client: &mut Option<HttpClient>, router: &Router) -> Option<Stri
     }
 }
 
+/// The router's `/metrics` text.
+async fn metrics(router: &Router) -> String {
+    let mut c = HttpClient::http1(&router.admin).await.unwrap();
+    c.get("/metrics").await.unwrap().text()
+}
+
 /// The index of the fleet's leader among `routers` (by its advertised admin URL).
 async fn leader_of(routers: &[&Router]) -> usize {
     eventually("a leader is elected", Duration::from_secs(20), || async {
@@ -284,9 +290,14 @@ async fn the_leaders_bake_counts_the_traffic_of_every_replica() {
     let routers = fleet(&etcd, 2, &v1, None, &BAKE.replace("8s", "30s")).await;
     let leader = leader_of(&routers.iter().collect::<Vec<_>>()).await;
     let follower = &routers[1 - leader];
-    // All user traffic goes through the follower: the leader sees none of it itself.
+    assert!(metrics(&routers[leader])
+        .await
+        .contains("turnout_fleet_leader 1"));
+    assert!(metrics(follower).await.contains("turnout_fleet_leader 0"));
+    // All user traffic goes through the follower: the leader sees none of it itself. The
+    // deployment is started through the follower too, and followed there to its verdict.
     let load = Load::start(&follower.data, "/", 2, Duration::from_millis(20));
-    let (code, out, err) = routers[leader]
+    let (code, out, err) = follower
         .cli(&["deploy", "v2", "--upstream", &bad.upstream()])
         .await;
     let samples = load.stop().await;
@@ -308,6 +319,19 @@ async fn without_etcd_the_fleet_serves_on_and_refuses_changes_then_catches_up() 
     let routers = fleet(&etcd, 3, &blue, Some(&green), "").await;
     let mut clients: Vec<Option<HttpClient>> = (0..3).map(|_| None).collect();
     etcd.stop().await;
+    for r in &routers {
+        eventually(
+            "the replica sees etcd gone",
+            Duration::from_secs(15),
+            || async {
+                metrics(r)
+                    .await
+                    .contains("turnout_fleet_etcd_connected 0")
+                    .then_some(())
+            },
+        )
+        .await;
+    }
 
     // Fail static: every replica keeps serving with the routing it had.
     for _ in 0..50 {
