@@ -493,3 +493,165 @@ async fn fleet_configs_that_cannot_work_are_refused_with_what_to_do() {
         "{err}"
     );
 }
+
+/// A deterministic xorshift64 generator for the chaos schedule.
+struct XorShift(u64);
+
+impl XorShift {
+    fn below(&mut self, n: u64) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x % n
+    }
+}
+
+/// `routers[a]` to read and `routers[b]` to change (`a != b`).
+fn pair(routers: &mut [Router], a: usize, b: usize) -> (&Router, &mut Router) {
+    assert_ne!(a, b);
+    if a < b {
+        let (left, right) = routers.split_at_mut(b);
+        (&left[a], &mut right[0])
+    } else {
+        let (left, right) = routers.split_at_mut(a);
+        (&right[0], &mut left[b])
+    }
+}
+
+/// Waits until every replica holds one routing state and serves its live slot; returns
+/// (revision, live).
+async fn converged(routers: &[Router]) -> (u64, String) {
+    eventually("the replicas converge", Duration::from_secs(30), || async {
+        let mut seen = None;
+        for r in routers {
+            let (st, s) = r.api(Method::GET, "/api/v1/status", None).await;
+            if st != StatusCode::OK {
+                return None;
+            }
+            let now = (s["revision"].as_u64()?, s["live"].as_str()?.to_owned());
+            if seen.as_ref().is_some_and(|s| s != &now) {
+                return None;
+            }
+            seen = Some(now);
+        }
+        let (revision, live) = seen?;
+        for r in routers {
+            let mut c = None;
+            if served(&mut c, r).await.as_deref() != Some(live.as_str()) {
+                return None;
+            }
+        }
+        Some((revision, live))
+    })
+    .await
+}
+
+/// Switches through pseudo-random replicas while replicas are killed with `kill -9` and
+/// restarted, and etcd is killed and started again, at pseudo-random moments. After every
+/// round all replicas hold one routing state and serve its live slot, no acknowledged
+/// switch is lost (the state's revision is at least the newest acknowledged one, and is
+/// that switch's target when nothing came after it), and revisions never go back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_converges_after_replicas_and_etcd_are_killed_at_random() {
+    let rounds: u64 = std::env::var("TURNOUT_FLEET_CHAOS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| (1..=200).contains(n))
+        .unwrap_or(8);
+    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+    let mut etcd = Etcd::start().await.unwrap();
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let mut routers = fleet(&etcd, 3, &blue, Some(&green), "").await;
+    let (mut floor, _) = converged(&routers).await;
+    for round in 0..rounds {
+        let action = rng.below(3);
+        let victim = rng.below(3) as usize;
+        let via = (victim + 1 + rng.below(2) as usize) % 3;
+        let delay = Duration::from_millis(rng.below(300));
+        // The newest switch acknowledged this round: (revision, target).
+        let mut acked: Option<(u64, String)> = None;
+        let mut ack = |st: StatusCode, body: &serde_json::Value, to: &str| {
+            if st == StatusCode::OK {
+                let rev = body["revision"].as_u64().expect("a revision");
+                if acked.as_ref().is_none_or(|(r, _)| rev > *r) {
+                    acked = Some((rev, to.to_owned()));
+                }
+            } else {
+                assert!(
+                    [StatusCode::CONFLICT, StatusCode::SERVICE_UNAVAILABLE].contains(&st),
+                    "round {round}: switch answered {st}: {body}"
+                );
+            }
+        };
+        let live = routers[via].status().await["live"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let to = if live == "blue" { "green" } else { "blue" };
+        match action {
+            // A replica dies while another switches; it comes back and must catch up.
+            0 => {
+                let (switcher, dying) = pair(&mut routers, via, victim);
+                let switching = switcher.switch_to(to);
+                let killing = async {
+                    tokio::time::sleep(delay).await;
+                    dying.kill9().await;
+                };
+                let ((st, body), ()) = tokio::join!(switching, killing);
+                ack(st, &body, to);
+                routers[victim].restart().await.unwrap();
+            }
+            // etcd dies at a pseudo-random moment around a switch, and comes back.
+            1 => {
+                let switching = routers[via].switch_to(to);
+                let stopping = async {
+                    tokio::time::sleep(delay).await;
+                    etcd.stop().await;
+                };
+                let ((st, body), ()) = tokio::join!(switching, stopping);
+                ack(st, &body, to);
+                let (st, body) = routers[victim].switch_to(to).await;
+                ack(st, &body, to);
+                etcd.start_again().await.unwrap();
+            }
+            // Two replicas switch at once, in opposite directions.
+            _ => {
+                let other = if to == "blue" { "green" } else { "blue" };
+                let (a, b) =
+                    tokio::join!(routers[via].switch_to(to), routers[victim].switch_to(other));
+                ack(a.0, &a.1, to);
+                ack(b.0, &b.1, other);
+            }
+        }
+        let (revision, live) = converged(&routers).await;
+        assert!(
+            revision >= floor,
+            "round {round}: revision went back from {floor} to {revision}"
+        );
+        if let Some((rev, target)) = &acked {
+            assert!(
+                revision >= *rev,
+                "round {round}: acknowledged revision {rev} lost (now {revision})"
+            );
+            if revision == *rev {
+                assert_eq!(
+                    &live, target,
+                    "round {round}: the acknowledged switch is not in force"
+                );
+            }
+        }
+        floor = revision;
+        println!("chaos round {round}: action {action}, victim {victim}, via {via}, {delay:?}: revision {revision}, {live} live");
+    }
+    // At the end every replica still takes a switch and all follow it.
+    for i in 0..3 {
+        let live = converged(&routers).await.1;
+        let to = if live == "blue" { "green" } else { "blue" };
+        let (st, body) = routers[i].switch_to(to).await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        assert_eq!(converged(&routers).await.1, to);
+    }
+}
