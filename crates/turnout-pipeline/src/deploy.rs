@@ -179,6 +179,7 @@ impl Run {
                 .analysis
                 .as_ref()
                 .and_then(|a| serde_json::to_value(a).ok()),
+            echo: false,
         };
         tracing::info!(
             deployment = %self.d.id,

@@ -272,7 +272,8 @@ impl Inner {
         }
         tracing::info!(live = ?next.live, from = ?state.live, revision = next.revision, "routing changed by another router of the fleet");
         let why = events::Why::operator("switch", "made on another router of the fleet");
-        if let Some(event) = why.event(&state, &next) {
+        if let Some(mut event) = why.event(&state, &next) {
+            event.echo = true;
             self.events.publish(event);
         }
         *state = next;
@@ -307,6 +308,7 @@ impl Inner {
             event.version = Some(d.version.clone());
             event.slot = Some(d.slot);
             event.verdict = Some(d.verdict);
+            event.echo = true;
             self.events.publish(event);
         }
         *remote = Some(d);

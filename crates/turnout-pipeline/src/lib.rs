@@ -315,6 +315,11 @@ pub struct Event {
     /// the counts of a shadow gate, the address of an upstream.
     #[serde(default)]
     pub data: Option<serde_json::Value>,
+    /// In a fleet: this replica only relays a change another replica made (a switch it
+    /// followed, the leader's deployment record). Webhooks skip these, so that a change
+    /// is announced once, by the replica that made it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub echo: bool,
 }
 
 impl Event {
@@ -333,6 +338,7 @@ impl Event {
             message,
             reason: None,
             data: None,
+            echo: false,
         }
     }
 

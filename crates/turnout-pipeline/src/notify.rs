@@ -152,6 +152,10 @@ async fn dispatch(
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
+        // Announced by the fleet's replica that made the change.
+        if event.echo {
+            continue;
+        }
         let body = Bytes::from(body(&event));
         for (url, tx) in &queues {
             match tx.try_send(body.clone()) {

@@ -14,6 +14,7 @@ mod demo;
 pub mod etcd;
 mod load;
 pub mod router;
+mod webhook;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -24,6 +25,7 @@ pub use demo::{demo_app_path, processes_with_args, DemoApp};
 pub use etcd::Etcd;
 pub use load::{describe_failures, Load, Sample};
 pub use router::{Router, RouterOptions, TOKEN};
+pub use webhook::webhook_receiver;
 
 /// The admin token test routers use.
 pub fn router_token() -> &'static str {

@@ -13,7 +13,7 @@ use http::Method;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use turnout_testkit::{eventually, router_token, Backend, Router, RouterOptions};
+use turnout_testkit::{eventually, router_token, webhook_receiver, Backend, Router, RouterOptions};
 
 const DEADLINE: Duration = Duration::from_secs(5);
 
@@ -168,53 +168,6 @@ async fn an_sse_client_receives_the_switch_event() {
     assert_eq!(replayed["id"], back["id"]);
 }
 
-/// A webhook receiver: answers 200 and records each JSON body.
-async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let bodies = Arc::new(Mutex::new(Vec::new()));
-    let seen = bodies.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let (head_end, len) = loop {
-                    let n = s.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                        let len = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse::<usize>().ok())
-                            .unwrap_or(0);
-                        break (end + 4, len);
-                    }
-                };
-                while buf.len() < head_end + len {
-                    let n = s.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                if let Ok(v) = serde_json::from_slice(&buf[head_end..head_end + len]) {
-                    seen.lock().unwrap().push(v);
-                }
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                    .await;
-            });
-        }
-    });
-    (addr, bodies)
-}
-
 /// A webhook receiver that accepts connections and never answers; counts them.
 async fn black_hole() -> (String, Arc<Mutex<usize>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -235,7 +188,7 @@ async fn black_hole() -> (String, Arc<Mutex<usize>>) {
 async fn webhooks_get_the_rollback_with_its_reason_and_a_dead_one_blocks_nothing() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let (good, bodies) = receiver().await;
+    let (good, bodies) = webhook_receiver().await;
     let (dead, dead_connections) = black_hole().await;
     let extra = format!(
         "[notify]\nwebhooks = [\"http://{dead}/hook\", \"http://{good}/turnout-events\"]\ntimeout = \"30s\"\n"
@@ -357,7 +310,7 @@ async fn next_json(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildS
 async fn a_rolled_back_deployment_reaches_the_webhook_with_its_reason() {
     let v1 = Backend::start("v1").await;
     let v2 = Backend::start("v2").await;
-    let (good, bodies) = receiver().await;
+    let (good, bodies) = webhook_receiver().await;
     let router = Router::start(
         Path::new(env!("CARGO_BIN_EXE_turnout")),
         &RouterOptions {

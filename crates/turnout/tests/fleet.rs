@@ -655,3 +655,53 @@ async fn a_fleet_converges_after_replicas_and_etcd_are_killed_at_random() {
         assert_eq!(converged(&routers).await.1, to);
     }
 }
+
+/// A webhook shared by three replicas hears of each switch once, from the replica that
+/// made it (the others only relay it to their own event streams).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_announce_a_switch_once_not_once_per_replica() {
+    let etcd = Etcd::start().await.unwrap();
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let (hook, bodies) = turnout_testkit::webhook_receiver().await;
+    let notify = format!("[notify]\nwebhooks = [\"http://{hook}/hook\"]\n");
+    let routers = fleet(&etcd, 3, &blue, Some(&green), &notify).await;
+    // Six switches, through replicas 0, 1, 2, 0, 1, 2. A replica switches only after it
+    // has applied every earlier revision, and its webhook queue is in order: once the
+    // events of switches 4, 5 and 6 have arrived, any relay of switches 1 to 4 would have
+    // arrived before them.
+    for i in 0..6u64 {
+        let to = if i % 2 == 0 { "green" } else { "blue" };
+        let r = &routers[(i % 3) as usize];
+        eventually(
+            "the replica has applied the last switch",
+            Duration::from_secs(10),
+            || async { (r.status().await["revision"] == i).then_some(()) },
+        )
+        .await;
+        let (st, body) = r.switch_to(to).await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        assert_eq!(body["revision"], i + 1);
+    }
+    let revisions = |bodies: &[serde_json::Value]| -> Vec<u64> {
+        bodies
+            .iter()
+            .filter(|b| b["kind"] == "switch")
+            .filter_map(|b| b["data"]["revision"].as_u64())
+            .collect()
+    };
+    eventually(
+        "the last three switches announced",
+        Duration::from_secs(10),
+        || async {
+            let got = revisions(&bodies.lock().unwrap());
+            [4, 5, 6].iter().all(|r| got.contains(r)).then_some(())
+        },
+    )
+    .await;
+    let got = revisions(&bodies.lock().unwrap());
+    for r in 1..=4 {
+        let n = got.iter().filter(|x| **x == r).count();
+        assert_eq!(n, 1, "switch to revision {r} announced {n} times: {got:?}");
+    }
+}
