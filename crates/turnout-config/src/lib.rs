@@ -523,6 +523,9 @@ pub struct Notify {
     pub webhooks: Vec<String>,
     /// `timeout`, default 5s: per POST.
     pub timeout: Duration,
+    /// `ca`: the PEM CA certificates `https://` webhooks are checked against (default:
+    /// the system's bundle).
+    pub ca: Option<PathBuf>,
 }
 
 /// `[sessions]`: keep existing sessions on the old slot through a cutover.

@@ -608,13 +608,14 @@ fn bake(ctx: &mut Ctx, root: &Table) -> Bake {
 
 fn notify(ctx: &mut Ctx, root: &Table) -> Option<Notify> {
     let t = root
-        .table(ctx, "notify", &["webhooks", "timeout"])
+        .table(ctx, "notify", &["webhooks", "timeout", "ca"])
         .present()?;
     Some(Notify {
         webhooks: t.list(ctx, "webhooks", url).unwrap_or_default(),
         timeout: t
             .duration(ctx, "timeout", Zero::Rejected)
             .unwrap_or(Duration::from_secs(5)),
+        ca: t.non_empty(ctx, "ca").map(PathBuf::from),
     })
 }
 

@@ -7,8 +7,9 @@
 //! queue in order, each attempt bounded by the timeout, with three retries after 0.5 s,
 //! 2 s and 5 s. A reader that falls behind the event channel is counted and logged.
 //!
-//! Only `http://` URLs are delivered for now; an `https://` one is reported once at start
-//! and skipped.
+//! `https://` URLs are delivered over TLS (rustls), checked against `[notify] ca` or the
+//! system's CA bundle ([`NotifyOptions::tls`]); without either they are reported once at
+//! start and skipped.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub struct NotifyOptions {
     pub webhooks: Vec<String>,
     /// The bound on one attempt (connect, send, answer).
     pub timeout: Duration,
+    /// The TLS client for `https://` webhooks; `None`: those are skipped.
+    pub tls: Option<turnout_proxy::TlsClient>,
 }
 
 /// What the webhooks did, for logs and metrics.
@@ -62,17 +65,18 @@ struct Target {
     url: String,
     /// `host:port`, to connect to.
     addr: String,
+    /// `https://`: the host name the certificate is checked against.
+    tls_host: Option<String>,
     /// The `Host` header.
     host: String,
     path: String,
 }
 
 fn parse(url: &str) -> Result<Target, String> {
-    if url.starts_with("https://") {
-        return Err("https:// webhooks are not supported by this build yet; use an http:// URL (a local relay can add TLS)".into());
-    }
-    let Some(rest) = url.strip_prefix("http://") else {
-        return Err("the URL does not start with http://".into());
+    let (rest, https) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(rest), _) => (rest, false),
+        (_, Some(rest)) => (rest, true),
+        _ => return Err("the URL does not start with http:// or https://".into()),
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -88,11 +92,16 @@ fn parse(url: &str) -> Result<Target, String> {
     let addr = if has_port {
         authority.to_owned()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{}", if https { 443 } else { 80 })
+    };
+    let host_only = match authority.rfind(':') {
+        Some(i) if has_port => &authority[..i],
+        _ => authority,
     };
     Ok(Target {
         url: url.to_owned(),
         addr,
+        tls_host: https.then(|| host_only.to_owned()),
         host: authority.to_owned(),
         path: path.to_owned(),
     })
@@ -114,9 +123,18 @@ pub fn spawn(events: broadcast::Receiver<Event>, opts: NotifyOptions) -> Arc<Not
     let mut queues = Vec::new();
     for url in &opts.webhooks {
         match parse(url) {
+            Ok(target) if target.tls_host.is_some() && opts.tls.is_none() => {
+                tracing::warn!(webhook = %url, "[notify] webhook {url} is skipped: no CA certificates to check its server against (set [notify] ca, or install the system's CA bundle)");
+            }
             Ok(target) => {
                 let (tx, rx) = mpsc::channel::<Bytes>(QUEUE);
-                tokio::spawn(deliver_all(target, rx, opts.timeout, counters.clone()));
+                tokio::spawn(deliver_all(
+                    target,
+                    rx,
+                    opts.timeout,
+                    opts.tls.clone(),
+                    counters.clone(),
+                ));
                 queues.push((url.clone(), tx));
             }
             Err(e) => tracing::warn!(webhook = %url, "[notify] webhook {url} is skipped: {e}"),
@@ -178,12 +196,18 @@ async fn deliver_all(
     target: Target,
     mut rx: mpsc::Receiver<Bytes>,
     timeout: Duration,
+    tls: Option<turnout_proxy::TlsClient>,
     counters: Arc<NotifyCounters>,
 ) {
     while let Some(body) = rx.recv().await {
         let mut attempt = 0;
         loop {
-            let result = match tokio::time::timeout(timeout, post(&target, body.clone())).await {
+            let result = match tokio::time::timeout(
+                timeout,
+                post(&target, tls.as_ref(), body.clone()),
+            )
+            .await
+            {
                 Ok(r) => r,
                 Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
             };
@@ -208,7 +232,11 @@ async fn deliver_all(
 }
 
 /// One POST; `Ok` on a 2xx answer.
-async fn post(target: &Target, body: Bytes) -> Result<(), String> {
+async fn post(
+    target: &Target,
+    tls: Option<&turnout_proxy::TlsClient>,
+    body: Bytes,
+) -> Result<(), String> {
     let request = Request::post(target.path.as_str())
         .header(HOST, target.host.as_str())
         .header(USER_AGENT, "turnout-notify")
@@ -219,7 +247,25 @@ async fn post(target: &Target, body: Bytes) -> Result<(), String> {
     let stream = TcpStream::connect(&target.addr)
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", target.addr))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    match (&target.tls_host, tls) {
+        (Some(host), Some(tls)) => {
+            let stream = tls
+                .connect(host, stream)
+                .await
+                .map_err(|e| format!("TLS handshake with {} failed: {e}", target.addr))?;
+            send(TokioIo::new(stream), request).await
+        }
+        (Some(_), None) => Err("no TLS client for an https:// webhook".into()),
+        (None, _) => send(TokioIo::new(stream), request).await,
+    }
+}
+
+/// Sends `request` on a new HTTP/1.1 connection over `io`; `Ok` on a 2xx answer.
+async fn send<T>(io: T, request: Request<Full<Bytes>>) -> Result<(), String>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| e.to_string())?;
     let conn = tokio::spawn(conn);
@@ -238,7 +284,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_http_urls_and_refuses_others() {
+    fn parses_http_and_https_urls_and_refuses_others() {
         let t = parse("http://127.0.0.1:9000/turnout-events").unwrap();
         assert_eq!(
             (t.addr.as_str(), t.host.as_str(), t.path.as_str()),
@@ -253,7 +299,21 @@ mod tests {
         assert_eq!(t.addr, "[::1]:80");
         let t = parse("http://[::1]:81/x").unwrap();
         assert_eq!(t.addr, "[::1]:81");
-        assert!(parse("https://hooks.example/").is_err());
+        let t = parse("https://hooks.slack.example/services/T0/B0/x").unwrap();
+        assert_eq!(
+            (t.addr.as_str(), t.tls_host.as_deref(), t.path.as_str()),
+            (
+                "hooks.slack.example:443",
+                Some("hooks.slack.example"),
+                "/services/T0/B0/x"
+            )
+        );
+        let t = parse("https://[::1]:8443/h").unwrap();
+        assert_eq!(
+            (t.addr.as_str(), t.tls_host.as_deref()),
+            ("[::1]:8443", Some("[::1]"))
+        );
+        assert_eq!(parse("http://a/").unwrap().tls_host, None);
         assert!(parse("ftp://x/").is_err());
         assert!(parse("http:///x").is_err());
     }

@@ -48,7 +48,7 @@ pub use mirror::{
 pub use sessions::{derive_key, key_from_hex, key_to_hex, random_key, SessionOptions, PIN_COOKIE};
 pub use stats::{Counts, SlotStats, StatsSnapshot, STATUS_CLASSES};
 pub use table::{SlotPool, Table};
-pub use tls::{TlsCert, TlsError, UpstreamTls};
+pub use tls::{TlsCert, TlsClient, TlsError, UpstreamTls};
 pub use upstream::{Upstream, UpstreamRef};
 
 /// Data-plane settings (from `[listen]`, `[upstream]` and `[health]`).

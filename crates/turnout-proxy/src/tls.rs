@@ -34,7 +34,7 @@ pub struct TlsError {
     /// What is wrong.
     pub problem: String,
     /// What to do about it.
-    pub hint: &'static str,
+    pub hint: std::borrow::Cow<'static, str>,
 }
 
 /// The server's TLS settings: the rustls configuration and the certificate it serves,
@@ -92,7 +92,7 @@ impl TlsCert {
             .map_err(|e| TlsError {
                 path: cert.to_owned(),
                 problem: format!("no usable TLS protocol version: {e}"),
-                hint: "this build of turnout cannot serve TLS",
+                hint: "this build of turnout cannot serve TLS".into(),
             })?
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
@@ -129,7 +129,7 @@ fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Certi
     let err = |path: &Path, problem: String, hint: &'static str| TlsError {
         path: path.to_owned(),
         problem,
-        hint,
+        hint: hint.into(),
     };
     let read = |path: &Path, what: &str| {
         std::fs::read(path).map_err(|e| {
@@ -202,37 +202,9 @@ impl UpstreamTls {
         let err = |problem: String, hint: &'static str| TlsError {
             path: ca.to_owned(),
             problem,
-            hint,
+            hint: hint.into(),
         };
-        let pem = std::fs::read(ca).map_err(|e| {
-            err(
-                format!("cannot read the CA certificate: {e}"),
-                "check [upstream] ca and the file's permissions",
-            )
-        })?;
-        let certs = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                err(
-                    format!("not a valid PEM certificate file: {e}"),
-                    "[upstream] ca must be PEM (-----BEGIN CERTIFICATE-----)",
-                )
-            })?;
-        if certs.is_empty() {
-            return Err(err(
-                "no certificate found (no -----BEGIN CERTIFICATE----- section)".into(),
-                "[upstream] ca must be the PEM certificate of the CA that signed the upstreams' certificates",
-            ));
-        }
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in certs {
-            roots.add(cert).map_err(|e| {
-                err(
-                    format!("unusable CA certificate: {e}"),
-                    "[upstream] ca must hold X.509 CA certificates",
-                )
-            })?;
-        }
+        let roots = load_roots(ca, "[upstream] ca")?;
         let server_name = server_name
             .map(|n| {
                 rustls::pki_types::ServerName::try_from(n.to_owned()).map_err(|e| {
@@ -243,20 +215,8 @@ impl UpstreamTls {
                 })
             })
             .transpose()?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| {
-                err(
-                    format!("no usable TLS protocol version: {e}"),
-                    "this build of turnout cannot speak TLS",
-                )
-            })?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(UpstreamTls {
-            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            connector: connector(roots, ca)?,
             server_name,
             ca_path: ca.to_owned(),
         })
@@ -278,6 +238,118 @@ impl UpstreamTls {
         };
         let tls = self.connector.connect(name, tcp).await?;
         Ok(UpstreamStream::Tls(Box::new(tls)))
+    }
+}
+
+/// The CA certificates of a PEM file, as rustls roots; `key` names the setting in errors.
+fn load_roots(ca: &Path, key: &'static str) -> Result<rustls::RootCertStore, TlsError> {
+    let err = |problem: String, hint: String| TlsError {
+        path: ca.to_owned(),
+        problem,
+        hint: hint.into(),
+    };
+    let pem = std::fs::read(ca).map_err(|e| {
+        err(
+            format!("cannot read the CA certificate: {e}"),
+            format!("check {key} and the file's permissions"),
+        )
+    })?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            err(
+                format!("not a valid PEM certificate file: {e}"),
+                format!("{key} must be PEM (-----BEGIN CERTIFICATE-----)"),
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(err(
+            "no certificate found (no -----BEGIN CERTIFICATE----- section)".into(),
+            format!("{key} must hold the PEM certificate of the CA that signed the servers' certificates"),
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    // A system bundle may hold a certificate rustls cannot use; the others still count.
+    let (_, unusable) = roots.add_parsable_certificates(certs);
+    if roots.is_empty() {
+        return Err(err(
+            format!("none of the certificates is usable ({unusable} refused)"),
+            format!("{key} must hold X.509 CA certificates"),
+        ));
+    }
+    Ok(roots)
+}
+
+/// A rustls client (ring, safe defaults, HTTP/1.1 by ALPN) trusting `roots`.
+fn connector(
+    roots: rustls::RootCertStore,
+    ca: &Path,
+) -> Result<tokio_rustls::TlsConnector, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError {
+            path: ca.to_owned(),
+            problem: format!("no usable TLS protocol version: {e}"),
+            hint: "this build of turnout cannot speak TLS".into(),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// A TLS client for turnout's own HTTPS calls (`https://` webhooks), trusting the CA
+/// certificates of one PEM file: a configured one, or the system's bundle.
+#[derive(Clone)]
+pub struct TlsClient {
+    connector: tokio_rustls::TlsConnector,
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsClient")
+    }
+}
+
+impl TlsClient {
+    /// Trusts the CA certificates in the PEM file `ca`; `key` names the setting in errors.
+    pub fn load(ca: &Path, key: &'static str) -> Result<TlsClient, TlsError> {
+        Ok(TlsClient {
+            connector: connector(load_roots(ca, key)?, ca)?,
+        })
+    }
+
+    /// The system's CA bundle: `$SSL_CERT_FILE`, else the first of the usual places
+    /// (Debian/Ubuntu, Fedora/RHEL, Alpine/macOS ports) that exists.
+    pub fn system_bundle() -> Option<PathBuf> {
+        let env = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
+        let known = [
+            "/etc/ssl/certs/ca-certificates.crt",
+            "/etc/pki/tls/certs/ca-bundle.crt",
+            "/etc/ssl/cert.pem",
+        ]
+        .map(PathBuf::from);
+        env.into_iter().chain(known).find(|p| p.is_file())
+    }
+
+    /// The handshake with `host` (a DNS name or an IP address) over `tcp`.
+    pub async fn connect(
+        &self,
+        host: &str,
+        tcp: TcpStream,
+    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{host:?} is not a valid TLS server name ({e})"),
+            )
+        })?;
+        self.connector.connect(name, tcp).await
     }
 }
 

@@ -73,6 +73,9 @@ pub(crate) fn anchor_paths(cfg: &mut Config, config: &Path) {
     if let Some(tls) = &mut cfg.upstream.tls {
         anchor(&mut tls.ca);
     }
+    if let Some(ca) = cfg.notify.as_mut().and_then(|n| n.ca.as_mut()) {
+        anchor(ca);
+    }
     if let Some(tls) = &mut cfg.listen.tls {
         anchor(&mut tls.cert);
         anchor(&mut tls.key);
@@ -273,6 +276,30 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    // For https:// webhooks: `[notify] ca`, else the system's CA bundle. A bad `ca` stops
+    // the start; no bundle at all only leaves those webhooks undelivered (said at start).
+    let webhook_tls = match &cfg.notify {
+        Some(n) if n.webhooks.iter().any(|w| w.starts_with("https://")) => match &n.ca {
+            Some(ca) => Some(
+                turnout_proxy::TlsClient::load(ca, "[notify] ca")
+                    .map_err(|e| UsageError(format!("[notify] ca: {e}")))?,
+            ),
+            None => match turnout_proxy::TlsClient::system_bundle() {
+                Some(bundle) => match turnout_proxy::TlsClient::load(&bundle, "SSL_CERT_FILE") {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "https:// webhooks will not be delivered: the system's CA bundle is unusable ({e}); set [notify] ca");
+                        None
+                    }
+                },
+                None => {
+                    tracing::warn!("https:// webhooks will not be delivered: no system CA bundle found (install ca-certificates, or set [notify] ca or SSL_CERT_FILE)");
+                    None
+                }
+            },
+        },
+        _ => None,
+    };
     // Before anything is started: a signal from here on stops the router in order.
     let mut signals = Signals::new()?;
 
@@ -322,6 +349,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             turnout_pipeline::notify::NotifyOptions {
                 webhooks: n.webhooks.clone(),
                 timeout: n.timeout,
+                tls: webhook_tls,
             },
         );
     }

@@ -1,8 +1,9 @@
 //! `[upstream] tls = true`: the router speaks TLS to its upstreams, trusting only the
-//! configured CA. Needs the `openssl` command (scripts/test-all.sh installs it).
+//! configured CA; and `https://` webhooks, checked against `[notify] ca`. Needs the
+//! `openssl` command (scripts/test-all.sh installs it).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
@@ -108,6 +109,13 @@ fn make_pki(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
 /// A TLS backend: `GET /` answers `tls-backend`, anything else (`/healthz`) `ok`, both
 /// 200, keep-alive. Returns its address.
 async fn tls_backend(cert: &Path, key: &Path) -> String {
+    tls_server(cert, key).await.0
+}
+
+/// [`tls_backend`], also returning the bodies of the POSTs it took.
+async fn tls_server(cert: &Path, key: &Path) -> (String, Arc<Mutex<Vec<String>>>) {
+    let posted = Arc::new(Mutex::new(Vec::new()));
+    let seen = posted.clone();
     let chain = CertificateDer::pem_file_iter(cert)
         .unwrap()
         .collect::<Result<Vec<_>, _>>()
@@ -130,6 +138,7 @@ async fn tls_backend(cert: &Path, key: &Path) -> String {
                 return;
             };
             let acceptor = acceptor.clone();
+            let seen = seen.clone();
             tokio::spawn(async move {
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
@@ -156,6 +165,10 @@ async fn tls_backend(cert: &Path, key: &Path) -> String {
                                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
                             }
                         }
+                        if len > 0 {
+                            let body = String::from_utf8_lossy(&buf[..len]).into_owned();
+                            seen.lock().unwrap().push(body);
+                        }
                         buf.drain(..len);
                         let body = if path == "/" { "tls-backend" } else { "ok" };
                         let resp = format!(
@@ -174,7 +187,7 @@ async fn tls_backend(cert: &Path, key: &Path) -> String {
             });
         }
     });
-    addr
+    (addr, posted)
 }
 
 async fn router(upstream: &str, ca: &Path) -> Router {
@@ -277,5 +290,47 @@ fn an_unreadable_ca_file_stops_the_start_with_exit_2() {
             && stderr.contains("missing-ca.pem")
             && stderr.contains("cannot read the CA certificate"),
         "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_webhook_gets_the_events_checked_against_the_notify_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_pki(dir.path(), "hook");
+    let (hook, posted) = tls_server(&cert, &key).await;
+    let port = hook.rsplit_once(':').unwrap().1;
+    let blue = turnout_testkit::Backend::start("blue").await;
+    let green = turnout_testkit::Backend::start("green").await;
+    let r = Router::start(
+        Path::new(env!("CARGO_BIN_EXE_turnout")),
+        &RouterOptions {
+            blue: vec![blue.upstream()],
+            green: vec![green.upstream()],
+            extra: format!(
+                "[notify]\nwebhooks = [\"https://localhost:{port}/hook\"]\nca = {:?}\n",
+                ca.display().to_string()
+            ),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    r.await_healthy().await;
+    let (st, body) = r.switch_to("green").await;
+    assert_eq!(st, 200, "{body}");
+    let event = eventually("the switch event posted over TLS", WAIT, || async {
+        posted.lock().unwrap().iter().find_map(|b| {
+            let v: serde_json::Value = serde_json::from_str(b).ok()?;
+            (v["kind"] == "switch").then_some(v)
+        })
+    })
+    .await;
+    assert_eq!(event["slot"], "green");
+    assert!(
+        event["text"]
+            .as_str()
+            .unwrap()
+            .contains("switched from blue to green"),
+        "{event}"
     );
 }
