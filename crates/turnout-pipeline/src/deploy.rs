@@ -123,6 +123,9 @@ pub(crate) struct Run {
     /// Whether this run has changed its target slot (retired what it held, placed the
     /// candidate): only then does ending early empty the slot.
     touched_target: bool,
+    /// Retry on standby (`[bake] retry_on_standby`), from the candidate's first request
+    /// until the bake passed or traffic is back on the previous slot.
+    retry: Option<RetryOn>,
 }
 
 impl Run {
@@ -142,6 +145,7 @@ impl Run {
                 record,
                 given,
                 waiter: None,
+                retry: None,
                 touched_target: false,
             },
             handle,
@@ -727,6 +731,9 @@ impl Run {
             .map_err(|f| f.before())?;
         let baseline = self.baseline();
         let slot = self.d.slot;
+        // Retry on the standby from the first request the candidate gets (a canary step or
+        // the switch).
+        self.retry_on();
         let canary = self.opts().promote.mode == PromoteMode::Canary && self.d.previous.is_some();
         if canary {
             let steps: Vec<u8> = self.opts().promote.steps.clone();
@@ -797,6 +804,17 @@ impl Run {
         self.bake(baseline, duration, Some(from), side).await
     }
 
+    /// Turns retry on standby on for this run's candidate (when configured and there is a
+    /// previous slot), unless it is on already.
+    fn retry_on(&mut self) {
+        if self.retry.is_some() {
+            return;
+        }
+        if let (true, Some(prev)) = (self.opts().bake.retry_on_standby, self.d.previous) {
+            self.retry = Some(RetryOn::start(&self.inner.proxy, self.d.slot, prev));
+        }
+    }
+
     /// Starts hook `name` (if configured) as a task of its own.
     fn spawn_hook(&self, name: &'static str) -> Option<SideHook> {
         let command = match name {
@@ -831,10 +849,7 @@ impl Run {
         mut side: Option<SideHook>,
     ) -> Result<(), Stop> {
         self.begin(Stage::Bake).await;
-        let retry = self.opts().bake.retry_on_standby;
-        if let (true, Some(prev)) = (retry, self.d.previous) {
-            self.inner.proxy.set_retry_on(Some((self.d.slot, prev)));
-        }
+        self.retry_on();
         let mut result = self
             .analyse(Phase::AfterSwitch, duration, baseline, 100, from, &mut side)
             .await;
@@ -857,7 +872,9 @@ impl Run {
             }
         }
         drop(side);
-        self.inner.proxy.set_retry_on(None);
+        if result.is_ok() {
+            self.retry = None;
+        }
         let seen = match result {
             Ok(seen) => seen,
             Err(Interrupt::Stop(stop)) => return Err(stop),
@@ -1124,7 +1141,6 @@ impl Run {
 
     /// Users saw the candidate: send them back to the previous slot, stop the candidate.
     async fn roll_back(&mut self, why: String) {
-        self.inner.proxy.set_retry_on(None);
         if self
             .d
             .current_stage()
@@ -1177,6 +1193,9 @@ impl Run {
                 if let Err(e) = self.inner.retire(slot).await {
                     tracing::warn!(deployment = %self.d.id, error = %e, "could not stop the rolled-back candidate: {e}");
                 }
+                // Only now, with users back on the previous slot and the candidate gone,
+                // do its retries end (a request still in flight there is retried too).
+                self.retry = None;
                 (Verdict::RolledBack, why)
             }
             Err(e) => (Verdict::Failed, format!("{why}; {e}")),
@@ -1471,4 +1490,20 @@ pub(crate) fn elapsed_since(rfc3339: &str) -> Duration {
         .ok()
         .and_then(|t| SystemTime::now().duration_since(t).ok())
         .unwrap_or_default()
+}
+
+/// Retry on standby (`[bake] retry_on_standby`) while it lives.
+struct RetryOn(turnout_proxy::Proxy);
+
+impl RetryOn {
+    fn start(proxy: &turnout_proxy::Proxy, slot: SlotName, standby: SlotName) -> RetryOn {
+        proxy.set_retry_on(Some((slot, standby)));
+        RetryOn(proxy.clone())
+    }
+}
+
+impl Drop for RetryOn {
+    fn drop(&mut self) {
+        self.0.set_retry_on(None);
+    }
 }

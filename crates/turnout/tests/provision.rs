@@ -266,3 +266,43 @@ async fn rollback_during_the_bake_ends_the_deployment_and_switch_is_refused_mean
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no standby"), "{err}");
 }
+
+/// `[bake] retry_on_standby`: a version whose every answer is a 500 is rolled back by its
+/// bake, and no user saw one of its errors — each failed GET went once more to the
+/// standby, from the switch to the rollback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_retry_on_standby_users_never_see_the_bad_versions_errors() {
+    let v1 = Backend::start("v1").await;
+    let v2 = Backend::start("v2").await;
+    v2.set_failing(true);
+    let router = Router::start(
+        bin(),
+        &RouterOptions {
+            blue: vec![v1.upstream()],
+            extra: "[bake]\nduration = \"30s\"\ninterval = \"200ms\"\nwindow = \"1s\"\nmax_error_rate = 0.05\nmin_requests = 5\nretry_on_standby = true\n".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let load = turnout_testkit::Load::start(&router.data, "/", 4, Duration::from_millis(10));
+    let (code, out, err) = router
+        .cli(&["deploy", "v2", "--upstream", &v2.upstream()])
+        .await;
+    let samples = load.stop().await;
+    assert_eq!(code, 3, "rolled back is exit 3\n{out}\n{err}");
+    assert!(out.contains("error rate"), "{out}");
+    assert!(v2.requests() > 0, "v2 never got a request");
+    let failed: Vec<_> = samples.iter().filter(|s| s.failed()).cloned().collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} user requests failed: {}",
+        failed.len(),
+        samples.len(),
+        turnout_testkit::describe_failures(&failed)
+    );
+    assert!(
+        samples.iter().all(|s| s.from("v1")),
+        "an answer came from v2"
+    );
+}
