@@ -115,8 +115,8 @@ impl ConnService {
                 id
             }
         };
-        // A body over max_body with its length announced: refused before routing. (A
-        // streamed HTTP/2 body without a length is not cut off at max_body.)
+        // A body over max_body with its length announced: refused before routing; one
+        // streamed without a length is cut off when it grows past it (`RequestBody::Capped`).
         if let Some(max) = self.inner.opts.max_body {
             if req.body().size_hint().lower() > max {
                 let error = ProxyError::BodyTooLarge { max };
@@ -194,10 +194,25 @@ impl ConnService {
                 Some(tap) => RequestBody::Tee(b, crate::body::TeeSink(tap.shared_body())),
                 None => RequestBody::Client(b),
             };
+            let mut req = req.map(body);
+            // A length not announced (or announced within the limit, which HTTP/2 does not
+            // hold the client to): counted as it streams.
+            let mut over = None;
+            if let Some(max) = self.inner.opts.max_body {
+                let cap = crate::body::Cap::new(max);
+                over = Some((cap.over.clone(), max));
+                req = req.map(|b| RequestBody::Capped(Box::new(b), cap));
+            }
             // Boxed: the rarer path keeps the common request's future small.
-            Box::pin(self.send(&slot, req.map(body)))
+            let sent = Box::pin(self.send(&slot, req))
                 .await
-                .map(|(resp, ret)| resp.map(|b| ProxyBody::upstream(b, ret)))
+                .map(|(resp, ret)| resp.map(|b| ProxyBody::upstream(b, ret)));
+            match (sent, over) {
+                (Err(_), Some((over, max))) if over.load(std::sync::atomic::Ordering::Relaxed) => {
+                    Err(ProxyError::BodyTooLarge { max })
+                }
+                (sent, _) => sent,
+            }
         };
 
         // Phase 5: respond.

@@ -134,6 +134,8 @@ struct EndpointStats {
     noise_samples: u64,
     live: Histogram,
     candidate: Histogram,
+    /// The live slot's answers to the noise copies (sent like the candidate's).
+    live_copies: Histogram,
     fields: Vec<FieldStats>,
     field_index: HashMap<(String, DiffKind), u32>,
     /// Requests by their (sorted) set of differing field ids.
@@ -152,6 +154,7 @@ impl EndpointStats {
             noise_samples: 0,
             live: Histogram::default(),
             candidate: Histogram::default(),
+            live_copies: Histogram::default(),
             fields: Vec::new(),
             field_index: HashMap::new(),
             sets: HashMap::new(),
@@ -236,6 +239,7 @@ pub struct Aggregator {
     pooled: Pooled,
     live: Histogram,
     candidate: Histogram,
+    live_copies: Histogram,
 }
 
 impl Aggregator {
@@ -251,6 +255,7 @@ impl Aggregator {
             pooled: Pooled::default(),
             live: Histogram::default(),
             candidate: Histogram::default(),
+            live_copies: Histogram::default(),
         }
     }
 
@@ -277,7 +282,10 @@ impl Aggregator {
             Err(e) => vec![error_difference(&sample.live, e)],
         };
         let noise_diffs = sample.noise.as_ref().map(|n| match n {
-            Ok(r) => self.compare.compare(&sample.live, r),
+            Ok(r) => {
+                self.live_copies.record(r.latency);
+                self.compare.compare(&sample.live, r)
+            }
             Err(e) => vec![error_difference(&sample.live, e)],
         });
 
@@ -289,6 +297,9 @@ impl Aggregator {
         match &sample.candidate {
             Ok(c) => e.candidate.record(c.latency),
             Err(_) => e.failed += 1,
+        }
+        if let Some(Ok(n)) = &sample.noise {
+            e.live_copies.record(n.latency);
         }
 
         let mut ids: Vec<u32> = Vec::with_capacity(diffs.len());
@@ -409,7 +420,7 @@ impl Aggregator {
         });
         let compared: u64 = endpoints.iter().map(|e| e.compared).sum();
         let mismatched: u64 = endpoints.iter().map(|e| e.mismatched).sum();
-        let latency_ms = pair(&self.live, &self.candidate);
+        let latency_ms = pair(&self.live, &self.candidate, &self.live_copies);
         Report {
             requests: counts.mirrored.max(compared),
             compared,
@@ -469,7 +480,7 @@ impl Aggregator {
                 .then_with(|| a.path.cmp(&b.path))
                 .then(a.kind.cmp(&b.kind))
         });
-        let latency_ms = pair(&e.live, &e.candidate);
+        let latency_ms = pair(&e.live, &e.candidate, &e.live_copies);
         EndpointReport {
             endpoint: e.name.clone(),
             compared: e.compared,
@@ -489,7 +500,8 @@ fn rate(n: u64, of: u64) -> Option<f64> {
     (of > 0).then(|| n.min(of) as f64 / of as f64)
 }
 
-fn pair(live: &Histogram, candidate: &Histogram) -> LatencyPair {
+/// The quantiles; the live copies' only from [`MIN_LIVE_COPIES`] samples on.
+fn pair(live: &Histogram, candidate: &Histogram, copies: &Histogram) -> LatencyPair {
     let q = |h: &Histogram| Quantiles {
         p50: h.quantile_ms(0.5),
         p99: h.quantile_ms(0.99),
@@ -497,8 +509,14 @@ fn pair(live: &Histogram, candidate: &Histogram) -> LatencyPair {
     LatencyPair {
         live: q(live),
         candidate: q(candidate),
+        live_copies: (copies.total() >= MIN_LIVE_COPIES).then(|| q(copies)),
     }
 }
+
+/// How many noise copies' latencies make a baseline for the candidate's: copies to live
+/// sent like the candidate's (same thread, same moment, same pool) measure what mirroring
+/// itself costs, which the user's own latency does not.
+pub const MIN_LIVE_COPIES: u64 = 20;
 
 /// Both histograms over the range of buckets that hold anything (the overflow bucket
 /// folded into the last one).
@@ -841,6 +859,50 @@ mod tests {
         assert_eq!(
             (x.live.as_str(), x.candidate.as_str()),
             ("max-age=60", "no-store")
+        );
+    }
+
+    /// Copies that wait (mirroring on a busy machine): candidate and live copies 300 ms,
+    /// users' own answers 10 ms. The baseline is the live copies' p99 once there are
+    /// enough of them, so the candidate is not blamed for the wait; with too few it is the
+    /// users' (and the ratio shows the wait).
+    #[test]
+    fn the_live_copies_are_the_latency_baseline_once_there_are_enough() {
+        let mut rng = Rng(7);
+        let mut agg = Aggregator::new(CompareOptions::default(), NoiseOptions::default());
+        let mut add = |agg: &mut Aggregator, noise: bool| {
+            let live = answer(&mut rng, "/orders", Bug::None, 10);
+            let candidate = answer(&mut rng, "/orders", Bug::None, 300);
+            let noise = noise.then(|| Ok(answer(&mut rng, "/orders", Bug::None, 300)));
+            agg.add(&Sample {
+                request: request("GET", "/orders"),
+                live,
+                candidate: Ok(candidate),
+                noise,
+            });
+        };
+        for i in 0..100 {
+            add(&mut agg, i < MIN_LIVE_COPIES as usize - 1);
+        }
+        let counts = Counts {
+            mirrored: 100,
+            dropped: 0,
+            skipped: 0,
+        };
+        let r = agg.report(counts);
+        assert_eq!(r.latency_ms.live_copies, None, "one copy short");
+        assert!(r.latency_ratio_p99.unwrap() > 20.0);
+        add(&mut agg, true);
+        let r = agg.report(counts);
+        assert!(r.latency_ms.live_copies.is_some());
+        let ratio = r.latency_ratio_p99.unwrap();
+        assert!((0.9..1.1).contains(&ratio), "{ratio}");
+        let e = endpoint(&r, "GET /orders");
+        assert!(e.latency_ratio_p99.is_some_and(|x| (0.9..1.1).contains(&x)));
+        assert!(
+            matches!(r.gate(0.01, 1.5, 10), Gate::Pass(_)),
+            "{:?}",
+            r.gate(0.01, 1.5, 10)
         );
     }
 

@@ -50,7 +50,6 @@ impl Histogram {
         self.total += 1;
     }
 
-    #[cfg(test)]
     pub(crate) fn total(&self) -> u64 {
         self.total
     }

@@ -258,3 +258,47 @@ async fn without_failover_a_live_slot_with_no_healthy_upstream_answers_503() {
     assert_eq!(green.requests(), 0, "nothing went to the standby");
     assert!(!events(&router).await.contains("event: failover"));
 }
+
+/// An HTTP/2 request body streamed without a length: cut off with 413 once it grows past
+/// `max_body`; one within the limit is passed on whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_body_without_a_length_is_cut_off_at_max_body() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+
+    let blue = Backend::start("blue").await;
+    let router = router(&blue, None, "max_body = \"1KiB\"\n", "").await;
+    let tcp = TcpStream::connect(&router.data).await.unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    // `chunks` pieces of 512 bytes, as a stream: no content-length is sent.
+    let post = |chunks: usize| {
+        let frames = (0..chunks)
+            .map(|_| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(vec![b'y'; 512]))));
+        http::Request::post(format!("http://{}/upload", router.data))
+            .body(StreamBody::new(futures_util::stream::iter(frames)))
+            .unwrap()
+    };
+    let resp = tokio::time::timeout(WAIT, h2.send_request(post(4)))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let text = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(text, "turnout: request body too large\n");
+
+    h2.ready().await.unwrap();
+    let resp = tokio::time::timeout(WAIT, h2.send_request(post(2)))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(text, "1024", "the whole body reached the backend");
+}
