@@ -126,22 +126,26 @@ impl Shop {
     pub fn open(args: Args) -> anyhow::Result<Shop> {
         let conn = Connection::open(&args.db)
             .with_context(|| format!("opening the database {}", args.db.display()))?;
+        // Several instances start at once on one database: each waits for the others'
+        // locks (switching to WAL takes an exclusive one) instead of failing, and the
+        // catalogue is filled once, by whichever gets there first.
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .with_context(|| format!("opening the database {}", args.db.display()))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
-             PRAGMA busy_timeout = 5000;
+             BEGIN IMMEDIATE;
              CREATE TABLE IF NOT EXISTS items (
                  id INTEGER PRIMARY KEY AUTOINCREMENT,
                  name TEXT NOT NULL,
                  price_cents INTEGER NOT NULL
-             );",
+             );
+             INSERT INTO items (name, price_cents)
+                 SELECT name, price FROM (SELECT 'coffee' AS name, 250 AS price
+                     UNION ALL SELECT 'tea', 200 UNION ALL SELECT 'cake', 450)
+                 WHERE NOT EXISTS (SELECT 1 FROM items);
+             COMMIT;",
         )
         .with_context(|| format!("preparing the database {}", args.db.display()))?;
-        let empty: i64 = conn.query_row("SELECT COUNT(*) FROM items", [], |r| r.get(0))?;
-        if empty == 0 {
-            conn.execute_batch(
-                "INSERT INTO items (name, price_cents) VALUES ('coffee', 250), ('tea', 200), ('cake', 450);",
-            )?;
-        }
         let seed = u64::from(args.port) << 32 | 0x9e37_79b9;
         Ok(Shop {
             args: Arc::new(args),
