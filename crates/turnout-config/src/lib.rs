@@ -189,6 +189,17 @@ pub struct State {
     /// `advertise`: the URL other replicas send deployment calls to when this one leads
     /// (etcd backend); default `http://` + the admin address.
     pub advertise: Option<String>,
+    /// `ca`: the PEM CA certificates etcd's server certificate is checked against;
+    /// required with `https://` endpoints.
+    pub ca: Option<PathBuf>,
+    /// `cert` and `key`: a client certificate for etcd (`--client-cert-auth`).
+    pub cert: Option<PathBuf>,
+    /// See `cert`.
+    pub key: Option<PathBuf>,
+    /// `user`: the etcd user (etcd's authentication).
+    pub user: Option<String>,
+    /// `password`: its password, `env:NAME` or `file:PATH`.
+    pub password: Option<TokenSource>,
 }
 
 impl Default for State {
@@ -199,6 +210,11 @@ impl Default for State {
             endpoints: Vec::new(),
             prefix: "/turnout".to_string(),
             advertise: None,
+            ca: None,
+            cert: None,
+            key: None,
+            user: None,
+            password: None,
         }
     }
 }

@@ -173,7 +173,18 @@ fn state(ctx: &mut Ctx, root: &Table) -> State {
     let t = root.table(
         ctx,
         "state",
-        &["dir", "backend", "endpoints", "prefix", "advertise"],
+        &[
+            "dir",
+            "backend",
+            "endpoints",
+            "prefix",
+            "advertise",
+            "ca",
+            "cert",
+            "key",
+            "user",
+            "password",
+        ],
     );
     let d = State::default();
     let backend = t.parse(ctx, "backend", |s| match s {
@@ -199,20 +210,64 @@ fn state(ctx: &mut Ctx, root: &Table) -> State {
             "the etcd backend needs endpoints, e.g. endpoints = [\"http://127.0.0.1:2379\"]"
                 .to_string(),
         ),
-        StateBackend::Embedded if t.has("endpoints") || t.has("prefix") || t.has("advertise") => {
-            let key = if t.has("endpoints") {
-                "endpoints"
-            } else if t.has("prefix") {
-                "prefix"
-            } else {
-                "advertise"
-            };
-            let message = format!(
-                "{key} applies only to the etcd backend: set backend = \"etcd\" or remove {key}"
-            );
-            t.error(ctx, key, message);
+        StateBackend::Embedded => {
+            let etcd_only = [
+                "endpoints",
+                "prefix",
+                "advertise",
+                "ca",
+                "cert",
+                "key",
+                "user",
+                "password",
+            ];
+            if let Some(key) = etcd_only.into_iter().find(|k| t.has(k)) {
+                let message = format!(
+                    "{key} applies only to the etcd backend: set backend = \"etcd\" or remove {key}"
+                );
+                t.error(ctx, key, message);
+            }
         }
         _ => {}
+    }
+    let https = endpoints
+        .as_ref()
+        .is_some_and(|e| e.iter().any(|e| e.starts_with("https://")));
+    if backend == StateBackend::Etcd {
+        if t.has("cert") != t.has("key") {
+            let (has, missing) = if t.has("cert") {
+                ("cert", "key")
+            } else {
+                ("key", "cert")
+            };
+            t.error(
+                ctx,
+                has,
+                format!("{has} needs {missing}: a client certificate for etcd is a PEM certificate and its private key"),
+            );
+        }
+        if t.has("password") && !t.has("user") {
+            t.error(
+                ctx,
+                "password",
+                "password needs user: the etcd user it belongs to".to_string(),
+            );
+        }
+        if https && !t.has("ca") {
+            t.error(
+                ctx,
+                "endpoints",
+                "https:// endpoints need ca: the PEM certificate of the CA that signed etcd's server certificate".to_string(),
+            );
+        }
+        if (t.has("ca") || t.has("cert")) && !https {
+            let key = if t.has("ca") { "ca" } else { "cert" };
+            t.error(
+                ctx,
+                key,
+                format!("{key} is for TLS to etcd: give the endpoints as https://HOST:PORT"),
+            );
+        }
     }
     State {
         dir: t.non_empty(ctx, "dir").map_or(d.dir, PathBuf::from),
@@ -224,6 +279,11 @@ fn state(ctx: &mut Ctx, root: &Table) -> State {
         advertise: t.parse(ctx, "advertise", |s| {
             check_http_url(s).map(|()| s.trim_end_matches('/').to_string())
         }),
+        ca: t.non_empty(ctx, "ca").map(PathBuf::from),
+        cert: t.non_empty(ctx, "cert").map(PathBuf::from),
+        key: t.non_empty(ctx, "key").map(PathBuf::from),
+        user: t.non_empty(ctx, "user"),
+        password: t.parse(ctx, "password", TokenSource::parse),
     }
 }
 

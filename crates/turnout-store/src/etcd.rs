@@ -41,6 +41,28 @@ pub struct EtcdOptions {
     pub lease_ttl: Duration,
     /// The deadline of one call to etcd.
     pub timeout: Duration,
+    /// TLS to etcd (`https://` endpoints).
+    pub tls: Option<EtcdTls>,
+    /// etcd's authentication: user and password.
+    pub user: Option<(String, String)>,
+}
+
+/// TLS to etcd: the CA its server certificate is checked against, and optionally a client
+/// certificate (PEM texts).
+#[derive(Clone)]
+pub struct EtcdTls {
+    /// PEM CA certificates.
+    pub ca: Vec<u8>,
+    /// A PEM client certificate and its private key.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("client_certificate", &self.identity.is_some())
+            .finish()
+    }
 }
 
 /// The etcd backend of [`StateStore`], and its [`Fleet`].
@@ -68,11 +90,23 @@ impl EtcdStore {
     /// to start), then keeps a lease for this replica.
     pub async fn connect(opts: EtcdOptions) -> Result<EtcdStore, StoreError> {
         let location = format!("etcd {} (prefix {})", opts.endpoints.join(","), opts.prefix);
-        let connect = ConnectOptions::new()
+        let mut connect = ConnectOptions::new()
             .with_connect_timeout(opts.timeout)
             .with_timeout(opts.timeout)
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive_while_idle(true)
+            .with_auto_token_refresh(true);
+        if let Some(tls) = &opts.tls {
+            let mut t = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca));
+            if let Some((cert, key)) = &tls.identity {
+                t = t.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            connect = connect.with_tls(t);
+        }
+        if let Some((user, password)) = &opts.user {
+            connect = connect.with_user(user.clone(), password.clone());
+        }
         let client = Client::connect(&opts.endpoints, Some(connect))
             .await
             .map_err(|e| unavailable(&location, e))?;

@@ -16,7 +16,7 @@ use std::pin::Pin;
 
 pub use embedded::EmbeddedStore;
 #[cfg(feature = "etcd")]
-pub use etcd::{EtcdOptions, EtcdStore};
+pub use etcd::{EtcdOptions, EtcdStore, EtcdTls};
 pub use fleet::{Change, Fleet, Leadership, ReplicaInfo};
 use turnout_core::{Deployment, RoutingState};
 

@@ -125,6 +125,8 @@ fn etcd_options(endpoint: &str, replica: &str) -> turnout_store::EtcdOptions {
         },
         lease_ttl: std::time::Duration::from_secs(5),
         timeout: std::time::Duration::from_secs(1),
+        tls: None,
+        user: None,
     }
 }
 

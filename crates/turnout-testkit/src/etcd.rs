@@ -11,12 +11,25 @@ use tokio::process::{Child, Command};
 
 /// A running etcd. Killed when dropped.
 pub struct Etcd {
-    /// `http://127.0.0.1:PORT`, for `[state] endpoints`.
+    /// `http://127.0.0.1:PORT` (or `https://` with [`EtcdTlsFiles`]), for `[state]
+    /// endpoints`.
     pub endpoint: String,
-    client_port: u16,
+    /// A plain HTTP client port (`/health`, the JSON gateway): the endpoint's own without
+    /// TLS, a second listener with it.
+    plain_port: u16,
     peer_port: u16,
+    tls: Option<EtcdTlsFiles>,
     dir: tempfile::TempDir,
     child: Option<Child>,
+}
+
+/// TLS for an etcd started by [`Etcd::start_tls`]: its server certificate and key, and the
+/// CA that client certificates must be signed by (`--client-cert-auth`).
+#[derive(Clone, Debug)]
+pub struct EtcdTlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
 }
 
 /// The etcd binary: `$ETCD_BIN`, else `etcd` on the PATH.
@@ -33,29 +46,58 @@ fn free_port() -> anyhow::Result<u16> {
 impl Etcd {
     /// Starts etcd and waits until it answers `/health`.
     pub async fn start() -> anyhow::Result<Etcd> {
+        Etcd::start_with(None).await
+    }
+
+    /// Starts etcd serving clients over TLS only and requiring client certificates
+    /// signed by `tls.client_ca` (plus a plain port on loopback for `/health`).
+    pub async fn start_tls(tls: EtcdTlsFiles) -> anyhow::Result<Etcd> {
+        Etcd::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<EtcdTlsFiles>) -> anyhow::Result<Etcd> {
+        let client_port = free_port()?;
+        let plain_port = if tls.is_some() {
+            free_port()?
+        } else {
+            client_port
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut etcd = Etcd {
-            endpoint: String::new(),
-            client_port: free_port()?,
+            endpoint: format!("{scheme}://127.0.0.1:{client_port}"),
+            plain_port,
             peer_port: free_port()?,
+            tls,
             dir: tempfile::tempdir()?,
             child: None,
         };
-        etcd.endpoint = format!("http://127.0.0.1:{}", etcd.client_port);
         etcd.spawn().await?;
         Ok(etcd)
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let client = self.endpoint.clone();
+        let listen = if self.tls.is_some() {
+            format!("{client},http://127.0.0.1:{}", self.plain_port)
+        } else {
+            client.clone()
+        };
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("etcd.log"))?;
-        let child = Command::new(binary())
+        let mut cmd = Command::new(binary());
+        if let Some(tls) = &self.tls {
+            cmd.arg(format!("--cert-file={}", tls.cert.display()))
+                .arg(format!("--key-file={}", tls.key.display()))
+                .arg(format!("--trusted-ca-file={}", tls.client_ca.display()))
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .arg("--name=t")
             .arg(format!("--data-dir={}", self.dir.path().join("data").display()))
-            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--listen-client-urls={listen}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
@@ -91,7 +133,7 @@ impl Etcd {
     /// Whether etcd answers `GET /health` with `"health":"true"`.
     async fn healthy(&self) -> bool {
         let check = async {
-            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.client_port)).await?;
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.plain_port)).await?;
             s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
                 .await?;
             let mut buf = Vec::new();
@@ -122,6 +164,38 @@ impl Etcd {
             return Err(anyhow!("etcd is running"));
         }
         self.spawn().await
+    }
+
+    /// Turns on etcd's authentication with a `root` user (role `root`) and `password`,
+    /// through the JSON gateway of the plain port.
+    pub async fn enable_auth(&self, password: &str) -> anyhow::Result<()> {
+        let calls = [
+            ("/v3/auth/role/add", r#"{"name":"root"}"#.to_owned()),
+            (
+                "/v3/auth/user/add",
+                format!(r#"{{"name":"root","password":{password:?}}}"#),
+            ),
+            (
+                "/v3/auth/user/grant",
+                r#"{"user":"root","role":"root"}"#.to_owned(),
+            ),
+            ("/v3/auth/enable", "{}".to_owned()),
+        ];
+        for (path, body) in calls {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.plain_port)).await?;
+            let req = format!(
+                "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(req.as_bytes()).await?;
+            let mut buf = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
+            let text = String::from_utf8_lossy(&buf);
+            if !text.starts_with("HTTP/1.0 200") && !text.starts_with("HTTP/1.1 200") {
+                bail!("etcd {path}: {text}");
+            }
+        }
+        Ok(())
     }
 
     /// `[state]` keys for a router on this etcd under `prefix`.

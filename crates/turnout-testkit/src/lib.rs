@@ -13,6 +13,7 @@ mod client;
 mod demo;
 pub mod etcd;
 mod load;
+mod pki;
 pub mod router;
 mod webhook;
 
@@ -22,8 +23,9 @@ use std::time::{Duration, Instant};
 pub use backend::Backend;
 pub use client::{HttpClient, Reply};
 pub use demo::{demo_app_path, processes_with_args, DemoApp};
-pub use etcd::Etcd;
+pub use etcd::{Etcd, EtcdTlsFiles};
 pub use load::{describe_failures, Load, Sample};
+pub use pki::{make_pki, Pki};
 pub use router::{Router, RouterOptions, TOKEN};
 pub use webhook::webhook_receiver;
 

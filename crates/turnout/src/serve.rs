@@ -64,6 +64,7 @@ pub(crate) fn anchor_paths(cfg: &mut Config, config: &Path) {
     let secrets = [
         cfg.admin.token.as_mut(),
         cfg.sessions.as_mut().and_then(|s| s.secret.as_mut()),
+        cfg.state.password.as_mut(),
     ];
     for secret in secrets.into_iter().flatten() {
         if let TokenSource::File(p) = secret {
@@ -76,6 +77,13 @@ pub(crate) fn anchor_paths(cfg: &mut Config, config: &Path) {
     if let Some(ca) = cfg.notify.as_mut().and_then(|n| n.ca.as_mut()) {
         anchor(ca);
     }
+    for p in [&mut cfg.state.ca, &mut cfg.state.cert, &mut cfg.state.key]
+        .into_iter()
+        .flatten()
+    {
+        anchor(p);
+    }
+
     if let Some(tls) = &mut cfg.listen.tls {
         anchor(&mut tls.cert);
         anchor(&mut tls.key);
@@ -200,7 +208,36 @@ async fn open_etcd(cfg: &Config, admin: SocketAddr) -> anyhow::Result<Arc<dyn St
             }
         })
         .collect();
+    let read = |key: &str, path: &Path| {
+        std::fs::read(path).map_err(|e| {
+            UsageError(format!(
+                "[state] {key}: cannot read {}: {e}",
+                path.display()
+            ))
+        })
+    };
+    let tls = match (&cfg.state.ca, &cfg.state.cert, &cfg.state.key) {
+        (Some(ca), cert, key) => Some(turnout_store::EtcdTls {
+            ca: read("ca", ca)?,
+            identity: match (cert, key) {
+                (Some(c), Some(k)) => Some((read("cert", c)?, read("key", k)?)),
+                _ => None,
+            },
+        }),
+        _ => None,
+    };
+    let user = match (&cfg.state.user, &cfg.state.password) {
+        (Some(u), Some(p)) => Some((
+            u.clone(),
+            p.resolve()
+                .map_err(|e| UsageError(format!("[state] password: {e}")))?,
+        )),
+        (Some(u), None) => Some((u.clone(), String::new())),
+        _ => None,
+    };
     let opts = turnout_store::EtcdOptions {
+        tls,
+        user,
         endpoints: endpoints.clone(),
         prefix: cfg.state.prefix.trim_end_matches('/').to_owned(),
         me: turnout_store::ReplicaInfo {

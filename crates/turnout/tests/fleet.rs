@@ -705,3 +705,125 @@ async fn webhooks_announce_a_switch_once_not_once_per_replica() {
         assert_eq!(n, 1, "switch to revision {r} announced {n} times: {got:?}");
     }
 }
+
+/// TLS to etcd with client certificates (`[state] ca`, `cert`, `key`, https:// endpoints):
+/// a fleet works through it; a router without a client certificate is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_on_an_etcd_that_requires_tls_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = turnout_testkit::make_pki(dir.path(), "etcd");
+    let etcd = Etcd::start_tls(turnout_testkit::EtcdTlsFiles {
+        cert: pki.server_cert.clone(),
+        key: pki.server_key.clone(),
+        client_ca: pki.ca.clone(),
+    })
+    .await
+    .unwrap();
+    assert!(etcd.endpoint.starts_with("https://"));
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let quoted = |p: &std::path::Path| format!("{:?}", p.display().to_string());
+    let tls = format!(
+        "{}ca = {}\ncert = {}\nkey = {}\n",
+        etcd.state_config("/turnout/tls"),
+        quoted(&pki.ca),
+        quoted(&pki.client_cert),
+        quoted(&pki.client_key)
+    );
+    let start = |state: String| {
+        let (blue, green) = (blue.upstream(), green.upstream());
+        async move {
+            Router::start(
+                bin(),
+                &RouterOptions {
+                    blue: vec![blue],
+                    green: vec![green],
+                    state_extra: state,
+                    ..Default::default()
+                },
+            )
+            .await
+        }
+    };
+    let a = start(tls.clone()).await.unwrap();
+    let b = start(tls).await.unwrap();
+    let (st, body) = a.switch_to("green").await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    eventually(
+        "the other replica follows over TLS",
+        Duration::from_secs(10),
+        || async {
+            let mut c = None;
+            (served(&mut c, &b).await.as_deref() == Some("green")).then_some(())
+        },
+    )
+    .await;
+
+    // The CA but no client certificate: etcd refuses the handshake, and the router says
+    // it could not start.
+    let no_cert = format!(
+        "{}ca = {}\n",
+        etcd.state_config("/turnout/tls"),
+        quoted(&pki.ca)
+    );
+    let err = start(no_cert)
+        .await
+        .err()
+        .expect("refused without a client certificate");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("cannot start") && text.contains(&etcd.endpoint),
+        "{text}"
+    );
+}
+
+/// etcd's authentication (`[state] user`, `password`): a router with the right password
+/// works, one with a wrong one is refused at start and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_on_an_etcd_with_authentication() {
+    let etcd = Etcd::start().await.unwrap();
+    etcd.enable_auth("s3cret").await.unwrap();
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("etcd-password");
+    std::fs::write(&password, "s3cret\n").unwrap();
+    let state = |file: &std::path::Path| {
+        format!(
+            "{}user = \"root\"\npassword = \"file:{}\"\n",
+            etcd.state_config("/turnout/auth"),
+            file.display()
+        )
+    };
+    let start = |state: String| {
+        let (blue, green) = (blue.upstream(), green.upstream());
+        async move {
+            Router::start(
+                bin(),
+                &RouterOptions {
+                    blue: vec![blue],
+                    green: vec![green],
+                    state_extra: state,
+                    ..Default::default()
+                },
+            )
+            .await
+        }
+    };
+    let r = start(state(&password)).await.unwrap();
+    let (st, body) = r.switch_to("green").await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(r.status().await["live"], "green");
+
+    let wrong = dir.path().join("wrong-password");
+    std::fs::write(&wrong, "guess").unwrap();
+    let err = start(state(&wrong))
+        .await
+        .err()
+        .expect("refused with a wrong password");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("cannot start") && text.contains("authentication"),
+        "{text}"
+    );
+}

@@ -2,7 +2,7 @@
 //! configured CA; and `https://` webhooks, checked against `[notify] ca`. Needs the
 //! `openssl` command (scripts/test-all.sh installs it).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,101 +10,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use turnout_testkit::{eventually, HttpClient, Router, RouterOptions};
+use turnout_testkit::{eventually, make_pki, HttpClient, Router, RouterOptions};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn openssl(args: &[&str], dir: &Path) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect(
-            "the upstream TLS test needs the `openssl` command (Debian: apt-get install openssl)",
-        );
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A P-256 CA `<name>-ca.pem` (key `<name>-ca.key`) and a server certificate it signed
-/// for localhost and 127.0.0.1, `<name>-srv.pem` (key `<name>-srv.key`), in `dir`.
-fn make_pki(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let f = |suffix: &str| format!("{name}-{suffix}");
-    let curve = "ec_paramgen_curve:prime256v1";
-    openssl(
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            curve,
-            "-nodes",
-            "-subj",
-            &format!("/CN={name} test CA"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-days",
-            "1",
-            "-keyout",
-            &f("ca.key"),
-            "-out",
-            &f("ca.pem"),
-        ],
-        dir,
-    );
-    openssl(
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            curve,
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            &f("srv.key"),
-            "-out",
-            &f("srv.csr"),
-        ],
-        dir,
-    );
-    std::fs::write(
-        dir.join(f("ext.cnf")),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &f("srv.csr"),
-            "-CA",
-            &f("ca.pem"),
-            "-CAkey",
-            &f("ca.key"),
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            &f("ext.cnf"),
-            "-out",
-            &f("srv.pem"),
-        ],
-        dir,
-    );
-    (
-        dir.join(f("ca.pem")),
-        dir.join(f("srv.pem")),
-        dir.join(f("srv.key")),
-    )
-}
 
 /// A TLS backend: `GET /` answers `tls-backend`, anything else (`/healthz`) `ok`, both
 /// 200, keep-alive. Returns its address.
@@ -209,8 +117,9 @@ async fn router(upstream: &str, ca: &Path) -> Router {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_reach_a_tls_upstream_and_a_wrong_ca_fails_the_handshake() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = make_pki(dir.path(), "good");
-    let (other_ca, _, _) = make_pki(dir.path(), "other");
+    let pki = make_pki(dir.path(), "good");
+    let (ca, cert, key) = (pki.ca, pki.server_cert, pki.server_key);
+    let other_ca = make_pki(dir.path(), "other").ca;
     let backend = tls_backend(&cert, &key).await;
 
     // The right CA: health checks pass over TLS, and requests get through (twice on
@@ -296,7 +205,8 @@ fn an_unreadable_ca_file_stops_the_start_with_exit_2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_webhook_gets_the_events_checked_against_the_notify_ca() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = make_pki(dir.path(), "hook");
+    let pki = make_pki(dir.path(), "hook");
+    let (ca, cert, key) = (pki.ca, pki.server_cert, pki.server_key);
     let (hook, posted) = tls_server(&cert, &key).await;
     let port = hook.rsplit_once(':').unwrap().1;
     let blue = turnout_testkit::Backend::start("blue").await;
