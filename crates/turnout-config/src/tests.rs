@@ -504,6 +504,26 @@ fn cross_key_rules() {
             &[("state.endpoints", 2, "set backend = \"etcd\"")],
         ),
         (
+            "[state]\nuser = \"u\"",
+            &[("state.user", 2, "set backend = \"etcd\"")],
+        ),
+        (
+            "[state]\nbackend = \"etcd\"\nendpoints = [\"https://e:2379\"]",
+            &[("state.endpoints", 3, "https:// endpoints need ca")],
+        ),
+        (
+            "[state]\nbackend = \"etcd\"\nendpoints = [\"http://e:2379\"]\nca = \"ca.pem\"",
+            &[("state.ca", 4, "give the endpoints as https://")],
+        ),
+        (
+            "[state]\nbackend = \"etcd\"\nendpoints = [\"https://e:2379\"]\nca = \"ca.pem\"\ncert = \"c.pem\"",
+            &[("state.cert", 5, "cert needs key")],
+        ),
+        (
+            "[state]\nbackend = \"etcd\"\nendpoints = [\"http://e:2379\"]\npassword = \"env:P\"",
+            &[("state.password", 4, "password needs user")],
+        ),
+        (
             "[listen.tls]\nkey = \"k\"",
             &[("listen.tls", 1, "missing key cert")],
         ),
