@@ -233,7 +233,25 @@ fn state(ctx: &mut Ctx, root: &Table) -> State {
     let https = endpoints
         .as_ref()
         .is_some_and(|e| e.iter().any(|e| e.starts_with("https://")));
+    let mixed = https
+        && endpoints
+            .as_ref()
+            .is_some_and(|e| e.iter().any(|e| !e.starts_with("https://")));
     if backend == StateBackend::Etcd {
+        if mixed {
+            t.error(
+                ctx,
+                "endpoints",
+                "endpoints mix https:// with plain ones: use https:// for every member (TLS is for the whole cluster)".to_string(),
+            );
+        }
+        if t.has("user") && !t.has("password") {
+            t.error(
+                ctx,
+                "user",
+                "user needs password (\"env:NAME\" or \"file:PATH\"); with client certificates alone, leave user out".to_string(),
+            );
+        }
         if t.has("cert") != t.has("key") {
             let (has, missing) = if t.has("cert") {
                 ("cert", "key")

@@ -524,6 +524,14 @@ fn cross_key_rules() {
             &[("state.password", 4, "password needs user")],
         ),
         (
+            "[state]\nbackend = \"etcd\"\nendpoints = [\"http://e:2379\"]\nuser = \"u\"",
+            &[("state.user", 4, "user needs password")],
+        ),
+        (
+            "[state]\nbackend = \"etcd\"\nendpoints = [\"https://a:2379\", \"b:2379\"]\nca = \"ca.pem\"",
+            &[("state.endpoints", 3, "mix https://")],
+        ),
+        (
             "[listen.tls]\nkey = \"k\"",
             &[("listen.tls", 1, "missing key cert")],
         ),

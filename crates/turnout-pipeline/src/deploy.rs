@@ -447,6 +447,8 @@ impl Run {
 
     /// Rolls back a canary a previous router process left half-way.
     pub(crate) async fn resume_rollback(mut self, why: String) {
+        // Users may still reach the candidate (a canary share) until the rollback is done.
+        self.retry_on();
         self.roll_back(why).await;
     }
 
@@ -872,9 +874,6 @@ impl Run {
             }
         }
         drop(side);
-        if result.is_ok() {
-            self.retry = None;
-        }
         let seen = match result {
             Ok(seen) => seen,
             Err(Interrupt::Stop(stop)) => return Err(stop),
@@ -910,6 +909,8 @@ impl Run {
         self.hook("post_bake", Phase::AfterSwitch)
             .await
             .map_err(|f| f.after("post_bake"))?;
+        // The bake passed: the candidate stands on its own from here.
+        self.retry = None;
         Ok(())
     }
 

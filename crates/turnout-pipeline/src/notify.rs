@@ -78,12 +78,19 @@ fn parse(url: &str) -> Result<Target, String> {
         (_, Some(rest)) => (rest, true),
         _ => return Err("the URL does not start with http:// or https://".into()),
     };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
+    let (authority, path) = match rest.find(['/', '?', '#']) {
+        Some(i) if rest[i..].starts_with('/') => (&rest[..i], rest[i..].to_owned()),
+        // `https://host?x=1`: the path is `/`, the query is kept.
+        Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
+        None => (rest, "/".to_owned()),
     };
+    // The fragment is never sent.
+    let path = path.split('#').next().unwrap_or("/").to_owned();
     if authority.is_empty() {
         return Err("the URL has no host".into());
+    }
+    if authority.contains('@') {
+        return Err("the URL has a user name or password in it; put a secret in the path or query the receiver expects, not before the host".into());
     }
     let has_port = match authority.rfind(':') {
         Some(i) => !authority[i..].contains(']'),
@@ -103,7 +110,7 @@ fn parse(url: &str) -> Result<Target, String> {
         addr,
         tls_host: https.then(|| host_only.to_owned()),
         host: authority.to_owned(),
-        path: path.to_owned(),
+        path,
     })
 }
 
@@ -314,6 +321,10 @@ mod tests {
             ("[::1]:8443", Some("[::1]"))
         );
         assert_eq!(parse("http://a/").unwrap().tls_host, None);
+        let t = parse("https://h?token=x#frag").unwrap();
+        assert_eq!((t.addr.as_str(), t.path.as_str()), ("h:443", "/?token=x"));
+        let err = parse("https://user:hunter2@h/x").unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
         assert!(parse("ftp://x/").is_err());
         assert!(parse("http:///x").is_err());
     }

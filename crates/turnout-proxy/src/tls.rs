@@ -204,7 +204,7 @@ impl UpstreamTls {
             problem,
             hint: hint.into(),
         };
-        let roots = load_roots(ca, "[upstream] ca")?;
+        let roots = load_roots(ca, "[upstream] ca", false)?;
         let server_name = server_name
             .map(|n| {
                 rustls::pki_types::ServerName::try_from(n.to_owned()).map_err(|e| {
@@ -242,7 +242,14 @@ impl UpstreamTls {
 }
 
 /// The CA certificates of a PEM file, as rustls roots; `key` names the setting in errors.
-fn load_roots(ca: &Path, key: &'static str) -> Result<rustls::RootCertStore, TlsError> {
+///
+/// `lenient`: skip certificates rustls cannot use (a system bundle may hold some) as long
+/// as one is usable; a configured `ca` file is checked strictly.
+fn load_roots(
+    ca: &Path,
+    key: &'static str,
+    lenient: bool,
+) -> Result<rustls::RootCertStore, TlsError> {
     let err = |problem: String, hint: String| TlsError {
         path: ca.to_owned(),
         problem,
@@ -269,7 +276,17 @@ fn load_roots(ca: &Path, key: &'static str) -> Result<rustls::RootCertStore, Tls
         ));
     }
     let mut roots = rustls::RootCertStore::empty();
-    // A system bundle may hold a certificate rustls cannot use; the others still count.
+    if !lenient {
+        for cert in certs {
+            roots.add(cert).map_err(|e| {
+                err(
+                    format!("unusable CA certificate: {e}"),
+                    format!("{key} must hold X.509 CA certificates"),
+                )
+            })?;
+        }
+        return Ok(roots);
+    }
     let (_, unusable) = roots.add_parsable_certificates(certs);
     if roots.is_empty() {
         return Err(err(
@@ -316,7 +333,15 @@ impl TlsClient {
     /// Trusts the CA certificates in the PEM file `ca`; `key` names the setting in errors.
     pub fn load(ca: &Path, key: &'static str) -> Result<TlsClient, TlsError> {
         Ok(TlsClient {
-            connector: connector(load_roots(ca, key)?, ca)?,
+            connector: connector(load_roots(ca, key, false)?, ca)?,
+        })
+    }
+
+    /// Trusts the system's CA bundle at `bundle` (see [`TlsClient::system_bundle`]),
+    /// skipping certificates rustls cannot use.
+    pub fn load_system(bundle: &Path) -> Result<TlsClient, TlsError> {
+        Ok(TlsClient {
+            connector: connector(load_roots(bundle, "the system CA bundle", true)?, bundle)?,
         })
     }
 

@@ -60,27 +60,32 @@ pub struct LatencyPair {
     pub live: Quantiles,
     /// The candidate's (answers to the mirrored copies).
     pub candidate: Quantiles,
-    /// The live slot's answers to the noise copies — sent like the candidate's, on the
-    /// same idle-priority thread at the same moment — once there are enough of them
-    /// (`MIN_LIVE_COPIES`): then the baseline of `latency_ratio_p99`, so that the cost of
-    /// mirroring itself (copies wait for spare CPU) is not blamed on the candidate.
+    /// For the requests copied to both the candidate and live (the noise share), once
+    /// there are enough of them (`MIN_LIVE_COPIES`): live's answers to its copy — sent like
+    /// the candidate's, on the same idle-priority thread at the same moment ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live_copies: Option<Quantiles>,
+    /// ... and the candidate's answers to the same requests. Then these two are what
+    /// `latency_ratio_p99` compares, so that the wait of mirroring itself (copies wait for
+    /// spare CPU) is not blamed on the candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_paired: Option<Quantiles>,
 }
 
 impl LatencyPair {
-    /// The live p99 the candidate's is compared with: the live copies', else the users'.
-    pub fn baseline_p99(&self) -> Option<f64> {
-        match &self.live_copies {
-            Some(c) => c.p99,
-            None => self.live.p99,
+    /// The p99s the gate compares, (candidate, live): on the paired copies when there are
+    /// enough, else the candidate's copies against the users' own latency.
+    pub fn compared_p99(&self) -> (Option<f64>, Option<f64>) {
+        match (&self.candidate_paired, &self.live_copies) {
+            (Some(c), Some(l)) => (c.p99, l.p99),
+            _ => (self.candidate.p99, self.live.p99),
         }
     }
 
-    /// Which one that is, in words.
-    pub fn baseline_name(&self) -> &'static str {
+    /// What [`LatencyPair::compared_p99`] compares, in words.
+    pub fn compared_name(&self) -> &'static str {
         if self.live_copies.is_some() {
-            "live p99 (on copies)"
+            "live p99 on the same copies"
         } else {
             "live p99"
         }
@@ -202,7 +207,8 @@ impl Gate {
 }
 
 pub(crate) fn ratio_p99(l: &LatencyPair) -> Option<f64> {
-    match (l.baseline_p99(), l.candidate.p99) {
+    let (candidate, live) = l.compared_p99();
+    match (live, candidate) {
         (Some(live), Some(cand)) => {
             Some(cand.max(LATENCY_RATIO_FLOOR_MS) / live.max(LATENCY_RATIO_FLOOR_MS))
         }
@@ -297,9 +303,9 @@ impl Report {
         let latency_text = match self.latency_ratio_p99 {
             Some(r) => format!(
                 "candidate p99 {} is {r:.2}× {} {}",
-                ms(l.candidate.p99),
-                l.baseline_name(),
-                ms(l.baseline_p99())
+                ms(l.compared_p99().0),
+                l.compared_name(),
+                ms(l.compared_p99().1)
             ),
             None => "no candidate latencies".to_string(),
         };
@@ -350,7 +356,11 @@ impl Report {
             ms(l.live.p99),
             ms(l.candidate.p99),
             match (self.latency_ratio_p99, &l.live_copies) {
-                (Some(r), Some(c)) => format!(" ({r:.2}× the live copies' p99 {})", ms(c.p99)),
+                (Some(r), Some(c)) => format!(
+                    " (on the requests copied to both: candidate p99 {} is {r:.2}× live's {})",
+                    ms(l.candidate_paired.as_ref().and_then(|p| p.p99)),
+                    ms(c.p99)
+                ),
                 (Some(r), None) => format!(" ({r:.2}×)"),
                 (None, _) => String::new(),
             }
@@ -566,6 +576,7 @@ mod tests {
                     p99: cand_p99,
                 },
                 live_copies: None,
+                candidate_paired: None,
             },
             ..Report::default()
         };
@@ -631,12 +642,16 @@ mod tests {
             p50: Some(500.0),
             p99: Some(850.0),
         });
+        slow_mirror.latency_ms.candidate_paired = Some(Quantiles {
+            p50: Some(520.0),
+            p99: Some(900.0),
+        });
         slow_mirror.latency_ratio_p99 = ratio_p99(&slow_mirror.latency_ms);
         let mut table = table;
         table.push((
             slow_mirror,
             "pass",
-            "candidate p99 900 ms is 1.06× live p99 (on copies) 850 ms",
+            "candidate p99 900 ms is 1.06× live p99 on the same copies 850 ms",
         ));
         for (r, want, text) in table {
             let g = r.gate(0.01, 1.5, 100);

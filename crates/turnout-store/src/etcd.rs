@@ -29,7 +29,7 @@ use crate::fleet::{Change, Fleet, Leadership, ReplicaInfo};
 use crate::{BoxFuture, StateStore, StoreError};
 
 /// How to reach etcd, and who this replica is.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct EtcdOptions {
     /// `[state] endpoints`.
     pub endpoints: Vec<String>,
@@ -45,6 +45,18 @@ pub struct EtcdOptions {
     pub tls: Option<EtcdTls>,
     /// etcd's authentication: user and password.
     pub user: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for EtcdOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdOptions")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("me", &self.me)
+            .field("tls", &self.tls)
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .finish_non_exhaustive()
+    }
 }
 
 /// TLS to etcd: the CA its server certificate is checked against, and optionally a client
@@ -107,9 +119,11 @@ impl EtcdStore {
         if let Some((user, password)) = &opts.user {
             connect = connect.with_user(user.clone(), password.clone());
         }
+        // Connection trouble is "unavailable"; refused credentials or a bad certificate
+        // are errors of their own (the message says which).
         let client = Client::connect(&opts.endpoints, Some(connect))
             .await
-            .map_err(|e| unavailable(&location, e))?;
+            .map_err(|e| map_error(&location, e))?;
         let (lease, _) = watch::channel(None);
         let store = EtcdStore {
             shared: Arc::new(Shared {

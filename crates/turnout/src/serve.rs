@@ -232,7 +232,6 @@ async fn open_etcd(cfg: &Config, admin: SocketAddr) -> anyhow::Result<Arc<dyn St
             p.resolve()
                 .map_err(|e| UsageError(format!("[state] password: {e}")))?,
         )),
-        (Some(u), None) => Some((u.clone(), String::new())),
         _ => None,
     };
     let opts = turnout_store::EtcdOptions {
@@ -322,7 +321,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                     .map_err(|e| UsageError(format!("[notify] ca: {e}")))?,
             ),
             None => match turnout_proxy::TlsClient::system_bundle() {
-                Some(bundle) => match turnout_proxy::TlsClient::load(&bundle, "SSL_CERT_FILE") {
+                Some(bundle) => match turnout_proxy::TlsClient::load_system(&bundle) {
                     Ok(c) => Some(c),
                     Err(e) => {
                         tracing::warn!(error = %e, "https:// webhooks will not be delivered: the system's CA bundle is unusable ({e}); set [notify] ca");
