@@ -15,6 +15,7 @@ pub mod etcd;
 mod load;
 mod pki;
 pub mod router;
+mod shop;
 mod webhook;
 
 use std::future::Future;
@@ -27,6 +28,7 @@ pub use etcd::{Etcd, EtcdTlsFiles};
 pub use load::{describe_failures, Load, Sample};
 pub use pki::{make_pki, Pki};
 pub use router::{Router, RouterOptions, TOKEN};
+pub use shop::{sh_quote, toml_str, Shop};
 pub use webhook::webhook_receiver;
 
 /// The admin token test routers use.

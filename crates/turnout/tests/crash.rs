@@ -3,12 +3,12 @@
 //! was committed (it has upstreams, the weights agree), `history --json` has no half
 //! records, no instance process is orphaned, and at the end the next deployment works.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use http::Method;
 use serde_json::Value;
-use turnout_testkit::{demo_app_path, processes_with_args, HttpClient, Router, RouterOptions};
+use turnout_testkit::{toml_str, HttpClient, Router, RouterOptions, Shop};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_turnout"))
@@ -48,75 +48,30 @@ impl XorShift {
     }
 }
 
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
+/// `[provision]` from `shop`, a short decommission delay and bake.
+fn shop_config(shop: &Shop) -> String {
+    format!(
+        "[provision]\ncommand = {}\ninstances = 2\nhealth_timeout = \"20s\"\nstop_timeout = \"5s\"\n\n\
+         [decommission]\ndelay = \"500ms\"\n\n\
+         [bake]\nduration = \"1s\"\ninterval = \"250ms\"\nwindow = \"1s\"\nmax_error_rate = 0.05\nmin_requests = 0\n",
+        toml_str(&shop.provision_command(&[]))
+    )
 }
 
-/// The demo service's database; kills whatever is left on it when dropped.
-struct Shop {
-    app: PathBuf,
-    db: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Shop {
-    fn new() -> Shop {
-        let dir = tempfile::tempdir().unwrap();
-        Shop {
-            app: demo_app_path(bin()),
-            db: dir.path().join("shop.db"),
-            _dir: dir,
-        }
-    }
-
-    fn db(&self) -> &str {
-        self.db.to_str().expect("a UTF-8 temp path")
-    }
-
-    fn config(&self) -> String {
-        let command = format!(
-            "exec {} --port {{port}} --version {{version}} --db {}",
-            sh_quote(self.app.to_str().unwrap()),
-            sh_quote(self.db())
-        );
-        format!(
-            "[provision]\ncommand = {}\ninstances = 2\nhealth_timeout = \"20s\"\nstop_timeout = \"5s\"\n\n\
-             [decommission]\ndelay = \"500ms\"\n\n\
-             [bake]\nduration = \"1s\"\ninterval = \"250ms\"\nwindow = \"1s\"\nmax_error_rate = 0.05\nmin_requests = 0\n",
-            serde_json::to_string(&command).unwrap()
-        )
-    }
-
-    /// `(pid, port)` of every demo service process on this shop's database.
-    fn instances(&self) -> Vec<(u32, String)> {
-        processes_with_args(&[self.db()])
-            .into_iter()
-            .filter(|(_, argv)| {
-                argv.first()
-                    .is_some_and(|a| a.ends_with("turnout-demo-app"))
-            })
-            .map(|(pid, argv)| {
-                let port = argv
-                    .iter()
-                    .position(|a| a == "--port")
-                    .and_then(|i| argv.get(i + 1))
-                    .cloned()
-                    .unwrap_or_default();
-                (pid, port)
-            })
-            .collect()
-    }
-}
-
-impl Drop for Shop {
-    fn drop(&mut self) {
-        for (pid, _) in processes_with_args(&[self.db()]) {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-    }
+/// `(pid, port)` of every demo service process in `shop`.
+fn instances(shop: &Shop) -> Vec<(u32, String)> {
+    shop.processes()
+        .into_iter()
+        .map(|(pid, argv)| {
+            let port = argv
+                .iter()
+                .position(|a| a == "--port")
+                .and_then(|i| argv.get(i + 1))
+                .cloned()
+                .unwrap_or_default();
+            (pid, port)
+        })
+        .collect()
 }
 
 async fn status(router: &Router) -> Value {
@@ -276,8 +231,7 @@ async fn check_no_orphan(router: &Router, shop: &Shop, ctx: &str) {
         let s = status(router).await;
         let mut known = upstream_ports(&s, "blue");
         known.extend(upstream_ports(&s, "green"));
-        let strays: Vec<(u32, String)> = shop
-            .instances()
+        let strays: Vec<(u32, String)> = instances(shop)
             .into_iter()
             .filter(|(_, port)| !known.contains(port))
             .collect();
@@ -306,11 +260,11 @@ async fn answering_version(router: &Router) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_deployments_and_switches_leaves_a_consistent_router() {
     let started = Instant::now();
-    let shop = Shop::new();
+    let shop = Shop::new(bin());
     let mut router = Router::start(
         bin(),
         &RouterOptions {
-            extra: shop.config(),
+            extra: shop_config(&shop),
             ..Default::default()
         },
     )

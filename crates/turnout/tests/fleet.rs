@@ -16,6 +16,26 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_turnout"))
 }
 
+/// One replica: blue on `blue` (and green on `green`, if given), `[state]` with `state`.
+async fn replica(
+    state: &str,
+    blue: &Backend,
+    green: Option<&Backend>,
+    extra: &str,
+) -> anyhow::Result<Router> {
+    Router::start(
+        bin(),
+        &RouterOptions {
+            blue: vec![blue.upstream()],
+            green: green.map(|g| vec![g.upstream()]).unwrap_or_default(),
+            state_extra: state.into(),
+            extra: extra.into(),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
 /// `n` routers on `etcd`, blue on `blue` (and green on `green`, if given).
 async fn fleet(
     etcd: &Etcd,
@@ -24,21 +44,10 @@ async fn fleet(
     green: Option<&Backend>,
     extra: &str,
 ) -> Vec<Router> {
+    let state = etcd.state_config("/turnout/shop");
     let mut routers = Vec::new();
     for _ in 0..n {
-        let r = Router::start(
-            bin(),
-            &RouterOptions {
-                blue: vec![blue.upstream()],
-                green: green.map(|g| vec![g.upstream()]).unwrap_or_default(),
-                state_extra: etcd.state_config("/turnout/shop"),
-                extra: extra.into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-        routers.push(r);
+        routers.push(replica(&state, blue, green, extra).await.unwrap());
     }
     routers
 }
@@ -730,21 +739,8 @@ async fn a_fleet_on_an_etcd_that_requires_tls_client_certificates() {
         quoted(&pki.client_cert),
         quoted(&pki.client_key)
     );
-    let start = |state: String| {
-        let (blue, green) = (blue.upstream(), green.upstream());
-        async move {
-            Router::start(
-                bin(),
-                &RouterOptions {
-                    blue: vec![blue],
-                    green: vec![green],
-                    state_extra: state,
-                    ..Default::default()
-                },
-            )
-            .await
-        }
-    };
+    let (blue, green) = (&blue, &green);
+    let start = |state: String| async move { replica(&state, blue, Some(green), "").await };
     let a = start(tls.clone()).await.unwrap();
     let b = start(tls).await.unwrap();
     let (st, body) = a.switch_to("green").await;
@@ -795,21 +791,8 @@ async fn a_fleet_on_an_etcd_with_authentication() {
             file.display()
         )
     };
-    let start = |state: String| {
-        let (blue, green) = (blue.upstream(), green.upstream());
-        async move {
-            Router::start(
-                bin(),
-                &RouterOptions {
-                    blue: vec![blue],
-                    green: vec![green],
-                    state_extra: state,
-                    ..Default::default()
-                },
-            )
-            .await
-        }
-    };
+    let (blue, green) = (&blue, &green);
+    let start = |state: String| async move { replica(&state, blue, Some(green), "").await };
     let r = start(state(&password)).await.unwrap();
     let (st, body) = r.switch_to("green").await;
     assert_eq!(st, StatusCode::OK, "{body}");

@@ -8,14 +8,14 @@
 //! Unless a test says otherwise, v1 runs as the live slot's static upstream, started by the
 //! test, and the deployments go to green.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use http::Method;
 use serde_json::{json, Value};
 use turnout_testkit::{
-    demo_app_path, describe_failures, eventually, processes_with_args, DemoApp, HttpClient, Load,
-    Router, RouterOptions, Sample,
+    describe_failures, eventually, processes_with_args, toml_str, DemoApp, HttpClient, Load,
+    Router, RouterOptions, Sample, Shop,
 };
 
 fn bin() -> &'static Path {
@@ -29,15 +29,6 @@ fn ms(n: u64) -> Duration {
 /// Between two requests of one load client.
 const PACE: Duration = Duration::from_millis(5);
 
-/// A TOML basic string (JSON's escapes are TOML's).
-fn toml_str(s: &str) -> String {
-    serde_json::to_string(s).expect("a string encodes")
-}
-
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 /// `[bake]`: short, evaluated every 500 ms over a 2 s window, with `extra` rules.
 fn bake(duration: &str, extra: &str) -> String {
     format!(
@@ -49,84 +40,20 @@ fn bake(duration: &str, extra: &str) -> String {
 /// `[verify]` checks on the candidate (and, after `pre_deploy`, on the live version).
 const VERIFY_API: &str = "[verify]\nchecks = [{ path = \"/\", status = 200, body_contains = \"turnout-demo-app\" }, { path = \"/api/items\", status = 200, body_contains = \"items\" }]\n";
 
-/// The demo service's database and the processes started on it.
-struct Shop {
-    app: PathBuf,
-    db: PathBuf,
-    _dir: tempfile::TempDir,
-}
+/// The `[provision]` arms of these tests: `*-bad` fails 30% of API requests, `*-slow`
+/// answers each 200 ms later.
+const VERSIONS: &[(&str, &str)] = &[
+    ("*-bad", "--fail-rate 0.3"),
+    ("*-slow", "--extra-latency 200ms"),
+];
 
-impl Shop {
-    fn new() -> Shop {
-        let dir = tempfile::tempdir().unwrap();
-        Shop {
-            app: demo_app_path(bin()),
-            db: dir.path().join("shop.db"),
-            _dir: dir,
-        }
-    }
-
-    fn db(&self) -> &str {
-        self.db.to_str().expect("a UTF-8 temp path")
-    }
-
-    /// The `[provision]` command: every version on the shared database; `*-bad` fails
-    /// 30% of API requests, `*-slow` answers each 200 ms later.
-    fn provision_command(&self) -> String {
-        let run = format!(
-            "exec {} --port {{port}} --version {{version}} --db {}",
-            sh_quote(self.app.to_str().unwrap()),
-            sh_quote(self.db())
-        );
-        format!(
-            "case {{version}} in *-bad) {run} --fail-rate 0.3 ;; *-slow) {run} --extra-latency 200ms ;; *) {run} ;; esac"
-        )
-    }
-
-    /// `turnout-demo-app migrate STEP` on this shop's database, as a hook command.
-    fn migrate_command(&self, step: &str) -> String {
-        format!(
-            "{} migrate {step} --db {}",
-            sh_quote(self.app.to_str().unwrap()),
-            sh_quote(self.db())
-        )
-    }
-
-    /// `[provision]` with two instances, a short `[decommission]`, and `extra`.
-    fn config(&self, extra: &str) -> String {
-        format!(
-            "[provision]\ncommand = {}\ninstances = 2\nhealth_timeout = \"20s\"\nstop_timeout = \"5s\"\n\n\
-             [decommission]\ndelay = \"1s\"\n\n{extra}\n",
-            toml_str(&self.provision_command())
-        )
-    }
-
-    /// v1, started by the test (the version running before turnout deploys anything).
-    async fn v1(&self) -> DemoApp {
-        DemoApp::start(&self.app, &["--version", "v1", "--db", self.db()])
-            .await
-            .unwrap()
-    }
-
-    /// The running processes of `version` on this shop's database.
-    fn instances(&self, version: &str) -> Vec<u32> {
-        processes_with_args(&["--version", version, "--db", self.db()])
-            .into_iter()
-            .map(|(pid, _)| pid)
-            .collect()
-    }
-}
-
-impl Drop for Shop {
-    /// A router killed by a failed test cannot stop its instances: kill what is left.
-    fn drop(&mut self) {
-        for (pid, _) in processes_with_args(&[self.db()]) {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-    }
+/// `[provision]` with two instances from `shop`, a short `[decommission]`, and `extra`.
+fn shop_config(shop: &Shop, extra: &str) -> String {
+    format!(
+        "[provision]\ncommand = {}\ninstances = 2\nhealth_timeout = \"20s\"\nstop_timeout = \"5s\"\n\n\
+         [decommission]\ndelay = \"1s\"\n\n{extra}\n",
+        toml_str(&shop.provision_command(VERSIONS))
+    )
 }
 
 /// A router provisioning from `shop`, with `v1` (if any) as blue's static upstream.
@@ -136,7 +63,7 @@ async fn router(shop: &Shop, v1: Option<&DemoApp>, extra: &str) -> Router {
         &RouterOptions {
             blue: v1.map(|a| vec![a.addr.clone()]).unwrap_or_default(),
             blue_version: v1.map(|_| "v1".to_owned()),
-            extra: shop.config(extra),
+            extra: shop_config(shop, extra),
             ..Default::default()
         },
     )
@@ -238,7 +165,7 @@ async fn stop(mut router: Router) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_good_version_is_promoted_under_load_without_one_failed_request() {
-    let shop = Shop::new();
+    let shop = Shop::new(bin());
     let router = router(&shop, None, &format!("{}{VERIFY_API}", bake("2s", ""))).await;
 
     // The first release: nothing is live yet, v1 becomes live without a standby.
@@ -306,8 +233,8 @@ async fn a_good_version_is_promoted_under_load_without_one_failed_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_failing_30_percent_is_rolled_back_within_2s_of_its_first_error() {
-    let shop = Shop::new();
-    let v1 = shop.v1().await;
+    let shop = Shop::new(bin());
+    let v1 = shop.v1(&[]).await;
     // [verify] only asks for `/`, which the bad version answers well: the bake finds it.
     let verify = "[verify]\nchecks = [{ path = \"/\", status = 200 }]\n";
     let router = router(&shop, Some(&v1), &format!("{}{verify}", bake("4s", ""))).await;
@@ -384,8 +311,8 @@ async fn a_version_failing_30_percent_is_rolled_back_within_2s_of_its_first_erro
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_200ms_slower_is_rolled_back_by_the_p99_rule() {
-    let shop = Shop::new();
-    let v1 = shop.v1().await;
+    let shop = Shop::new(bin());
+    let v1 = shop.v1(&[]).await;
     let router = router(&shop, Some(&v1), &bake("4s", "max_p99 = \"150ms\"")).await;
     let load = Load::start(&router.data, "/api/items", 8, PACE);
     answers_from(&load, "v1", 50).await;
@@ -424,8 +351,8 @@ async fn a_version_200ms_slower_is_rolled_back_by_the_p99_rule() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_gate_keeps_users_on_the_old_version_until_promote() {
-    let shop = Shop::new();
-    let v1 = shop.v1().await;
+    let shop = Shop::new(bin());
+    let v1 = shop.v1(&[]).await;
     let extra = format!("{}[promote]\nmode = \"manual\"\n", bake("2s", ""));
     let router = router(&shop, Some(&v1), &extra).await;
     let load = Load::start(&router.data, "/api/items", 4, PACE);
@@ -469,8 +396,8 @@ async fn a_manual_gate_keeps_users_on_the_old_version_until_promote() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_at_the_gate_ends_the_deployment_before_any_user_saw_it() {
-    let shop = Shop::new();
-    let v1 = shop.v1().await;
+    let shop = Shop::new(bin());
+    let v1 = shop.v1(&[]).await;
     let router = router(&shop, Some(&v1), &bake("2s", "")).await;
     let load = Load::start(&router.data, "/api/items", 4, PACE);
     answers_from(&load, "v1", 50).await;
@@ -511,8 +438,8 @@ async fn abort_at_the_gate_ends_the_deployment_before_any_user_saw_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_pre_switch_hook_fails_the_deployment_with_users_untouched() {
-    let shop = Shop::new();
-    let v1 = shop.v1().await;
+    let shop = Shop::new(bin());
+    let v1 = shop.v1(&[]).await;
     let hooks = "[hooks]\npre_switch = \"echo 'load balancer not ready'; exit 1\"\n";
     let router = router(&shop, Some(&v1), &format!("{}{hooks}", bake("2s", ""))).await;
     let load = Load::start(&router.data, "/api/items", 4, PACE);
@@ -590,8 +517,8 @@ fn steps_seen(looks: &[Look]) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_moves_through_its_steps_with_the_split_it_announces() {
-    let shop = Shop::new();
-    let v1 = shop.v1().await;
+    let shop = Shop::new(bin());
+    let v1 = shop.v1(&[]).await;
     let extra = format!(
         "{}[promote]\nmode = \"canary\"\nsteps = [5, 25, 50, 100]\nstep_duration = \"2s\"\n",
         bake("2s", "")
@@ -637,8 +564,8 @@ async fn a_canary_moves_through_its_steps_with_the_split_it_announces() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_canary_is_rolled_back_at_its_first_step() {
-    let shop = Shop::new();
-    let v1 = shop.v1().await;
+    let shop = Shop::new(bin());
+    let v1 = shop.v1(&[]).await;
     let extra = format!(
         "{}[promote]\nmode = \"canary\"\nsteps = [5, 25, 50, 100]\nstep_duration = \"3s\"\n",
         bake("2s", "")
@@ -687,8 +614,8 @@ async fn a_bad_canary_is_rolled_back_at_its_first_step() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_restarted_during_the_bake_resumes_it_and_leaves_no_instance_behind() {
-    let shop = Shop::new();
-    let v1 = shop.v1().await;
+    let shop = Shop::new(bin());
+    let v1 = shop.v1(&[]).await;
     let mut router = router(&shop, Some(&v1), &bake("8s", "")).await;
 
     let (code, out, err) = router.cli(&["deploy", "v2", "--detach"]).await;
@@ -718,7 +645,7 @@ async fn a_router_restarted_during_the_bake_resumes_it_and_leaves_no_instance_be
         "no instance of v2 after SIGTERM",
         Duration::from_secs(10),
         || async {
-            let left: Vec<(u32, Vec<String>)> = processes_with_args(&[shop.db()])
+            let left: Vec<(u32, Vec<String>)> = processes_with_args(&[&shop.db()])
                 .into_iter()
                 .filter(|(pid, _)| Some(*pid) != v1_pid)
                 .collect();
@@ -761,8 +688,8 @@ async fn a_router_restarted_during_the_bake_resumes_it_and_leaves_no_instance_be
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expand_migration_the_live_version_survives_lets_the_release_proceed() {
-    let shop = Shop::new();
-    let v1 = shop.v1().await;
+    let shop = Shop::new(bin());
+    let v1 = shop.v1(&[]).await;
     let hooks = format!(
         "[hooks]\npre_deploy = {}\n",
         toml_str(&shop.migrate_command("expand"))
@@ -808,8 +735,8 @@ async fn an_expand_migration_the_live_version_survives_lets_the_release_proceed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_that_breaks_the_live_version_fails_the_release_before_any_candidate_runs() {
-    let shop = Shop::new();
-    let v1 = shop.v1().await;
+    let shop = Shop::new(bin());
+    let v1 = shop.v1(&[]).await;
     let hooks = format!(
         "[hooks]\npre_deploy = {}\n",
         toml_str(&shop.migrate_command("break"))

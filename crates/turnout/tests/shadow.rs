@@ -11,15 +11,15 @@
 //! gate set `max_latency_ratio_p99` high, since two cores shared by the router, both
 //! versions, the load and the other tests make p99 a matter of scheduling.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Method;
 use serde_json::{json, Value};
 use turnout_testkit::{
-    demo_app_path, describe_failures, eventually, processes_with_args, DemoApp, HttpClient, Load,
-    Router, RouterOptions, Sample,
+    describe_failures, eventually, toml_str, DemoApp, HttpClient, Load, Router, RouterOptions,
+    Sample, Shop,
 };
 
 fn bin() -> &'static Path {
@@ -29,15 +29,6 @@ fn bin() -> &'static Path {
 /// Between two requests of one load client.
 const PACE: Duration = Duration::from_millis(10);
 
-/// A TOML basic string (JSON's escapes are TOML's).
-fn toml_str(s: &str) -> String {
-    serde_json::to_string(s).expect("a string encodes")
-}
-
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 /// `[bake]`: one second, so that a promoted deployment ends soon.
 const BAKE: &str = "[bake]\nduration = \"1s\"\ninterval = \"500ms\"\nwindow = \"1s\"\nmax_error_rate = 0.05\nmin_requests = 10\n";
 
@@ -46,92 +37,14 @@ const VERIFY: &str =
     "[verify]\nchecks = [{ path = \"/\", status = 200, body_contains = \"turnout-demo-app\" }]\n";
 
 /// The demo service's database and the processes started on it.
-struct Shop {
-    app: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Shop {
-    fn new() -> Shop {
-        Shop {
-            app: demo_app_path(bin()),
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    /// The shared database of every version (unless a version's flags name another).
-    fn db(&self) -> String {
-        self.path("shop.db")
-    }
-
-    /// A path in the shop's directory.
-    fn path(&self, name: &str) -> String {
-        self.dir
-            .path()
-            .join(name)
-            .to_str()
-            .expect("a UTF-8 temp path")
-            .to_owned()
-    }
-
-    /// The `[provision]` command: `version` → extra flags (after `--version`), each
-    /// version with `--db` the shared database unless its flags name one.
-    fn provision_command(&self, versions: &[(&str, &str)]) -> String {
-        let app = sh_quote(self.app.to_str().unwrap());
-        let run = |flags: &str| {
-            let db = if flags.contains("--db ") {
-                String::new()
-            } else {
-                format!(" --db {}", sh_quote(&self.db()))
-            };
-            format!("exec {app} --port {{port}} --version {{version}}{db} {flags}")
-        };
-        let arms: String = versions
-            .iter()
-            .map(|(v, flags)| format!("{v}) {} ;; ", run(flags)))
-            .collect();
-        format!("case {{version}} in {arms}*) {} ;; esac", run(""))
-    }
-
-    /// `[provision]` with two instances, `[shadow]` with `shadow`, and the rest.
-    fn config(&self, versions: &[(&str, &str)], shadow: &str) -> String {
-        format!(
-            "[provision]\ncommand = {}\ninstances = 2\nhealth_timeout = \"20s\"\nstop_timeout = \"5s\"\n\n\
-             [decommission]\ndelay = \"30s\"\n\n[shadow]\n{shadow}\n{BAKE}{VERIFY}",
-            toml_str(&self.provision_command(versions))
-        )
-    }
-
-    /// v1, started by the test with `flags`.
-    async fn v1(&self, flags: &[&str]) -> DemoApp {
-        let db = self.db();
-        let mut args = vec!["--version", "v1", "--db", db.as_str()];
-        args.extend_from_slice(flags);
-        DemoApp::start(&self.app, &args).await.unwrap()
-    }
-
-    /// The running processes of `version` started in this shop.
-    fn instances(&self, version: &str) -> Vec<u32> {
-        processes_with_args(&["--version", version])
-            .into_iter()
-            .filter(|(_, argv)| argv.iter().any(|a| a.starts_with(&self.path(""))))
-            .map(|(pid, _)| pid)
-            .collect()
-    }
-}
-
-impl Drop for Shop {
-    /// A router killed by a failed test cannot stop its instances: kill what is left.
-    fn drop(&mut self) {
-        for (pid, argv) in processes_with_args(&["--version"]) {
-            if argv.iter().any(|a| a.starts_with(&self.path(""))) {
-                let _ = std::process::Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .stderr(std::process::Stdio::null())
-                    .status();
-            }
-        }
-    }
+/// `[provision]` with two instances from `shop` (`versions`: the version → flags arms),
+/// `[shadow]` with `shadow`, and the rest.
+fn shop_config(shop: &Shop, versions: &[(&str, &str)], shadow: &str) -> String {
+    format!(
+        "[provision]\ncommand = {}\ninstances = 2\nhealth_timeout = \"20s\"\nstop_timeout = \"5s\"\n\n\
+         [decommission]\ndelay = \"30s\"\n\n[shadow]\n{shadow}\n{BAKE}{VERIFY}",
+        toml_str(&shop.provision_command(versions))
+    )
 }
 
 /// A router provisioning from `shop` with `v1` as blue's static upstream.
@@ -141,7 +54,7 @@ async fn router(shop: &Shop, v1: &DemoApp, versions: &[(&str, &str)], shadow: &s
         &RouterOptions {
             blue: vec![v1.addr.clone()],
             blue_version: Some("v1".to_owned()),
-            extra: shop.config(versions, shadow),
+            extra: shop_config(shop, versions, shadow),
             ..Default::default()
         },
     )
@@ -331,7 +244,7 @@ async fn stop(mut router: Router) {
 /// all of it is cancelled as noise, the gate passes and the version is promoted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn noise_is_cancelled_and_a_good_candidate_is_promoted() {
-    let shop = Shop::new();
+    let shop = Shop::new(bin());
     let v1 = shop.v1(&["--noisy"]).await;
     let shadow = "duration = \"3s\"\nnoise_sample = 1.0\nignore_json = [\"/version\"]\n\
                   min_requests = 50\nmax_latency_ratio_p99 = 50.0\n";
@@ -450,7 +363,7 @@ async fn noise_is_cancelled_and_a_good_candidate_is_promoted() {
 /// report names each difference where it is; an unchanged route shows none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_field_status_and_header_fail_the_shadow_gate() {
-    let shop = Shop::new();
+    let shop = Shop::new(bin());
     let v1 = shop.v1(&[]).await;
     let shadow = "duration = \"2s\"\nignore_json = [\"/version\"]\nmin_requests = 20\n\
                   max_latency_ratio_p99 = 50.0\n";
@@ -585,7 +498,7 @@ async fn post_items(addr: &str, n: usize) {
 /// and returns what the candidate's instances received, with the report. The gate is not
 /// what these tests are about: the deployment is promoted whatever the comparison says.
 async fn mirror_posts(shadow: &str, candidate_flags: &str) -> (Value, Value) {
-    let shop = Shop::new();
+    let shop = Shop::new(bin());
     let v1 = shop.v1(&[]).await;
     let shadow = format!(
         "duration = \"3s\"\nmin_requests = 1\nmax_mismatch_rate = 1.0\n\
@@ -676,7 +589,7 @@ async fn posts_are_mirrored_with_the_marker_when_enabled() {
 /// fails the candidate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_shadow_queue_drops_copies_and_never_users_requests() {
-    let shop = Shop::new();
+    let shop = Shop::new(bin());
     let v1 = shop.v1(&[]).await;
     let shadow = "duration = \"2s\"\nqueue = 1\ntimeout = \"5s\"\nnoise_sample = 0.0\n\
                   ignore_json = [\"/version\"]\nmin_requests = 5\n";
