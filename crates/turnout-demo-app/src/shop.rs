@@ -17,6 +17,37 @@ use rusqlite::{Connection, OptionalExtension};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+/// Creates the catalogue when it is not there yet (WAL mode, three items).
+fn prepare(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let result = conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         CREATE TABLE IF NOT EXISTS items (
+             id INTEGER PRIMARY KEY AUTOINCREMENT,
+             name TEXT NOT NULL,
+             price_cents INTEGER NOT NULL
+         );
+         INSERT INTO items (name, price_cents)
+             SELECT name, price FROM (SELECT 'coffee' AS name, 250 AS price
+                 UNION ALL SELECT 'tea', 200 UNION ALL SELECT 'cake', 450)
+             WHERE NOT EXISTS (SELECT 1 FROM items);
+         COMMIT;",
+    );
+    if result.is_err() && !conn.is_autocommit() {
+        // A failed statement inside the transaction: leave it before trying again.
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    result
+}
+
+/// Whether SQLite said another connection holds the lock ("database is locked").
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 /// Command-line arguments.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -127,25 +158,29 @@ impl Shop {
         let conn = Connection::open(&args.db)
             .with_context(|| format!("opening the database {}", args.db.display()))?;
         // Several instances start at once on one database: each waits for the others'
-        // locks (switching to WAL takes an exclusive one) instead of failing, and the
-        // catalogue is filled once, by whichever gets there first.
-        conn.busy_timeout(std::time::Duration::from_secs(10))
+        // locks instead of failing, and the catalogue is filled once, by whichever gets
+        // there first.
+        conn.busy_timeout(Duration::from_secs(10))
             .with_context(|| format!("opening the database {}", args.db.display()))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             BEGIN IMMEDIATE;
-             CREATE TABLE IF NOT EXISTS items (
-                 id INTEGER PRIMARY KEY AUTOINCREMENT,
-                 name TEXT NOT NULL,
-                 price_cents INTEGER NOT NULL
-             );
-             INSERT INTO items (name, price_cents)
-                 SELECT name, price FROM (SELECT 'coffee' AS name, 250 AS price
-                     UNION ALL SELECT 'tea', 200 UNION ALL SELECT 'cake', 450)
-                 WHERE NOT EXISTS (SELECT 1 FROM items);
-             COMMIT;",
-        )
-        .with_context(|| format!("preparing the database {}", args.db.display()))?;
+        // Switching to WAL upgrades a shared lock to an exclusive one; when two
+        // connections do that at once SQLite answers one of them "database is locked"
+        // at once (its deadlock avoidance does not call the busy handler), so the
+        // preparation is retried until a deadline.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match prepare(&conn) {
+                Ok(()) => break,
+                Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("preparing the database {}", args.db.display()))
+                }
+            }
+        }
         let seed = u64::from(args.port) << 32 | 0x9e37_79b9;
         Ok(Shop {
             args: Arc::new(args),
@@ -439,6 +474,39 @@ mod tests {
             status,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         )
+    }
+
+    /// Instances of a deployment start at the same moment on one new database: every
+    /// one must come up (the demo once failed with "database is locked"), and the
+    /// catalogue must be filled exactly once.
+    #[test]
+    fn instances_opening_one_new_database_at_once_all_start_and_fill_it_once() {
+        for round in 0..30 {
+            let dir = tempfile::tempdir().unwrap();
+            let start = Arc::new(std::sync::Barrier::new(6));
+            let threads: Vec<_> = (0..6)
+                .map(|_| {
+                    let a = args(dir.path(), |_| {});
+                    let start = start.clone();
+                    std::thread::spawn(move || {
+                        start.wait();
+                        Shop::open(a).map(|_| ()).map_err(|e| format!("{e:#}"))
+                    })
+                })
+                .collect();
+            for t in threads {
+                let opened = t.join().unwrap();
+                assert!(opened.is_ok(), "round {round}: {opened:?}");
+            }
+            let conn = Connection::open(dir.path().join("shop.db")).unwrap();
+            let n: i64 = conn
+                .query_row("SELECT count(*) FROM items", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(
+                n, 3,
+                "round {round}: the catalogue was filled more than once"
+            );
+        }
     }
 
     #[tokio::test]
