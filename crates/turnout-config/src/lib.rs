@@ -200,6 +200,10 @@ pub struct State {
     pub user: Option<String>,
     /// `password`: its password, `env:NAME` or `file:PATH`.
     pub password: Option<TokenSource>,
+    /// `lease`, default 5s (2s to 60s, whole seconds): the TTL of each replica's etcd
+    /// lease — how long a dead leader is waited for before another replica takes over,
+    /// and how long a leader cut off from etcd keeps leading before it steps down.
+    pub lease: Duration,
 }
 
 impl Default for State {
@@ -215,6 +219,7 @@ impl Default for State {
             key: None,
             user: None,
             password: None,
+            lease: Duration::from_secs(5),
         }
     }
 }

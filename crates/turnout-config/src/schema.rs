@@ -184,6 +184,7 @@ fn state(ctx: &mut Ctx, root: &Table) -> State {
             "key",
             "user",
             "password",
+            "lease",
         ],
     );
     let d = State::default();
@@ -220,6 +221,7 @@ fn state(ctx: &mut Ctx, root: &Table) -> State {
                 "key",
                 "user",
                 "password",
+                "lease",
             ];
             if let Some(key) = etcd_only.into_iter().find(|k| t.has(k)) {
                 let message = format!(
@@ -302,6 +304,29 @@ fn state(ctx: &mut Ctx, root: &Table) -> State {
         key: t.non_empty(ctx, "key").map(PathBuf::from),
         user: t.non_empty(ctx, "user"),
         password: t.parse(ctx, "password", TokenSource::parse),
+        lease: lease(ctx, &t).unwrap_or(d.lease),
+    }
+}
+
+/// `state.lease`: whole seconds, 2s to 60s (etcd grants leases in seconds; below 2s a
+/// leader would step down at every hiccup, above a minute a dead one blocks too long).
+fn lease(ctx: &mut Ctx, t: &Table) -> Option<Duration> {
+    let d = t.duration(ctx, "lease", Zero::Rejected)?;
+    let problem = if d.subsec_nanos() != 0 {
+        Some("is not whole seconds: etcd grants leases in seconds, e.g. \"5s\"")
+    } else if d < Duration::from_secs(2) {
+        Some("is too short: a leader would step down at every hiccup of etcd; use 2s or more")
+    } else if d > Duration::from_secs(60) {
+        Some("is too long: a dead leader would hold deployments up that long; use 60s or less")
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => {
+            t.error(ctx, "lease", format!("lease {d:?} {p}"));
+            None
+        }
+        None => Some(d),
     }
 }
 

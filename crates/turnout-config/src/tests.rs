@@ -166,6 +166,10 @@ fn valid_configs() {
         ("[promote]\nmode = \"manual\"", |c| c.promote.mode == PromoteMode::Manual),
         ("[state]\nbackend = \"etcd\"\nendpoints = [\"http://e:2379\", \"e2:2379\"]\nprefix = \"/t\"", |c| {
             c.state.backend == StateBackend::Etcd && c.state.endpoints.len() == 2
+                && c.state.lease == std::time::Duration::from_secs(5)
+        }),
+        ("[state]\nbackend = \"etcd\"\nendpoints = [\"http://e:2379\"]\nlease = \"2s\"", |c| {
+            c.state.lease == std::time::Duration::from_secs(2)
         }),
         ("[provision]\nup = \"./up.sh\"\ndown = \"./down.sh\"", |c| {
             c.provision.as_ref().is_some_and(|p| p.command.is_none() && p.instances == 1)
@@ -530,6 +534,22 @@ fn cross_key_rules() {
         (
             "[state]\nbackend = \"etcd\"\nendpoints = [\"https://a:2379\", \"b:2379\"]\nca = \"ca.pem\"",
             &[("state.endpoints", 3, "mix https://")],
+        ),
+        (
+            "[state]\nlease = \"10s\"",
+            &[("state.lease", 2, "set backend = \"etcd\"")],
+        ),
+        (
+            "[state]\nbackend = \"etcd\"\nendpoints = [\"http://e:2379\"]\nlease = \"1s\"",
+            &[("state.lease", 4, "too short")],
+        ),
+        (
+            "[state]\nbackend = \"etcd\"\nendpoints = [\"http://e:2379\"]\nlease = \"2m\"",
+            &[("state.lease", 4, "60s or less")],
+        ),
+        (
+            "[state]\nbackend = \"etcd\"\nendpoints = [\"http://e:2379\"]\nlease = \"2500ms\"",
+            &[("state.lease", 4, "whole seconds")],
         ),
         (
             "[listen.tls]\nkey = \"k\"",

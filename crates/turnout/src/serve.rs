@@ -243,7 +243,7 @@ async fn open_etcd(cfg: &Config, admin: SocketAddr) -> anyhow::Result<Arc<dyn St
             replica,
             admin: advertise,
         },
-        lease_ttl: std::time::Duration::from_secs(5),
+        lease_ttl: cfg.state.lease,
         timeout: std::time::Duration::from_secs(2),
     };
     let store = turnout_store::EtcdStore::connect(opts.clone())

@@ -218,7 +218,12 @@ async fn when_the_leader_dies_mid_bake_another_replica_finishes_the_deployment()
     let etcd = Etcd::start().await.unwrap();
     let v1 = Backend::start("v1").await;
     let v2 = Backend::start("v2").await;
-    let mut routers = fleet(&etcd, 3, &v1, None, BAKE).await;
+    // A shorter lease than the default 5s: the survivors take over sooner.
+    let state = format!("{}\nlease = \"3s\"", etcd.state_config("/turnout/shop"));
+    let mut routers = Vec::new();
+    for _ in 0..3 {
+        routers.push(replica(&state, &v1, None, BAKE).await.unwrap());
+    }
     let leader = leader_of(&routers.iter().collect::<Vec<_>>()).await;
     let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     // Users go through the two followers (the leader is about to die).
