@@ -46,6 +46,7 @@ pub(crate) fn counts(c: ShadowCounts) -> Counts {
         mirrored: c.mirrored,
         dropped: c.dropped + c.samples_dropped,
         skipped: c.skipped,
+        mirror_delay_p99: c.delay_p99,
     }
 }
 

@@ -42,8 +42,8 @@ pub use error::ProxyError;
 pub use h1server::fuzz_request_head;
 pub use health::HealthCheck;
 pub use mirror::{
-    lower_thread_priority, request_id, CaptureHandle, ShadowCounters, ShadowCounts, ShadowHandle,
-    ShadowOptions, SHADOW_HEADER,
+    lower_thread_priority, request_id, CaptureHandle, DelayHistogram, ShadowCounters, ShadowCounts,
+    ShadowHandle, ShadowOptions, SHADOW_HEADER,
 };
 pub use sessions::{derive_key, key_from_hex, key_to_hex, random_key, SessionOptions, PIN_COOKIE};
 pub use stats::{Counts, SlotStats, StatsSnapshot, STATUS_CLASSES};

@@ -117,6 +117,71 @@ pub struct ShadowCounters {
     pub failed: AtomicU64,
     /// Samples lost because the samples channel was full (the copy was made).
     pub samples_dropped: AtomicU64,
+    /// How late the mirror's thread ran while the shadow ran (see [`DelayHistogram`]).
+    pub delay: DelayHistogram,
+}
+
+/// How late the mirror's idle-priority thread wakes up, measured by a timer on it every
+/// [`DELAY_PROBE_EVERY`] while a shadow runs: when the router's cores are busy, a copy's
+/// answer can wait that long before the thread reads it, so a copy's latency may include
+/// up to this much of waiting for CPU. Buckets 1.25 times apart from 250 µs (a quantile
+/// is at most 25 % high), lock-free, fixed size.
+#[derive(Debug)]
+pub struct DelayHistogram {
+    buckets: [AtomicU64; DELAY_BUCKETS],
+}
+
+const DELAY_BUCKETS: usize = 56;
+const DELAY_FIRST_BOUND_US: f64 = 250.0;
+
+/// Between two wake-ups of the mirror's delay probe.
+pub const DELAY_PROBE_EVERY: Duration = Duration::from_millis(10);
+
+impl Default for DelayHistogram {
+    fn default() -> DelayHistogram {
+        DelayHistogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl DelayHistogram {
+    fn bound_us(i: usize) -> f64 {
+        DELAY_FIRST_BOUND_US * 1.25f64.powi(i as i32)
+    }
+
+    /// Counts one wake-up that came `late`.
+    pub fn record(&self, late: Duration) {
+        let us = late.as_secs_f64() * 1e6;
+        let i = (0..DELAY_BUCKETS - 1)
+            .find(|&i| us <= Self::bound_us(i))
+            .unwrap_or(DELAY_BUCKETS - 1);
+        bump(&self.buckets[i]);
+    }
+
+    /// The q-quantile (the upper bound of its bucket); `None` before any wake-up.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).clamp(1, total);
+        let mut seen = 0;
+        let i = counts
+            .iter()
+            .position(|&n| {
+                seen += n;
+                seen >= rank
+            })
+            .unwrap_or(DELAY_BUCKETS - 1)
+            .min(DELAY_BUCKETS - 2);
+        Some(Duration::from_secs_f64(Self::bound_us(i) / 1e6))
+    }
 }
 
 /// A snapshot of [`ShadowCounters`].
@@ -134,6 +199,8 @@ pub struct ShadowCounts {
     pub failed: u64,
     /// See [`ShadowCounters::samples_dropped`].
     pub samples_dropped: u64,
+    /// The p99 of [`ShadowCounters::delay`]; `None` before the first wake-up.
+    pub delay_p99: Option<Duration>,
 }
 
 impl ShadowCounters {
@@ -147,6 +214,7 @@ impl ShadowCounters {
             skipped: get(&self.skipped),
             failed: get(&self.failed),
             samples_dropped: get(&self.samples_dropped),
+            delay_p99: self.delay.quantile(0.99),
         }
     }
 }
@@ -946,6 +1014,9 @@ pub(crate) fn start_shadow(inner: &Arc<Inner>, opts: ShadowOptions) -> ShadowHan
         jobs: jobs_tx,
         samples: samples_tx.clone(),
     });
+    mirror_runtime(inner)
+        .handle
+        .spawn(probe_delay(Arc::downgrade(&shadow), counters.clone()));
     mirror_runtime(inner).handle.spawn(dispatch(
         Arc::downgrade(inner),
         Arc::downgrade(&shadow),
@@ -1035,6 +1106,19 @@ async fn dispatch(
     // The handle was dropped: no more copies.
     if let Some(inner) = inner.upgrade() {
         inner.tap.remove_shadow(&shadow);
+    }
+}
+
+/// Measures, while `shadow` runs, how late the mirror's thread wakes up from a timer
+/// (into [`ShadowCounters::delay`]).
+async fn probe_delay(shadow: Weak<Shadow>, counters: Arc<ShadowCounters>) {
+    // The timer's own granularity (a millisecond) is not the thread's delay.
+    let slack = Duration::from_millis(1);
+    while shadow.strong_count() > 0 {
+        let due = Instant::now() + DELAY_PROBE_EVERY;
+        tokio::time::sleep_until(due.into()).await;
+        let late = Instant::now().saturating_duration_since(due);
+        counters.delay.record(late.saturating_sub(slack));
     }
 }
 

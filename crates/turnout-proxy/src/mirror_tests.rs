@@ -15,7 +15,7 @@ use turnout_shadow::Sample;
 
 use crate::h1::Chunked;
 use crate::proxy_tests::{start, state};
-use crate::{request_id, Proxy, ShadowCounts, ShadowHandle, ShadowOptions};
+use crate::{request_id, DelayHistogram, Proxy, ShadowCounts, ShadowHandle, ShadowOptions};
 
 /// A request as an upstream got it (chunked bodies decoded).
 #[derive(Clone, Debug, PartialEq)]
@@ -306,6 +306,47 @@ fn header<'a>(headers: &'a [(String, Bytes)], name: &str) -> Option<&'a [u8]> {
         .iter()
         .find(|(n, _)| n == name)
         .map(|(_, v)| v.as_ref())
+}
+
+#[test]
+fn the_delay_histogram_gives_the_upper_bound_of_the_quantiles_bucket() {
+    let h = DelayHistogram::default();
+    assert_eq!(h.quantile(0.99), None, "no wake-up yet");
+    for _ in 0..98 {
+        h.record(Duration::from_micros(100));
+    }
+    let fast = h.quantile(0.99).expect("a quantile");
+    assert_eq!(fast, Duration::from_micros(250), "the first bucket's bound");
+    h.record(Duration::from_millis(50));
+    h.record(Duration::from_millis(50));
+    // 2 of 100 wake-ups were 50 ms late: the p99 is theirs, at most 25 % high.
+    let p99 = h.quantile(0.99).expect("a quantile");
+    assert!(
+        p99 >= Duration::from_millis(50) && p99 <= Duration::from_micros(62_500),
+        "{p99:?}"
+    );
+    assert_eq!(h.quantile(0.5), Some(Duration::from_micros(250)));
+    // Beyond the last bound: the last bound, not a made-up number.
+    let h = DelayHistogram::default();
+    h.record(Duration::from_secs(3600));
+    let top = h.quantile(0.99).expect("a quantile");
+    assert!(
+        top > Duration::from_secs(10) && top < Duration::from_secs(3600),
+        "{top:?}"
+    );
+}
+
+/// While a shadow runs, the mirror's thread measures how late it runs (the shadow
+/// gate takes that much off the candidate's p99).
+#[tokio::test]
+async fn a_running_shadow_measures_the_mirror_threads_delay() {
+    let e = env().await;
+    let handle = e.proxy.start_shadow(shadow_opts());
+    let c = counts_when(&handle, |c| c.delay_p99.is_some()).await;
+    assert!(
+        c.delay_p99.is_some_and(|d| d < Duration::from_secs(10)),
+        "{c:?}"
+    );
 }
 
 #[tokio::test]

@@ -36,6 +36,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -104,6 +105,11 @@ pub struct Counts {
     pub dropped: u64,
     /// Requests not eligible because of their size (body over `max_body`).
     pub skipped: u64,
+    /// How late the thread that sent the copies and timed their answers ran (p99), when
+    /// known: copies' latencies may include up to this much of waiting for CPU. `None`
+    /// for a replay.
+    #[serde(default)]
+    pub mirror_delay_p99: Option<Duration>,
 }
 
 #[derive(Clone, Debug)]
@@ -422,7 +428,7 @@ impl Aggregator {
         let mut endpoints: Vec<EndpointReport> = self
             .endpoints
             .iter()
-            .map(|e| self.endpoint_report(e))
+            .map(|e| self.endpoint_report(e, counts.mirror_delay_p99))
             .collect();
         endpoints.sort_by(|a, b| {
             b.mismatched
@@ -432,11 +438,13 @@ impl Aggregator {
         });
         let compared: u64 = endpoints.iter().map(|e| e.compared).sum();
         let mismatched: u64 = endpoints.iter().map(|e| e.mismatched).sum();
+        let delay = counts.mirror_delay_p99;
         let latency_ms = pair(
             &self.live,
             &self.candidate,
             &self.live_copies,
             &self.candidate_paired,
+            delay,
         );
         Report {
             requests: counts.mirrored.max(compared),
@@ -455,7 +463,7 @@ impl Aggregator {
         }
     }
 
-    fn endpoint_report(&self, e: &EndpointStats) -> EndpointReport {
+    fn endpoint_report(&self, e: &EndpointStats, delay: Option<Duration>) -> EndpointReport {
         let noise_flags: Vec<bool> = e
             .fields
             .iter()
@@ -497,7 +505,13 @@ impl Aggregator {
                 .then_with(|| a.path.cmp(&b.path))
                 .then(a.kind.cmp(&b.kind))
         });
-        let latency_ms = pair(&e.live, &e.candidate, &e.live_copies, &e.candidate_paired);
+        let latency_ms = pair(
+            &e.live,
+            &e.candidate,
+            &e.live_copies,
+            &e.candidate_paired,
+            delay,
+        );
         EndpointReport {
             endpoint: e.name.clone(),
             compared: e.compared,
@@ -523,6 +537,7 @@ fn pair(
     candidate: &Histogram,
     copies: &Histogram,
     paired: &Histogram,
+    delay: Option<Duration>,
 ) -> LatencyPair {
     let q = |h: &Histogram| Quantiles {
         p50: h.quantile_ms(0.5),
@@ -534,6 +549,7 @@ fn pair(
         candidate: q(candidate),
         live_copies: enough.then(|| q(copies)),
         candidate_paired: enough.then(|| q(paired)),
+        mirror_delay_p99: delay.map(|d| d.as_secs_f64() * 1e3),
     }
 }
 
@@ -741,6 +757,7 @@ mod tests {
             mirrored: n as u64 + 5,
             dropped: 3,
             skipped: 2,
+            mirror_delay_p99: None,
         })
     }
 
@@ -911,6 +928,7 @@ mod tests {
             mirrored: 200,
             dropped: 0,
             skipped: 0,
+            mirror_delay_p99: None,
         };
         let mut agg = Aggregator::new(CompareOptions::default(), NoiseOptions::default());
         for i in 0..200 {

@@ -138,6 +138,14 @@ impl Report {
                 .map_or("-".into(), |r| format!("{r:.2}×")),
             "p99 ratio",
         );
+        if let Some(d) = crate::report::notable_delay(l) {
+            card(
+                h,
+                "",
+                ms(Some(d)),
+                "mirror delay p99 (busy CPU; off the candidate's p99)",
+            );
+        }
         h.push_str("</div>\n");
     }
 
@@ -428,6 +436,7 @@ mod tests {
             mirrored: 50,
             dropped: 0,
             skipped: 0,
+            mirror_delay_p99: None,
         })
     }
 

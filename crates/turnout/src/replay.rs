@@ -1000,6 +1000,7 @@ fn conclude(
         mirrored: sent.sent,
         dropped: 0,
         skipped: 0,
+        mirror_delay_p99: None,
     });
     let against = match &other {
         Some(o) => format!("the responses of {}", o.label),
