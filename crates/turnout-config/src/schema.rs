@@ -304,7 +304,10 @@ fn state(ctx: &mut Ctx, root: &Table) -> State {
         key: t.non_empty(ctx, "key").map(PathBuf::from),
         user: t.non_empty(ctx, "user"),
         password: t.parse(ctx, "password", TokenSource::parse),
-        lease: lease(ctx, &t).unwrap_or(d.lease),
+        lease: (backend == StateBackend::Etcd)
+            .then(|| lease(ctx, &t))
+            .flatten()
+            .unwrap_or(d.lease),
     }
 }
 
@@ -323,7 +326,7 @@ fn lease(ctx: &mut Ctx, t: &Table) -> Option<Duration> {
     };
     match problem {
         Some(p) => {
-            t.error(ctx, "lease", format!("lease {d:?} {p}"));
+            t.error(ctx, "lease", format!("lease {p}"));
             None
         }
         None => Some(d),

@@ -124,8 +124,8 @@ pub struct ShadowCounters {
 /// How late the mirror's idle-priority thread wakes up, measured by a timer on it every
 /// [`DELAY_PROBE_EVERY`] while a shadow runs: when the router's cores are busy, a copy's
 /// answer can wait that long before the thread reads it, so a copy's latency may include
-/// up to this much of waiting for CPU. Buckets 1.25 times apart from 250 µs (a quantile
-/// is at most 25 % high), lock-free, fixed size.
+/// up to this much of waiting for CPU. Buckets 1.25 times apart from 250 µs, lock-free,
+/// fixed size.
 #[derive(Debug)]
 pub struct DelayHistogram {
     buckets: [AtomicU64; DELAY_BUCKETS],
@@ -159,7 +159,9 @@ impl DelayHistogram {
         bump(&self.buckets[i]);
     }
 
-    /// The q-quantile (the upper bound of its bucket); `None` before any wake-up.
+    /// The q-quantile (the lower bound of its bucket, so that what is taken off a
+    /// candidate's latency is never more than was measured: at most 20 % low; zero in the
+    /// first bucket); `None` before any wake-up.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
         let counts: Vec<u64> = self
             .buckets
@@ -178,9 +180,9 @@ impl DelayHistogram {
                 seen += n;
                 seen >= rank
             })
-            .unwrap_or(DELAY_BUCKETS - 1)
-            .min(DELAY_BUCKETS - 2);
-        Some(Duration::from_secs_f64(Self::bound_us(i) / 1e6))
+            .unwrap_or(DELAY_BUCKETS - 1);
+        let lower_us = i.checked_sub(1).map_or(0.0, Self::bound_us);
+        Some(Duration::from_secs_f64(lower_us / 1e6))
     }
 }
 
@@ -1014,9 +1016,11 @@ pub(crate) fn start_shadow(inner: &Arc<Inner>, opts: ShadowOptions) -> ShadowHan
         jobs: jobs_tx,
         samples: samples_tx.clone(),
     });
-    mirror_runtime(inner)
-        .handle
-        .spawn(probe_delay(Arc::downgrade(&shadow), counters.clone()));
+    mirror_runtime(inner).handle.spawn(probe_delay(
+        Arc::downgrade(inner),
+        Arc::downgrade(&shadow),
+        counters.clone(),
+    ));
     mirror_runtime(inner).handle.spawn(dispatch(
         Arc::downgrade(inner),
         Arc::downgrade(&shadow),
@@ -1109,12 +1113,24 @@ async fn dispatch(
     }
 }
 
-/// Measures, while `shadow` runs, how late the mirror's thread wakes up from a timer
-/// (into [`ShadowCounters::delay`]).
-async fn probe_delay(shadow: Weak<Shadow>, counters: Arc<ShadowCounters>) {
+/// Measures, while `shadow` is the data plane's shadow, how late the mirror's thread
+/// wakes up from a timer (into [`ShadowCounters::delay`]). It ends when the shadow is
+/// stopped or replaced (requests still in flight may hold the old one for a while).
+async fn probe_delay(inner: Weak<Inner>, shadow: Weak<Shadow>, counters: Arc<ShadowCounters>) {
     // The timer's own granularity (a millisecond) is not the thread's delay.
     let slack = Duration::from_millis(1);
-    while shadow.strong_count() > 0 {
+    let current = || {
+        inner.upgrade().is_some_and(|inner| {
+            inner
+                .tap
+                .taps
+                .load()
+                .shadow
+                .as_ref()
+                .is_some_and(|s| std::ptr::eq(Arc::as_ptr(s), shadow.as_ptr()))
+        })
+    };
+    while current() {
         let due = Instant::now() + DELAY_PROBE_EVERY;
         tokio::time::sleep_until(due.into()).await;
         let late = Instant::now().saturating_duration_since(due);
