@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use turnout_core::{Deployment, RoutingState, SlotName};
 use turnout_proxy::StatsSnapshot;
-use turnout_store::{Change, ReplicaInfo};
+use turnout_store::{Change, ReplicaInfo, StoreError};
 
 use crate::{events, Event, Inner};
 
@@ -140,6 +140,7 @@ async fn follow(weak: Weak<Inner>) {
                     }
                 }
             }
+            Change::Missing => inner.restore_routing().await,
             Change::Deployment(d) => inner.follow_deployment(*d),
         }
     }
@@ -277,6 +278,32 @@ impl Inner {
             self.events.publish(event);
         }
         *state = next;
+    }
+
+    /// Writes the routing state this replica last knew back to a store that lost it
+    /// ([`Change::Missing`]); the first replica to do so wins, the others follow it.
+    pub(crate) async fn restore_routing(&self) {
+        let state = self.state.lock().await;
+        match self.store.save_routing(&state, None).await {
+            Ok(()) => tracing::warn!(
+                live = ?state.live,
+                revision = state.revision,
+                "{} held no routing state (etcd lost its data, or the prefix was deleted); this router wrote back the state it last knew: {} live, revision {}",
+                self.store.describe(),
+                state.live.map_or("no slot".to_string(), |s| s.to_string()),
+                state.revision
+            ),
+            Err(StoreError::Conflict { found, .. }) => tracing::info!(
+                found,
+                "{} held no routing state; another router of the fleet wrote it back first",
+                self.store.describe()
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "{} holds no routing state and this router could not write it back ({e}); it tries again when it reconnects",
+                self.store.describe()
+            ),
+        }
     }
 
     /// Keeps the leader's newest deployment record, for `status` and the deployment

@@ -737,6 +737,8 @@ async fn follow(store: EtcdStore, tx: mpsc::Sender<Change>) {
                         }
                         Err(e) => tracing::error!(error = %e, "{e}"),
                     }
+                } else if tx.send(Change::Missing).await.is_err() {
+                    return;
                 }
                 rev
             }

@@ -16,6 +16,10 @@ pub enum Change {
     /// and after each reconnection), so that a replica that missed changes while cut off
     /// catches up.
     Connected(RoutingState),
+    /// On connecting, the store held no routing state although the fleet had one: etcd
+    /// lost its data (a member rebuilt without its data dir, a restore from an empty
+    /// snapshot) or the prefix was deleted. The replica writes back the state it last knew.
+    Missing,
     /// A deployment record the leader saved.
     Deployment(Box<Deployment>),
 }

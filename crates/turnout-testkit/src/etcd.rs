@@ -158,6 +158,20 @@ impl Etcd {
         }
     }
 
+    /// Deletes its data (it must be stopped): started again, it is a new, empty etcd on
+    /// the same ports — a member rebuilt without its data dir.
+    pub fn wipe(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            return Err(anyhow!("etcd is running: stop it first"));
+        }
+        let data = self.dir.path().join("data");
+        if data.exists() {
+            std::fs::remove_dir_all(&data)
+                .with_context(|| format!("deleting {}", data.display()))?;
+        }
+        Ok(())
+    }
+
     /// Starts it again on the same ports with the same data.
     pub async fn start_again(&mut self) -> anyhow::Result<()> {
         if self.child.is_some() {

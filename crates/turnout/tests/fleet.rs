@@ -401,6 +401,61 @@ async fn without_etcd_the_fleet_serves_on_and_refuses_changes_then_catches_up() 
     leader_of(&routers.iter().collect::<Vec<_>>()).await;
 }
 
+/// etcd loses its data (a member rebuilt without its data dir): the replicas serve on
+/// with what they knew, one of them writes the routing state back, and changes work again
+/// from the revision the fleet had (never back to a first start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_etcd_loses_its_data_the_fleet_writes_its_routing_state_back() {
+    let mut etcd = Etcd::start().await.unwrap();
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let routers = fleet(&etcd, 3, &blue, Some(&green), "").await;
+    let (st, body) = routers[0].switch_to("green").await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    for r in &routers {
+        eventually("the replica follows", Duration::from_secs(10), || async {
+            let mut c = None;
+            (served(&mut c, r).await.as_deref() == Some("green")).then_some(())
+        })
+        .await;
+    }
+    let before = routers[0].status().await["revision"]
+        .as_u64()
+        .expect("a revision");
+
+    etcd.stop().await;
+    etcd.wipe().unwrap();
+    etcd.start_again().await.unwrap();
+    let mut clients: Vec<Option<HttpClient>> = (0..3).map(|_| None).collect();
+    for (r, c) in routers.iter().zip(clients.iter_mut()) {
+        assert_eq!(served(c, r).await.as_deref(), Some("green"));
+    }
+    // Until the state is back a switch is a conflict (nothing stored to compare with);
+    // then it goes through, and every replica follows.
+    eventually(
+        "a switch goes through on the emptied etcd",
+        Duration::from_secs(30),
+        || async {
+            let (st, _) = routers[1].switch_to("blue").await;
+            (st == StatusCode::OK).then_some(())
+        },
+    )
+    .await;
+    for r in &routers {
+        eventually("the replica follows", Duration::from_secs(10), || async {
+            let mut c = None;
+            (served(&mut c, r).await.as_deref() == Some("blue")).then_some(())
+        })
+        .await;
+    }
+    let after = routers[2].status().await;
+    assert_eq!(after["live"], "blue", "{after}");
+    assert!(
+        after["revision"].as_u64().is_some_and(|r| r > before),
+        "the revision went back: {before} before, {after}"
+    );
+}
+
 /// `GET /` through `router` with `cookie`; the backend that answered and the pin set.
 async fn get_with(router: &Router, cookie: &str) -> (String, Option<String>) {
     let mut c = HttpClient::http1(&router.data).await.unwrap();
