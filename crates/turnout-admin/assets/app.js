@@ -42,7 +42,9 @@ class ApiError extends Error {
 }
 
 async function api(method, path, body) {
-  const opts = { method, headers: { Authorization: "Bearer " + state.token } };
+  // A fleet's follower answers deployment calls with 307 to its leader: a browser would
+  // follow that to another origin without the token, so it is reported instead.
+  const opts = { method, headers: { Authorization: "Bearer " + state.token }, redirect: "manual" };
   if (body !== undefined) {
     opts.headers["Content-Type"] = "application/json";
     opts.body = JSON.stringify(body);
@@ -52,6 +54,9 @@ async function api(method, path, body) {
     resp = await fetch(path, opts);
   } catch (e) {
     throw new ApiError(0, "unreachable", "the router's admin API cannot be reached (" + e.message + ")");
+  }
+  if (resp.type === "opaqueredirect") {
+    throw new ApiError(307, "not_leader", "this replica is not the fleet's leader: " + leaderHint());
   }
   const text = await resp.text();
   let json = null;
@@ -185,6 +190,14 @@ function badge(slot, small) {
   return el("span", { class: "badge " + (slot || "none") + (small ? " small" : ""), "aria-hidden": "true" });
 }
 
+// Where deployment actions go when this replica is a fleet's follower.
+function leaderHint() {
+  const f = state.status && state.status.fleet;
+  const l = f && f.leader_replica;
+  return l ? "deployments run on replica " + l.replica + "; use its dashboard at " + l.admin + "/"
+    : "no leader is elected right now; try again in a few seconds";
+}
+
 // A replica of a fleet (state in etcd): who it is, who leads, whether etcd answers.
 function renderFleet(f) {
   const box = $("fleet");
@@ -231,10 +244,16 @@ function renderStatus(s) {
   sw.disabled = false;
   const dep = s.deployment;
   const standby = SLOTS.find((n) => s.slots[n].role === "standby");
-  $("btn-rollback").disabled = !standby && !dep;
-  $("btn-rollback").title = standby ? "send traffic back to " + standby : (dep ? "end the deployment" : "no standby slot to roll back to");
-  $("btn-promote").disabled = !dep;
-  $("btn-abort").disabled = !dep;
+  // On a fleet's follower, the deployment's own actions belong to the leader.
+  const follower = !!(s.fleet && !s.fleet.leader);
+  const elsewhere = follower && dep ? "on the leader: " + leaderHint() : null;
+  $("btn-rollback").disabled = (!standby && !dep) || !!elsewhere;
+  $("btn-rollback").title = elsewhere ? "a deployment is running " + elsewhere
+    : standby ? "send traffic back to " + standby : (dep ? "end the deployment" : "no standby slot to roll back to");
+  for (const id of ["btn-promote", "btn-abort"]) {
+    $(id).disabled = !dep || follower;
+    $(id).title = dep && follower ? "deployments run " + elsewhere : "";
+  }
   for (const id of ["btn-switch", "btn-rollback", "btn-promote", "btn-abort"]) {
     if (state.busy) $(id).disabled = true;
   }

@@ -309,6 +309,56 @@ fn base64_decode(s: &str) -> Vec<u8> {
 
 const LIVE_IS: &str = "document.getElementById('live-slot').textContent === ";
 
+/// A new tab of `chromium`, attached, 1280×1000.
+async fn new_page(chromium: &Chromium) -> Cdp {
+    let mut cdp = Cdp::connect(&chromium.ws_url).await;
+    let target = cdp
+        .call("Target.createTarget", json!({"url": "about:blank"}))
+        .await;
+    let attached = cdp
+        .call(
+            "Target.attachToTarget",
+            json!({"targetId": target["targetId"], "flatten": true}),
+        )
+        .await;
+    cdp.session = Some(
+        attached["sessionId"]
+            .as_str()
+            .expect("session id")
+            .to_owned(),
+    );
+    cdp.call("Page.enable", json!({})).await;
+    cdp.call("Runtime.enable", json!({})).await;
+    cdp.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({"width": 1280, "height": 1000, "deviceScaleFactor": 1, "mobile": false}),
+    )
+    .await;
+    cdp
+}
+
+/// Opens the dashboard at `admin` (HOST:PORT) and waits for its token form.
+async fn open_login(cdp: &mut Cdp, admin: &str) {
+    let url = format!("http://{admin}/");
+    let nav = cdp.call("Page.navigate", json!({"url": url})).await;
+    assert!(nav.get("errorText").is_none(), "navigating to {url}: {nav}");
+    cdp.wait_for(
+        "the token form",
+        "document.readyState === 'complete' && !!document.getElementById('token-form') \
+         && !document.getElementById('login').hidden",
+    )
+    .await;
+}
+
+/// Enters the admin token in the form.
+async fn log_in(cdp: &mut Cdp) {
+    cdp.eval(&format!(
+        "document.getElementById('token-input').value = {TOKEN:?}; \
+         document.getElementById('token-form').requestSubmit(); true"
+    ))
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_switches_and_rolls_back_in_a_real_browser() {
     let blue = Backend::start("blue").await;
@@ -337,46 +387,10 @@ async fn dashboard_switches_and_rolls_back_in_a_real_browser() {
 
     let dir = artifacts_dir();
     let chromium = Chromium::start();
-    let mut cdp = Cdp::connect(&chromium.ws_url).await;
-    let target = cdp
-        .call("Target.createTarget", json!({"url": "about:blank"}))
-        .await;
-    let attached = cdp
-        .call(
-            "Target.attachToTarget",
-            json!({"targetId": target["targetId"], "flatten": true}),
-        )
-        .await;
-    cdp.session = Some(
-        attached["sessionId"]
-            .as_str()
-            .expect("session id")
-            .to_owned(),
-    );
-    cdp.call("Page.enable", json!({})).await;
-    cdp.call("Runtime.enable", json!({})).await;
-    cdp.call(
-        "Emulation.setDeviceMetricsOverride",
-        json!({"width": 1280, "height": 1000, "deviceScaleFactor": 1, "mobile": false}),
-    )
-    .await;
-
-    let url = format!("http://{}/", router.admin);
-    let nav = cdp.call("Page.navigate", json!({"url": url})).await;
-    assert!(nav.get("errorText").is_none(), "navigating to {url}: {nav}");
-    cdp.wait_for(
-        "the token form",
-        "document.readyState === 'complete' && !!document.getElementById('token-form') \
-         && !document.getElementById('login').hidden",
-    )
-    .await;
+    let mut cdp = new_page(&chromium).await;
+    open_login(&mut cdp, &router.admin.to_string()).await;
     cdp.screenshot(&dir, "01-token-form.png").await;
-
-    cdp.eval(&format!(
-        "document.getElementById('token-input').value = {TOKEN:?}; \
-         document.getElementById('token-form').requestSubmit(); true"
-    ))
-    .await;
+    log_in(&mut cdp).await;
     cdp.wait_for("blue live", &format!("{LIVE_IS}'blue'")).await;
     // Let a few chart points arrive before the picture.
     cdp.wait_for(
@@ -495,6 +509,100 @@ async fn dashboard_switches_and_rolls_back_in_a_real_browser() {
     );
     let samples = load.stop().await;
     assert!(!samples.is_empty());
+    drop(cdp);
+    drop(chromium);
+}
+
+/// A fleet's follower: its dashboard shows the running deployment, but promote and abort
+/// (which run on the leader) are disabled and say where the leader's dashboard is, and the
+/// fleet line links to it; switches work on any replica.
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followers_dashboard_sends_the_operator_to_the_leader_for_deployments() {
+    let etcd = turnout_testkit::Etcd::start().await.unwrap();
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let mut routers = Vec::new();
+    for _ in 0..2 {
+        let r = Router::start(
+            Path::new(env!("CARGO_BIN_EXE_turnout")),
+            &RouterOptions {
+                blue: vec![blue.upstream()],
+                green: vec![green.upstream()],
+                state_extra: etcd.state_config("/turnout/dash"),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        routers.push(r);
+    }
+    let leader = eventually("a leader", DEADLINE, || async {
+        for (i, r) in routers.iter().enumerate() {
+            if r.status().await["fleet"]["leader"] == true {
+                return Some(i);
+            }
+        }
+        None
+    })
+    .await;
+    let (leader, follower) = (&routers[leader], &routers[1 - leader]);
+    let next = Backend::start("green-next").await;
+    let (code, body) = leader
+        .api(
+            http::Method::POST,
+            "/api/v1/deployments",
+            Some(json!({"version": "v2", "upstreams": [next.upstream()], "manual": true})),
+        )
+        .await;
+    assert_eq!(code, http::StatusCode::ACCEPTED, "{body}");
+
+    let dir = artifacts_dir();
+    let chromium = Chromium::start();
+    let mut cdp = new_page(&chromium).await;
+    open_login(&mut cdp, &follower.admin.to_string()).await;
+    log_in(&mut cdp).await;
+    cdp.wait_for(
+        "the leader's deployment at its gate, on the follower",
+        "[...document.querySelectorAll('#deployment .timeline li.st-running .name')]\
+         .some((e) => e.textContent === 'manual gate')",
+    )
+    .await;
+    let leader_url = format!("http://{}", leader.admin);
+    for id in ["btn-promote", "btn-abort", "btn-rollback"] {
+        let button = cdp
+            .eval(&format!(
+                "(() => {{ const b = document.getElementById('{id}'); return [b.disabled, b.title]; }})()"
+            ))
+            .await;
+        assert_eq!(
+            button[0],
+            json!(true),
+            "{id} is enabled on a follower: {button}"
+        );
+        let title = button[1].as_str().unwrap_or_default();
+        assert!(
+            title.contains("leader") && title.contains(&leader_url),
+            "{id}: {title:?}"
+        );
+    }
+    let link = cdp
+        .eval("document.querySelector('#fleet a')?.getAttribute('href') || ''")
+        .await;
+    assert_eq!(link, json!(format!("{leader_url}/")));
+    // Switching is not the leader's alone (when no deployment owns the routing, any
+    // replica switches): the follower keeps its switch button.
+    let switch_enabled = cdp
+        .eval("!document.getElementById('btn-switch').disabled")
+        .await;
+    assert_eq!(switch_enabled, json!(true));
+    cdp.screenshot(&dir, "10-follower-during-deployment.png")
+        .await;
+    assert!(
+        cdp.problems.is_empty(),
+        "the page had errors: {:?}",
+        cdp.problems
+    );
     drop(cdp);
     drop(chromium);
 }
