@@ -686,50 +686,50 @@ impl Controller {
             let _ = self.signal(SignalKind::Supersede).await;
         }
         let state = self.inner.state.lock().await.clone();
-        let mut run = self.inner.run.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = run.as_ref() {
-            let d = h.record.borrow();
-            let stage = d.current_stage().map_or("start", |s| s.stage.as_str());
-            return Err(ControlError::Conflict(format!(
-                "deployment {} of {} is in progress (stage: {stage}); wait for it, or end it with `turnout abort` (before its switch) or `turnout rollback`",
-                d.id, d.version
-            )));
-        }
-        let slot = match state.live {
-            None => SlotName::Blue,
-            Some(live) => live.other(),
-        };
-        let previous = state.live;
-        let d = Deployment {
-            id: deploy::new_id(),
-            version: req.version.clone(),
-            slot,
-            verdict: Verdict::InProgress,
-            reason: None,
-            started_at: deploy::now(),
-            ended_at: None,
-            stages: Vec::new(),
-            previous,
-            previous_version: previous.and_then(|p| state.slot(p).version.clone()),
-            upstreams: Vec::new(),
-            manual: req.manual,
-            analysis: None,
-        };
-        if let Some(prev) = previous {
-            *self.inner.mark.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((d.id.clone(), prev, self.inner.snapshot(prev)));
-        }
-        let (runner, handle) = Run::new(self.inner.clone(), d.clone(), req.upstreams);
-        *run = Some(handle);
-        drop(run);
-        let store = self.inner.store.clone();
-        let first = d.clone();
-        self.inner.spawn_run(async move {
-            if let Err(e) = store.save_deployment(&first).await {
-                tracing::warn!(deployment = %first.id, error = %e, "the deployment record was not saved: {e}");
+        let (d, runner) = {
+            let mut run = self.inner.run.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(h) = run.as_ref() {
+                let d = h.record.borrow();
+                let stage = d.current_stage().map_or("start", |s| s.stage.as_str());
+                return Err(ControlError::Conflict(format!(
+                    "deployment {} of {} is in progress (stage: {stage}); wait for it, or end it with `turnout abort` (before its switch) or `turnout rollback`",
+                    d.id, d.version
+                )));
             }
-            runner.drive().await
-        });
+            let slot = match state.live {
+                None => SlotName::Blue,
+                Some(live) => live.other(),
+            };
+            let previous = state.live;
+            let d = Deployment {
+                id: deploy::new_id(),
+                version: req.version.clone(),
+                slot,
+                verdict: Verdict::InProgress,
+                reason: None,
+                started_at: deploy::now(),
+                ended_at: None,
+                stages: Vec::new(),
+                previous,
+                previous_version: previous.and_then(|p| state.slot(p).version.clone()),
+                upstreams: Vec::new(),
+                manual: req.manual,
+                analysis: None,
+            };
+            if let Some(prev) = previous {
+                *self.inner.mark.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((d.id.clone(), prev, self.inner.snapshot(prev)));
+            }
+            let (runner, handle) = Run::new(self.inner.clone(), d.clone(), req.upstreams);
+            *run = Some(handle);
+            (d, runner)
+        };
+        // Saved before the answer: whoever asks for it next — on any replica of a fleet,
+        // where `deploy` is followed after a redirect — finds it.
+        if let Err(e) = self.inner.store.save_deployment(&d).await {
+            tracing::warn!(deployment = %d.id, error = %e, "the deployment record was not saved: {e}");
+        }
+        self.inner.spawn_run(runner.drive());
         Ok(d)
     }
 
