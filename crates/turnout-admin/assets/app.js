@@ -56,7 +56,10 @@ async function api(method, path, body) {
     throw new ApiError(0, "unreachable", "the router's admin API cannot be reached (" + e.message + ")");
   }
   if (resp.type === "opaqueredirect") {
-    throw new ApiError(307, "not_leader", "this replica is not the fleet's leader: " + leaderHint());
+    if (state.status && state.status.fleet) {
+      throw new ApiError(307, "not_leader", "this replica is not the fleet's leader; " + leaderHint());
+    }
+    throw new ApiError(resp.status, "redirected", "the admin API answered " + path + " with a redirect, which this page does not follow");
   }
   const text = await resp.text();
   let json = null;
@@ -194,8 +197,8 @@ function badge(slot, small) {
 function leaderHint() {
   const f = state.status && state.status.fleet;
   const l = f && f.leader_replica;
-  return l ? "deployments run on replica " + l.replica + "; use its dashboard at " + l.admin + "/"
-    : "no leader is elected right now; try again in a few seconds";
+  return l ? "deployments run on the fleet's leader, replica " + l.replica + ": use its dashboard at " + l.admin + "/"
+    : "deployments run on the fleet's leader, and none is elected right now: try again in a few seconds";
 }
 
 // A replica of a fleet (state in etcd): who it is, who leads, whether etcd answers.
@@ -246,13 +249,13 @@ function renderStatus(s) {
   const standby = SLOTS.find((n) => s.slots[n].role === "standby");
   // On a fleet's follower, the deployment's own actions belong to the leader.
   const follower = !!(s.fleet && !s.fleet.leader);
-  const elsewhere = follower && dep ? "on the leader: " + leaderHint() : null;
+  const elsewhere = follower && dep ? leaderHint() : null;
   $("btn-rollback").disabled = (!standby && !dep) || !!elsewhere;
-  $("btn-rollback").title = elsewhere ? "a deployment is running " + elsewhere
+  $("btn-rollback").title = elsewhere ? "a deployment is running; " + elsewhere
     : standby ? "send traffic back to " + standby : (dep ? "end the deployment" : "no standby slot to roll back to");
   for (const id of ["btn-promote", "btn-abort"]) {
     $(id).disabled = !dep || follower;
-    $(id).title = dep && follower ? "deployments run " + elsewhere : "";
+    $(id).title = elsewhere || "";
   }
   for (const id of ["btn-switch", "btn-rollback", "btn-promote", "btn-abort"]) {
     if (state.busy) $(id).disabled = true;

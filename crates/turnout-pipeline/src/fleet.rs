@@ -129,9 +129,15 @@ async fn follow(weak: Weak<Inner>) {
     while let Some(change) = rx.recv().await {
         let Some(inner) = weak.upgrade() else { return };
         match change {
-            Change::Routing(s) => inner.follow_routing(s).await,
+            Change::Routing(s) => {
+                if inner.follow_routing(s).await {
+                    inner.restore_routing().await;
+                }
+            }
             Change::Connected(s) => {
-                inner.follow_routing(s).await;
+                if inner.follow_routing(s).await {
+                    inner.restore_routing().await;
+                }
                 // The deployment may have moved on while this replica was cut off (or
                 // starting): catch up on it too.
                 if let Ok(latest) = inner.store.load_deployments(1).await {
@@ -140,7 +146,11 @@ async fn follow(weak: Weak<Inner>) {
                     }
                 }
             }
-            Change::Missing => inner.restore_routing().await,
+            Change::Missing => {
+                // The leader's record went with the data: no deployment to show.
+                *inner.fleet.remote.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                inner.restore_routing().await;
+            }
             Change::Deployment(d) => inner.follow_deployment(*d),
         }
     }
@@ -262,10 +272,14 @@ impl Inner {
     }
 
     /// Routes by a state another replica saved, if it is newer than ours.
-    pub(crate) async fn follow_routing(&self, next: RoutingState) {
+    /// Applies a newer routing state from the store. Returns whether the store's is
+    /// *older* than this replica's: the store went back (etcd lost data, or a router
+    /// started from its config on an emptied etcd), and this replica's state should be
+    /// written back ([`Inner::restore_routing`]).
+    pub(crate) async fn follow_routing(&self, next: RoutingState) -> bool {
         let mut state = self.state.lock().await;
         if next.revision <= state.revision {
-            return;
+            return next.revision < state.revision;
         }
         self.proxy.apply(&next);
         if next.live != state.live {
@@ -278,31 +292,51 @@ impl Inner {
             self.events.publish(event);
         }
         *state = next;
+        false
     }
 
     /// Writes the routing state this replica last knew back to a store that lost it
-    /// ([`Change::Missing`]); the first replica to do so wins, the others follow it.
+    /// (holds none, or an older revision: [`Change::Missing`], or older than this
+    /// replica's). The highest revision wins: a replica whose state is newer than the
+    /// stored one writes it over it, one whose state is older follows the stored one.
     pub(crate) async fn restore_routing(&self) {
         let state = self.state.lock().await;
-        match self.store.save_routing(&state, None).await {
-            Ok(()) => tracing::warn!(
-                live = ?state.live,
-                revision = state.revision,
-                "{} held no routing state (etcd lost its data, or the prefix was deleted); this router wrote back the state it last knew: {} live, revision {}",
-                self.store.describe(),
-                state.live.map_or("no slot".to_string(), |s| s.to_string()),
-                state.revision
-            ),
-            Err(StoreError::Conflict { found, .. }) => tracing::info!(
-                found,
-                "{} held no routing state; another router of the fleet wrote it back first",
-                self.store.describe()
-            ),
-            Err(e) => tracing::warn!(
-                error = %e,
-                "{} holds no routing state and this router could not write it back ({e}); it tries again when it reconnects",
-                self.store.describe()
-            ),
+        for _ in 0..5 {
+            let stored = match self.store.load_routing().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the routing state to write it back ({e}); tried again when this router reconnects");
+                    return;
+                }
+            };
+            if stored
+                .as_ref()
+                .is_some_and(|s| s.revision >= state.revision)
+            {
+                // Another replica wrote back the same or a newer state; the watch brings it.
+                return;
+            }
+            let found = stored.as_ref().map(|s| s.revision);
+            match self.store.save_routing(&state, found).await {
+                Ok(()) => {
+                    tracing::warn!(
+                        live = ?state.live,
+                        revision = state.revision,
+                        "{} held {} (etcd lost its data, or the state was deleted); this router wrote back the state it last knew: {} live, revision {}",
+                        self.store.describe(),
+                        found.map_or("no routing state".to_string(), |r| format!("an older routing state (revision {r})")),
+                        state.live.map_or("no slot".to_string(), |s| s.to_string()),
+                        state.revision
+                    );
+                    return;
+                }
+                // Changed meanwhile: read it again.
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not write the routing state back ({e}); tried again when this router reconnects");
+                    return;
+                }
+            }
         }
     }
 

@@ -724,12 +724,21 @@ impl Controller {
             *run = Some(handle);
             (d, runner)
         };
-        // Saved before the answer: whoever asks for it next — on any replica of a fleet,
-        // where `deploy` is followed after a redirect — finds it.
-        if let Err(e) = self.inner.store.save_deployment(&d).await {
-            tracing::warn!(deployment = %d.id, error = %e, "the deployment record was not saved: {e}");
-        }
-        self.inner.spawn_run(runner.drive());
+        // The run's task saves the record first, and the answer waits for that save:
+        // whoever asks for the deployment next — on any replica of a fleet, where `deploy`
+        // is followed after a redirect — finds it. The task is spawned before any await,
+        // so a caller that goes away cannot leave a deployment that never runs.
+        let store = self.inner.store.clone();
+        let first = d.clone();
+        let (saved_tx, saved_rx) = tokio::sync::oneshot::channel::<()>();
+        self.inner.spawn_run(async move {
+            if let Err(e) = store.save_deployment(&first).await {
+                tracing::warn!(deployment = %first.id, error = %e, "the deployment record was not saved: {e}");
+            }
+            drop(saved_tx);
+            runner.drive().await
+        });
+        let _ = saved_rx.await;
         Ok(d)
     }
 

@@ -1016,11 +1016,6 @@ pub(crate) fn start_shadow(inner: &Arc<Inner>, opts: ShadowOptions) -> ShadowHan
         jobs: jobs_tx,
         samples: samples_tx.clone(),
     });
-    mirror_runtime(inner).handle.spawn(probe_delay(
-        Arc::downgrade(inner),
-        Arc::downgrade(&shadow),
-        counters.clone(),
-    ));
     mirror_runtime(inner).handle.spawn(dispatch(
         Arc::downgrade(inner),
         Arc::downgrade(&shadow),
@@ -1029,7 +1024,14 @@ pub(crate) fn start_shadow(inner: &Arc<Inner>, opts: ShadowOptions) -> ShadowHan
         samples_tx,
         counters.clone(),
     ));
+    let probed = Arc::downgrade(&shadow);
     inner.tap.update(|t| t.shadow = Some(shadow));
+    // After the tap has it: the probe runs while this shadow is the data plane's.
+    mirror_runtime(inner).handle.spawn(probe_delay(
+        Arc::downgrade(inner),
+        probed,
+        counters.clone(),
+    ));
     ShadowHandle {
         samples: samples_rx,
         counters,
@@ -1130,10 +1132,13 @@ async fn probe_delay(inner: Weak<Inner>, shadow: Weak<Shadow>, counters: Arc<Sha
                 .is_some_and(|s| std::ptr::eq(Arc::as_ptr(s), shadow.as_ptr()))
         })
     };
-    while current() {
+    loop {
         let due = Instant::now() + DELAY_PROBE_EVERY;
         tokio::time::sleep_until(due.into()).await;
         let late = Instant::now().saturating_duration_since(due);
+        if !current() {
+            return;
+        }
         counters.delay.record(late.saturating_sub(slack));
     }
 }

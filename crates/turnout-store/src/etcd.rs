@@ -799,10 +799,15 @@ async fn follow(store: EtcdStore, tx: mpsc::Sender<Change>) {
                 break;
             }
             for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
                 if ev.event_type() != EventType::Put {
+                    // The routing state deleted under the fleet (`etcdctl del --prefix`).
+                    if kv.key() == routing_key.as_bytes() && tx.send(Change::Missing).await.is_err()
+                    {
+                        return;
+                    }
                     continue;
                 }
-                let Some(kv) = ev.kv() else { continue };
                 let change = if kv.key() == routing_key.as_bytes() {
                     store
                         .decode::<RoutingState>(kv.value())

@@ -423,12 +423,45 @@ async fn when_etcd_loses_its_data_the_fleet_writes_its_routing_state_back() {
         .as_u64()
         .expect("a revision");
 
+    // The replicas are paused (SIGSTOP) while etcd is rebuilt empty, and a router started
+    // meanwhile saves its config's state (blue, a first start) before they can write
+    // theirs back: the fleet's newer state must win, not that first start.
+    let signal = |sig: &str, r: &Router| {
+        let pid = r.pid().expect("a running router").to_string();
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    };
+    for r in &routers {
+        signal("-STOP", r);
+    }
     etcd.stop().await;
     etcd.wipe().unwrap();
     etcd.start_again().await.unwrap();
-    let mut clients: Vec<Option<HttpClient>> = (0..3).map(|_| None).collect();
-    for (r, c) in routers.iter().zip(clients.iter_mut()) {
-        assert_eq!(served(c, r).await.as_deref(), Some("green"));
+    let late = replica(&etcd.state_config("/turnout/shop"), &blue, Some(&green), "")
+        .await
+        .unwrap();
+    assert_eq!(late.status().await["live"], "blue", "a first start");
+    for r in &routers {
+        signal("-CONT", r);
+    }
+    let mut routers = routers;
+    routers.push(late);
+    for r in &routers {
+        eventually(
+            "every replica on the fleet's state",
+            Duration::from_secs(20),
+            || async {
+                let mut c = None;
+                let s = r.status().await;
+                (served(&mut c, r).await.as_deref() == Some("green")
+                    && s["revision"].as_u64() == Some(before))
+                .then_some(())
+            },
+        )
+        .await;
     }
     // Until the state is back a switch is a conflict (nothing stored to compare with);
     // then it goes through, and every replica follows.
