@@ -169,24 +169,26 @@ fn listen(ctx: &mut Ctx, root: &Table, admin: &Admin) -> Listen {
     listen
 }
 
+/// The `[state]` keys: `dir` and `backend`, then [`ETCD_KEYS`].
+const STATE_KEYS: &[&str] = &[
+    "dir",
+    "backend",
+    "endpoints",
+    "prefix",
+    "advertise",
+    "ca",
+    "cert",
+    "key",
+    "user",
+    "password",
+    "lease",
+];
+
+/// The `[state]` keys that apply only to the etcd backend.
+const ETCD_KEYS: &[&str] = STATE_KEYS.split_at(2).1;
+
 fn state(ctx: &mut Ctx, root: &Table) -> State {
-    let t = root.table(
-        ctx,
-        "state",
-        &[
-            "dir",
-            "backend",
-            "endpoints",
-            "prefix",
-            "advertise",
-            "ca",
-            "cert",
-            "key",
-            "user",
-            "password",
-            "lease",
-        ],
-    );
+    let t = root.table(ctx, "state", STATE_KEYS);
     let d = State::default();
     let backend = t.parse(ctx, "backend", |s| match s {
         "embedded" => Ok(StateBackend::Embedded),
@@ -212,18 +214,7 @@ fn state(ctx: &mut Ctx, root: &Table) -> State {
                 .to_string(),
         ),
         StateBackend::Embedded => {
-            let etcd_only = [
-                "endpoints",
-                "prefix",
-                "advertise",
-                "ca",
-                "cert",
-                "key",
-                "user",
-                "password",
-                "lease",
-            ];
-            if let Some(key) = etcd_only.into_iter().find(|k| t.has(k)) {
+            if let Some(&key) = ETCD_KEYS.iter().find(|k| t.has(k)) {
                 let message = format!(
                     "{key} applies only to the etcd backend: set backend = \"etcd\" or remove {key}"
                 );

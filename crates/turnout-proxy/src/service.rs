@@ -195,10 +195,11 @@ impl ConnService {
                 None => RequestBody::Client(b),
             };
             let mut req = req.map(body);
-            // A length not announced (or announced within the limit, which HTTP/2 does not
-            // hold the client to): counted as it streams.
+            // A length not announced: counted as it streams. (An announced one was checked
+            // above, and hyper holds the client to it, in HTTP/2 too.)
             let mut over = None;
-            if let Some(max) = self.inner.opts.max_body {
+            let unannounced = req.body().size_hint().exact().is_none();
+            if let Some(max) = self.inner.opts.max_body.filter(|_| unannounced) {
                 let cap = crate::body::Cap::new(max);
                 over = Some((cap.over.clone(), max));
                 req = req.map(|b| RequestBody::Capped(Box::new(b), cap));
