@@ -10,6 +10,7 @@
 mod capture;
 mod dashboard;
 mod events;
+pub mod lifecycle;
 pub mod metrics;
 
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub struct AdminState {
     /// Turns true when the router is stopping: streaming answers (a capture) then end, so
     /// that they do not hold up the graceful stop. `None`: they end only on their own.
     pub shutdown: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Reload, upgrade and stop (the binary's); `None`: those routes answer 501.
+    pub lifecycle: Option<Arc<dyn lifecycle::Lifecycle>>,
 }
 
 /// An error as the API returns it.
@@ -145,6 +148,9 @@ impl From<ControlError> for ApiError {
             ControlError::NotLeader { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", message)
             }
+            ControlError::HandingOver(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "handing_over", message)
+            }
             ControlError::Interrupted(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "interrupted", message)
             }
@@ -224,6 +230,9 @@ pub fn router_and_openapi(state: AdminState) -> (Router, utoipa::openapi::OpenAp
         .routes(routes!(shadow_report))
         .routes(routes!(capture::capture))
         .routes(routes!(dashboard::stats))
+        .routes(routes!(lifecycle::reload))
+        .routes(routes!(lifecycle::upgrade))
+        .routes(routes!(lifecycle::stop))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     let (router, mut doc) = OpenApiRouter::new()
         // Its own token check: header, or ?access_token= for EventSource (events.rs).
@@ -538,6 +547,7 @@ mod tests {
             controller: Arc::new(controller),
             token: Some("s3cret".into()),
             shutdown: Some(shutdown),
+            lifecycle: None,
         });
         (app, stop)
     }
@@ -794,6 +804,7 @@ mod tests {
             controller: Arc::new(controller),
             token: Some("s3cret".into()),
             shutdown: None,
+            lifecycle: None,
         });
         let expected: &[(&str, &str)] = &[
             ("get", "/api/v1/status"),

@@ -15,6 +15,7 @@
 //! This replaces serde derive + `deny_unknown_fields`: serde stops at the first problem and
 //! loses the position of values once they are converted, while the walk keeps both.
 
+pub mod diff;
 mod error;
 mod schema;
 mod token;

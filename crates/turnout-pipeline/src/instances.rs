@@ -268,6 +268,9 @@ impl Instances {
             .env("TURNOUT_VERSION", &spec.version)
             .env("TURNOUT_DEPLOYMENT", &spec.deployment)
             .env("TURNOUT_PORT", port.to_string())
+            // systemd's notification socket is the router's: a service that speaks
+            // sd_notify itself must not report its readiness as turnout's.
+            .env_remove("NOTIFY_SOCKET")
             // Marks the process as this state directory's, so that a router killed before
             // it could record the process still finds it at its next start
             // (`reap_state_dir`).
@@ -330,6 +333,116 @@ impl Instances {
             shared.changed.send_modify(|n| *n += 1);
         });
         Ok(Proc { record, reaped })
+    }
+
+    /// The instances a previous router process started for this slot, taken over: each
+    /// record whose process still runs (same pid, same start time, still leading its
+    /// group) is adopted as it is; the others are started again on their ports. Returns
+    /// the instances and how many were adopted.
+    ///
+    /// An adopted process is not this process's child: its exit is noticed by watching
+    /// `/proc` (its status is not known), and stopping it signals its group as usual.
+    pub async fn adopt(
+        spec: InstanceSpec,
+        records: &[InstanceRecord],
+    ) -> Result<(Instances, usize), ProvisionError> {
+        tokio::fs::create_dir_all(&spec.log_dir)
+            .await
+            .map_err(|source| ProvisionError::LogDir {
+                dir: spec.log_dir.clone(),
+                source,
+            })?;
+        let (changed, _) = watch::channel(0);
+        let mut instances = Instances {
+            procs: Vec::with_capacity(records.len()),
+            shared: Arc::new(Shared {
+                exits: Mutex::new(Vec::new()),
+                changed,
+                stopping: AtomicBool::new(false),
+            }),
+            stop_timeout: spec.stop_timeout,
+            slot: spec.slot,
+            stopped: false,
+        };
+        let mut adopted = 0;
+        for (i, record) in records.iter().enumerate() {
+            if is_running(record) {
+                info!(slot = %spec.slot, version = %spec.version, addr = %record.addr, pid = record.pid, "instance adopted: it kept running while the router was replaced");
+                instances
+                    .procs
+                    .push(instances.watch_adopted(record.clone()));
+                adopted += 1;
+                continue;
+            }
+            let port = record
+                .addr
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok());
+            let port = choose_ports(1, &port.into_iter().collect::<Vec<_>>())
+                .map_err(ProvisionError::Port)?[0];
+            // On error, `instances` is dropped, which kills those started here (the
+            // adopted ones too: a slot is taken over whole or not at all).
+            let proc = instances.spawn_one(&spec, i + 1, port)?;
+            instances.procs.push(proc);
+        }
+        Ok((instances, adopted))
+    }
+
+    /// Watches an adopted process (not a child: no `wait`), polling `/proc`.
+    fn watch_adopted(&self, record: InstanceRecord) -> Proc {
+        let (reaped_tx, reaped) = watch::channel(false);
+        let shared = self.shared.clone();
+        let slot = self.slot;
+        let watched = record.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ADOPTED_POLL).await;
+                if !is_running(&watched) {
+                    break;
+                }
+                if reaped_tx.is_closed() {
+                    // Released to another router process: no longer ours to watch.
+                    return;
+                }
+            }
+            let _ = reaped_tx.send(true);
+            if shared.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            let log_tail = read_log_tail(&watched.log).await;
+            warn!(
+                %slot, addr = %watched.addr, pid = watched.pid,
+                log = %watched.log.display(), "instance exited; it is not restarted"
+            );
+            shared
+                .exits
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(InstanceExit {
+                    addr: watched.addr,
+                    pid: watched.pid,
+                    status: "an unknown status (it was started by a previous router process)"
+                        .into(),
+                    log: watched.log,
+                    log_tail,
+                });
+            shared.changed.send_modify(|n| *n += 1);
+        });
+        Proc { record, reaped }
+    }
+
+    /// Lets go of the instances without stopping them: they keep running for the router
+    /// process that takes over (an upgrade, a reload, a router stopped on purpose
+    /// without its service). Their exits are no longer reported here.
+    pub fn release(mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.stopped = true;
+        info!(slot = %self.slot, count = self.procs.len(), "instances left running for the next router process");
+    }
+
+    /// The instances' pids (of their `sh`), in instance order.
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.iter().map(|p| p.record.pid).collect()
     }
 
     /// The instances' addresses, `127.0.0.1:PORT`, in instance order.
@@ -430,6 +543,17 @@ pub fn reap_orphans(records: &[InstanceRecord]) -> usize {
     killed
 }
 
+/// How often an adopted instance (not a child of this process) is looked at.
+const ADOPTED_POLL: Duration = Duration::from_millis(250);
+
+/// Whether the recorded instance still runs: same pid, same start time, still leading
+/// its process group, and not a zombie.
+pub fn is_running(record: &InstanceRecord) -> bool {
+    proc_stat(record.pid).is_some_and(|stat| {
+        stat.start_time == record.start_time && stat.pgrp == record.pid && stat.state != 'Z'
+    })
+}
+
 /// The environment variable that marks an instance with its router's state directory.
 pub const STATE_DIR_ENV: &str = "TURNOUT_STATE_DIR";
 
@@ -443,9 +567,9 @@ fn state_dir_of(log_dir: &Path) -> PathBuf {
 /// environment (`TURNOUT_STATE_DIR`, set on every instance turnout starts). Called at
 /// start, when the state directory's lock guarantees that no other router uses it: such
 /// processes are left over from a router that was killed — including ones it started but
-/// had not recorded yet. The caller's own process group is never signalled. Returns how
-/// many groups were killed.
-pub fn reap_state_dir(state_dir: &Path) -> usize {
+/// had not recorded yet. The caller's own process group is never signalled, nor the
+/// groups in `keep` (instances adopted). Returns how many groups were killed.
+pub fn reap_state_dir(state_dir: &Path, keep: &HashSet<u32>) -> usize {
     let dir = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_owned());
     let mut marker = format!("{STATE_DIR_ENV}=").into_bytes();
     marker.extend_from_slice(dir.as_os_str().as_encoded_bytes());
@@ -473,7 +597,7 @@ pub fn reap_state_dir(state_dir: &Path) -> usize {
             .any(|var| var == marker.as_slice())
         {
             if let Some(stat) = proc_stat(pid) {
-                if Some(stat.pgrp) != own_group && stat.pgrp > 1 {
+                if Some(stat.pgrp) != own_group && stat.pgrp > 1 && !keep.contains(&stat.pgrp) {
                     groups.insert(stat.pgrp);
                 }
             }
@@ -600,6 +724,8 @@ fn file_name_part(id: &str) -> String {
 /// The fields of `/proc/PID/stat` turnout uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ProcStat {
+    /// Field 3: the state (`Z` for a zombie: exited, not yet reaped).
+    state: char,
     /// Field 5: the process group id.
     pgrp: u32,
     /// Field 22: the start time, in clock ticks since boot.
@@ -618,6 +744,7 @@ fn parse_stat(text: &str) -> Option<ProcStat> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // `fields[0]` is field 3 (state).
     Some(ProcStat {
+        state: fields.first()?.chars().next()?,
         pgrp: fields.get(2)?.parse().ok()?,
         start_time: fields.get(19)?.parse().ok()?,
     })
@@ -913,6 +1040,7 @@ mod tests {
         assert_eq!(
             parse_stat(&line),
             Some(ProcStat {
+                state: 'S',
                 pgrp: 5,
                 start_time: 22
             })

@@ -21,6 +21,7 @@ mod runtime;
 mod shadow;
 pub mod verify;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,6 +80,10 @@ pub enum ControlError {
         /// The leader, when one is elected.
         leader: Option<ReplicaInfo>,
     },
+    /// This router process is handing over to a new one (`turnout upgrade` or
+    /// `reload`): changes wait until the new one serves, and are then made there.
+    #[error("{0}")]
+    HandingOver(String),
     /// The task making the change failed (a bug, or the process is stopping).
     #[error(
         "the routing change was interrupted ({0}); its outcome is unknown: check `turnout status`"
@@ -277,6 +282,10 @@ struct Inner {
     switches: std::sync::atomic::AtomicU64,
     /// With a shared store: the fleet as this replica sees it.
     fleet: fleet::FleetState,
+    /// Set while this process hands over to a new one, and for good once it did: every
+    /// change is refused (`ControlError::HandingOver`), so that two processes never
+    /// change the routing or run a deployment at once.
+    handing_over: std::sync::Mutex<Option<String>>,
 }
 
 /// Something that happened: a stage started or ended, a switch, a rollback, a health
@@ -452,6 +461,7 @@ impl Controller {
                 shadow_totals: Default::default(),
                 switches: std::sync::atomic::AtomicU64::new(0),
                 fleet: Default::default(),
+                handing_over: std::sync::Mutex::new(None),
             }),
         };
         if controller.inner.store.fleet().is_some() {
@@ -522,6 +532,7 @@ impl Controller {
     /// that hung up) does not stop a change half-way, between the store and the data
     /// plane.
     pub async fn switch(&self, to: SlotName, force: bool) -> Result<RoutingState, ControlError> {
+        self.inner.not_handing_over()?;
         if let Some(d) = self.current().filter(|d| !d.is_over()) {
             let stage = d.current_stage().map_or("start", |s| s.stage.as_str());
             return Err(ControlError::Conflict(format!(
@@ -552,6 +563,7 @@ impl Controller {
     /// Sends traffic back to the standby slot (after its first health checks, as
     /// [`Controller::switch`]); runs in a task of its own like a switch.
     pub async fn rollback(&self) -> Result<RoutingState, ControlError> {
+        self.inner.not_handing_over()?;
         // A deployment owns the routing: on a fleet, its rollback is the leader's to do.
         if self.inner.remote_current().is_some() {
             self.require_leader().await?;
@@ -663,6 +675,7 @@ impl Controller {
     /// Starts a deployment of `req.version` into the idle slot (blue for the first one)
     /// and returns its record; the pipeline runs in a task of its own.
     pub async fn deploy(&self, req: DeployRequest) -> Result<Deployment, ControlError> {
+        self.inner.not_handing_over()?;
         self.require_leader().await?;
         if self.inner.store.fleet().is_some() {
             // A fleet's leader that cannot reach etcd must not start what it cannot save.
@@ -744,6 +757,7 @@ impl Controller {
 
     /// Passes the manual gate, or moves a canary on to its next step.
     pub async fn promote(&self) -> Result<Deployment, ControlError> {
+        self.inner.not_handing_over()?;
         self.require_leader().await?;
         match self.signal(SignalKind::Promote).await? {
             Some(d) => Ok(d),
@@ -755,6 +769,7 @@ impl Controller {
 
     /// Ends the running deployment before its switch; returns its final record.
     pub async fn abort(&self) -> Result<Deployment, ControlError> {
+        self.inner.not_handing_over()?;
         self.require_leader().await?;
         match self.signal(SignalKind::Abort).await? {
             Some(d) => Ok(d),
@@ -894,10 +909,13 @@ impl Controller {
         });
     }
 
-    /// Stops every instance turnout started (SIGTERM, then SIGKILL after the stop
-    /// timeout), for a router that is stopping. Their records stay saved, so the next
-    /// start brings the live and standby slots back up on the same ports.
-    pub async fn shutdown(&self) {
+    /// Stops the control plane of a router that is stopping: the running deployment stops
+    /// where it is (the next router process resumes or settles it), a fleet's leader
+    /// resigns. With `stop_instances`, every instance turnout started is stopped too
+    /// (SIGTERM, then SIGKILL after the stop timeout) — the service goes down on purpose;
+    /// without, they keep running and the next `turnout serve` on this state adopts them.
+    /// Their records stay saved either way.
+    pub async fn shutdown(&self, stop_instances: bool) {
         // The deployment stops where it is (the next start resumes or settles it), so
         // that it cannot start instances after these were stopped.
         let task = self
@@ -921,10 +939,94 @@ impl Controller {
                 .collect()
         };
         let n = taken.len();
+        if !stop_instances {
+            for instances in taken {
+                instances.release();
+            }
+            return;
+        }
         futures_join_all(taken.into_iter().map(|i| i.stop())).await;
         if n > 0 {
             tracing::info!(slots = n, "stopped the instances turnout started");
         }
+    }
+
+    /// Prepares a handover to a new router process: from now on every change is refused
+    /// with `reason` (`ControlError::HandingOver`), and the running deployment's task stops
+    /// where it is, so that the new process can resume it from the store. Refused while a
+    /// deployment is before its switch: a new process cannot resume those stages (it
+    /// would abort the deployment), so the operator promotes, aborts or waits first.
+    pub async fn begin_handover(&self, reason: &str) -> Result<(), ControlError> {
+        if let Some(d) = self.current().filter(|d| !d.is_over()) {
+            if !d.reached(Stage::Switch) {
+                let stage = d.current_stage().map_or("start", |s| s.stage.as_str());
+                return Err(ControlError::Conflict(format!(
+                    "deployment {} of {} is at its {stage} stage, before the switch, and a new router process could only abort it; promote or abort it (or wait until it switched), then try again",
+                    d.id, d.version
+                )));
+            }
+        }
+        {
+            let mut flag = self
+                .inner
+                .handing_over
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(already) = flag.as_ref() {
+                return Err(ControlError::HandingOver(already.clone()));
+            }
+            *flag = Some(reason.to_owned());
+        }
+        // Changes in flight finish first (they hold the state lock).
+        drop(self.inner.state.lock().await);
+        let task = self
+            .inner
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            task.abort();
+            // The new process resumes it: this one forgets it.
+            *self.inner.run.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        Ok(())
+    }
+
+    /// A handover that did not happen (the new process failed): changes are accepted
+    /// again and the deployment that was stopped is resumed here.
+    pub async fn cancel_handover(&self) {
+        *self
+            .inner
+            .handing_over
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+        if self.inner.store.fleet().is_some() {
+            // A fleet's deployments are resumed by its leader's take-over.
+            return;
+        }
+        match self.inner.store.load_deployments(20).await {
+            Ok(deployments) => {
+                if let Err(e) = self.inner.recover_deployments(deployments).await {
+                    tracing::error!(error = %e, "could not resume the deployment after a failed handover: {e}");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not resume the deployment after a failed handover: {e}")
+            }
+        }
+    }
+
+    /// The pids of the instances turnout runs for each slot (blue, green).
+    pub async fn instance_pids(&self) -> [Vec<u32>; 2] {
+        let slots = self.inner.slots.lock().await;
+        [0, 1].map(|i| {
+            slots[i]
+                .as_ref()
+                .and_then(|rt| rt.instances.as_ref())
+                .map(|inst| inst.pids())
+                .unwrap_or_default()
+        })
     }
 }
 
@@ -1008,6 +1110,21 @@ async fn detached<T: Send + 'static>(
 }
 
 impl Inner {
+    /// `Err(HandingOver)` while this process hands over to a new one.
+    fn not_handing_over(&self) -> Result<(), ControlError> {
+        match self
+            .handing_over
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            Some(reason) => Err(ControlError::HandingOver(format!(
+                "this router process is handing over to a new one ({reason}); changes are made there once it serves: try again in a moment"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Computes a change from the current state and commits it, in a task of its own
     /// (see [`Controller::switch`]).
     async fn change(
@@ -1144,9 +1261,11 @@ impl Inner {
         Ok(())
     }
 
-    /// At start: stops what a router that died left running, brings the slots' instances
-    /// back up, and settles a deployment that was in progress: one that was baking goes on
-    /// baking, one that had not switched is aborted, a canary half-way is rolled back.
+    /// At start: takes over the slots' instances that a previous router process left
+    /// running (an upgrade, a reload, a router stopped or killed) and starts again the
+    /// ones that are gone, stops what no slot claims, and settles a deployment that was in
+    /// progress: one that was baking goes on baking, one that had not switched is
+    /// aborted, a canary half-way is rolled back.
     async fn recover(self: &Arc<Inner>) -> Result<(), ControlError> {
         let saved: [Option<SavedSlot>; 2] = match self.store.load_value(SLOTS_KEY).await? {
             None => [None, None],
@@ -1155,34 +1274,26 @@ impl Inner {
                 [None, None]
             }),
         };
-        let records: Vec<_> = saved
-            .iter()
-            .flatten()
-            .flat_map(|s| s.instances.iter().cloned())
-            .collect();
-        let reaped =
-            instances::reap_orphans(&records) + instances::reap_state_dir(&self.pipeline.state_dir);
-        if reaped > 0 {
-            tracing::warn!(
-                reaped,
-                "stopped instances left running by a router that did not stop cleanly"
-            );
-        }
         let deployments = self.store.load_deployments(20).await?;
         // Only the latest deployment can be in progress; an older unfinished one is a
         // record whose last save failed, closed below.
         let unfinished = deployments.first().filter(|d| !d.is_over()).cloned();
-        let mut restarted = Vec::new();
+        let mut kept = std::collections::HashSet::new();
+        let mut reaped = 0;
+        let mut to_check = Vec::new();
         for (slot, saved) in SlotName::ALL.into_iter().zip(saved) {
             let Some(saved) = saved else { continue };
             let upstreams = self.state.lock().await.slot(slot).upstreams.clone();
-            if upstreams.is_empty() {
-                continue;
-            }
-            // A candidate that never got traffic is not brought back: it is aborted below.
+            // A candidate that never got traffic is not taken over: it is aborted below.
             let aborted = unfinished.as_ref().is_some_and(|d| {
                 d.slot == slot && d.id == saved.deployment && !d.reached(Stage::Switch)
             });
+            if upstreams.is_empty() || aborted {
+                reaped += instances::reap_orphans(&saved.instances);
+                if upstreams.is_empty() {
+                    continue;
+                }
+            }
             let mut rt = SlotRuntime {
                 kind: saved.kind,
                 version: saved.version.clone(),
@@ -1196,7 +1307,7 @@ impl Inner {
                     stop_timeout,
                 } = self.pipeline.provision.clone()
                 else {
-                    tracing::warn!(slot = %slot, "slot {slot} ran instances started by turnout, but [provision] command is no longer configured; they are not restarted");
+                    tracing::warn!(slot = %slot, "slot {slot} ran instances started by turnout, but [provision] command is no longer configured; they are left alone");
                     self.set_runtime(slot, Some(rt)).await;
                     continue;
                 };
@@ -1214,12 +1325,32 @@ impl Inner {
                     stop_timeout,
                     ports,
                 };
-                match instances::Instances::start(spec).await {
-                    Ok(started) => {
-                        let addrs = started.addrs();
-                        tracing::info!(slot = %slot, version = %saved.version, addrs = ?addrs, "restarted the instances of {}", saved.version);
-                        rt.instances = Some(started);
-                        restarted.push(slot);
+                // Records from before instances were recorded: start them all again.
+                let records = if saved.instances.is_empty() {
+                    upstreams
+                        .iter()
+                        .map(|addr| instances::InstanceRecord {
+                            addr: addr.clone(),
+                            pid: 0,
+                            start_time: 0,
+                            log: PathBuf::new(),
+                        })
+                        .collect()
+                } else {
+                    saved.instances.clone()
+                };
+                match instances::Instances::adopt(spec, &records).await {
+                    Ok((taken, adopted)) => {
+                        let addrs = taken.addrs();
+                        kept.extend(taken.pids());
+                        let restarted = records.len() - adopted;
+                        tracing::info!(slot = %slot, version = %saved.version, adopted, restarted, addrs = ?addrs, "took over the instances of {}: {adopted} still running, {restarted} started again", saved.version);
+                        // Instances that served the previous process up to now need no
+                        // new gate; after a crash, or with some started again, they do.
+                        if restarted > 0 || !self.pipeline.taken_over {
+                            to_check.push(slot);
+                        }
+                        rt.instances = Some(taken);
                         if addrs != upstreams {
                             let why = events::Why::operator(
                                 "switch",
@@ -1235,19 +1366,28 @@ impl Inner {
                         }
                     }
                     Err(e) => {
-                        tracing::error!(slot = %slot, error = %e, "could not restart the instances of {}: {e}", saved.version)
+                        tracing::error!(slot = %slot, error = %e, "could not take over the instances of {}: {e}", saved.version)
                     }
                 }
             }
             self.set_runtime(slot, Some(rt)).await;
         }
-        // The data plane starts once the restarted instances serve: before, every request
-        // to them would fail (and a resumed bake would blame the version for it).
-        for slot in restarted {
+        // Processes of this state directory that no slot claims: started by a router
+        // killed before it recorded them.
+        reaped += instances::reap_state_dir(&self.pipeline.state_dir, &kept);
+        if reaped > 0 {
+            tracing::warn!(
+                reaped,
+                "stopped instances left running by a router that did not stop cleanly, which no slot uses"
+            );
+        }
+        // The data plane starts once the instances serve: before, every request to them
+        // would fail (and a resumed bake would blame the version for it).
+        for slot in to_check {
             let logs = self.pipeline.state_dir.join("logs");
             let timeout = self.pipeline.health_timeout;
             if let Err(e) = deploy::health_gate(self.clone(), slot, timeout, logs).await {
-                tracing::warn!(slot = %slot, error = %e, "the restarted instances of {slot} are not healthy: {e}");
+                tracing::warn!(slot = %slot, error = %e, "the instances of {slot} are not healthy: {e}");
             }
         }
         self.recover_deployments(deployments).await

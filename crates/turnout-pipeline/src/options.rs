@@ -30,6 +30,10 @@ pub struct PipelineOptions {
     /// `[sessions] drain`: after a switch, sessions pinned to the previous live slot stay
     /// there this long (`RoutingState::drain`); `None` without `[sessions]`.
     pub session_drain: Option<Duration>,
+    /// This process took over from a running router (an upgrade or a reload): the
+    /// instances it adopts served until now, so they are not health-gated again before
+    /// the data plane starts.
+    pub taken_over: bool,
 }
 
 impl Default for PipelineOptions {
@@ -45,6 +49,7 @@ impl Default for PipelineOptions {
             decommission_delay: Duration::from_secs(60),
             hooks: Hooks::default(),
             session_drain: None,
+            taken_over: false,
         }
     }
 }

@@ -61,6 +61,19 @@ const LINGER_BYTES: usize = 256 * 1024;
 /// When an upstream stops taking a request body, how long its early answer may take.
 const EARLY_ANSWER_WAIT: Duration = Duration::from_secs(1);
 
+/// Resolves when an idle connection should close because the router stops: at once,
+/// unless the stop hands over to a new process (then never: the connection waits for
+/// its next request, answered with `Connection: close`, or for its idle limit).
+async fn idle_stop(stop: &mut watch::Receiver<bool>, inner: &Inner) {
+    let _ = stop.wait_for(|s| *s).await;
+    if inner
+        .keep_idle_on_stop
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Serves one client connection until it closes, the router stops, or it is upgraded.
 pub(crate) async fn serve_conn<S: ClientIo>(
     inner: Arc<Inner>,
@@ -544,7 +557,7 @@ impl<S: ClientIo> ClientConn<S> {
                         Ok(Ok(())) => shrunk = false,
                         _ => return Ok(None),
                     },
-                    () = async { let _ = stop.wait_for(|s| *s).await; } => return Ok(None),
+                    () = idle_stop(stop, &self.inner) => return Ok(None),
                 }
                 continue;
             }
@@ -558,9 +571,10 @@ impl<S: ClientIo> ClientConn<S> {
             let before = self.buf.len();
             let read = tokio::time::timeout_at(wake.into(), self.stream.read_buf(&mut self.buf));
             let stop = &mut self.stop;
+            let inner = &self.inner;
             let stopping = async {
                 if idle {
-                    let _ = stop.wait_for(|s| *s).await;
+                    idle_stop(stop, inner).await;
                 } else {
                     std::future::pending::<()>().await;
                 }

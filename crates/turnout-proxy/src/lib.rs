@@ -178,6 +178,10 @@ pub(crate) struct Inner {
     pub(crate) epochs: std::sync::Mutex<[Epochs; 2]>,
     /// The access log, when one is on (set once, before serving).
     pub(crate) access: std::sync::OnceLock<access::AccessLog>,
+    /// Set before a stop that hands over to a new router process: idle keep-alive
+    /// connections are not closed when the stop begins (a close races the client's next
+    /// request) but wait for that request, which is answered with `Connection: close`.
+    pub(crate) keep_idle_on_stop: std::sync::atomic::AtomicBool,
     /// Connections refused because `max_connections` were open.
     pub(crate) refused: std::sync::atomic::AtomicU64,
     /// Logs the refusals, one line a second at most.
@@ -255,6 +259,7 @@ impl Proxy {
                 mirror: std::sync::OnceLock::new(),
                 epochs: std::sync::Mutex::new(Default::default()),
                 access: std::sync::OnceLock::new(),
+                keep_idle_on_stop: std::sync::atomic::AtomicBool::new(false),
                 refused: std::sync::atomic::AtomicU64::new(0),
                 refusals: LogLimiter::new(),
                 connections: std::sync::atomic::AtomicUsize::new(0),
@@ -447,6 +452,16 @@ impl Proxy {
     /// Upstream health changes, as they happen.
     pub fn health_events(&self) -> broadcast::Receiver<HealthEvent> {
         self.inner.health_tx.subscribe()
+    }
+
+    /// Makes the next stop of [`Proxy::serve`] a handover's: idle HTTP/1.1 keep-alive
+    /// connections stay open until their next request, which gets `Connection: close`
+    /// (or until they are idle too long, or the grace period ends), instead of being
+    /// closed at once while the client may be sending on them.
+    pub fn keep_idle_connections_on_stop(&self) {
+        self.inner
+            .keep_idle_on_stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Serves the data plane on `listener` until `shutdown` resolves; then stops accepting

@@ -33,6 +33,23 @@ impl EmbeddedStore {
     /// Opens (creating when needed) the store in `dir`. Fails with [`StoreError::InUse`]
     /// when another process has it open.
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        EmbeddedStore::open_with(dir, None)
+    }
+
+    /// Opens the store in `dir` with its lock already held: `lock` is the lock file of a
+    /// router process that hands over to this one (`turnout upgrade`, `reload`), passed
+    /// as an open file, so that the lock is never free in between. It must be `dir`'s
+    /// own lock file.
+    pub fn open_locked(dir: &Path, lock: File) -> Result<EmbeddedStore, StoreError> {
+        EmbeddedStore::open_with(dir, Some(lock))
+    }
+
+    /// The lock file, to hand to the next router process.
+    pub fn lock_file(&self) -> &File {
+        &self._lock
+    }
+
+    fn open_with(dir: &Path, lock: Option<File>) -> Result<EmbeddedStore, StoreError> {
         // Absolute, so that every message names the directory unambiguously.
         let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
         let path = dir.join("state.db");
@@ -40,7 +57,10 @@ impl EmbeddedStore {
             location: path.display().to_string(),
             source: format!("cannot create the state directory {}: {e}", dir.display()).into(),
         })?;
-        let lock = lock_dir(&dir)?;
+        let lock = match lock {
+            None => lock_dir(&dir)?,
+            Some(file) => adopt_lock(&dir, file)?,
+        };
         let sqlite = |e| sqlite_error(&dir, &path, e);
         let conn = Connection::open(&path).map_err(sqlite)?;
         conn.execute_batch(
@@ -315,6 +335,41 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
     let _ = file
         .set_len(0)
         .and_then(|()| writeln!(file, "{}", std::process::id()));
+    Ok(file)
+}
+
+/// Checks that `file`, handed over by the previous router process, is `dir`'s lock file
+/// and holds its lock.
+fn adopt_lock(dir: &Path, file: File) -> Result<File, StoreError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let lock = dir.join("lock");
+    let wrong = |why: String| StoreError::Backend {
+        location: lock.display().to_string(),
+        source: why.into(),
+    };
+    let given = file
+        .metadata()
+        .map_err(|e| wrong(format!("cannot read the handed-over lock file: {e}")))?;
+    let here =
+        std::fs::metadata(&lock).map_err(|e| wrong(format!("cannot read the lock file: {e}")))?;
+    if (given.dev(), given.ino()) != (here.dev(), here.ino()) {
+        return Err(wrong(format!(
+            "the previous router process used another state directory; [state] dir cannot change in a handover: restart turnout to move to {}",
+            dir.display()
+        )));
+    }
+    // The lock belongs to the open file, which both processes share now: taking it again
+    // through this file succeeds, and says it really is held.
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            return Err(StoreError::InUse {
+                dir: dir.to_owned(),
+                lock,
+            })
+        }
+        Err(TryLockError::Error(e)) => return Err(wrong(format!("cannot lock: {e}"))),
+    }
     Ok(file)
 }
 

@@ -127,6 +127,25 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Parse and validate the configuration; print every problem with its key and line.
     CheckConfig,
+    /// Make the running router re-read its config file and apply it without dropping a
+    /// connection (a new router process takes over); a config with errors changes
+    /// nothing (exit 2). Prints what changed.
+    Reload,
+    /// Replace the running router process with a new one — by default the binary at the
+    /// path the router was started from — without failing a request; returns once the
+    /// new one serves.
+    Upgrade {
+        /// The new binary (default: the path the running router was started from).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+    },
+    /// Stop the router and the service's instances it started (a plain SIGTERM stops
+    /// only the router: the next `turnout serve` takes the instances over).
+    Stop {
+        /// Leave the service's instances running (like SIGTERM).
+        #[arg(long)]
+        keep_instances: bool,
+    },
     /// The quick start, with no config file: a router, steady load and three releases of
     /// the demo service (v1, v2 promoted, v3-bad rolled back), each stage and verdict
     /// printed (exit 0 only if every verdict is the expected one).

@@ -147,7 +147,7 @@ impl AdminClient {
         Err(failure(status, &bytes).into())
     }
 
-    async fn call_within(
+    pub(crate) async fn call_within(
         &self,
         timeout: Duration,
         method: Method,

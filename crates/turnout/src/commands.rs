@@ -14,6 +14,10 @@ use turnout_pipeline::Status;
 use crate::cli::{Cli, Command};
 use crate::client::AdminClient;
 
+/// How long `reload` and `upgrade` wait: a new router process may health-check the
+/// instances it takes over.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(150);
+
 /// A usage problem found after argument parsing (exit code 2).
 #[derive(Debug)]
 pub struct UsageError(pub String);
@@ -70,6 +74,80 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "switched: {} is live (revision {})",
                 r["live"].as_str().unwrap_or("none"),
                 r["revision"]
+            ))
+            .map(|()| ExitCode::SUCCESS)
+        }),
+        Command::Reload => with_client(&cli, |c| async move {
+            let r = c
+                .call_within(HANDOVER_TIMEOUT, Method::POST, "/api/v1/reload", None)
+                .await?;
+            let changed: Vec<&str> = r["changed"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+                .unwrap_or_default();
+            if changed.is_empty() {
+                out("reloaded: nothing changed")?;
+            } else {
+                out(&format!(
+                    "reloaded: {} change{}; the router is now pid {} (was {})",
+                    changed.len(),
+                    if changed.len() == 1 { "" } else { "s" },
+                    r["new"]["pid"],
+                    r["old"]["pid"]
+                ))?;
+                for line in changed {
+                    out(&format!("  {line}"))?;
+                }
+            }
+            for note in r["notes"].as_array().into_iter().flatten() {
+                if let Some(n) = note.as_str() {
+                    out(&format!("note: {n}"))?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Upgrade { ref binary } => with_client(&cli, |c| async move {
+            let body = binary
+                .as_ref()
+                .map(|b| {
+                    let b = std::path::absolute(b).unwrap_or_else(|_| b.clone());
+                    json!({ "binary": b.display().to_string() })
+                })
+                .unwrap_or_else(|| json!({}));
+            let r = c
+                .call_within(
+                    HANDOVER_TIMEOUT,
+                    Method::POST,
+                    "/api/v1/upgrade",
+                    Some(body),
+                )
+                .await?;
+            out(&format!(
+                "upgraded: pid {} (turnout {}) serves from {}; pid {} (turnout {}) finishes its requests in flight and exits",
+                r["new"]["pid"],
+                r["new"]["version"].as_str().unwrap_or("?"),
+                r["binary"].as_str().unwrap_or("?"),
+                r["old"]["pid"],
+                r["old"]["version"].as_str().unwrap_or("?")
+            ))
+            .map(|()| ExitCode::SUCCESS)
+        }),
+        Command::Stop { keep_instances } => with_client(&cli, |c| async move {
+            let r = c
+                .call(
+                    Method::POST,
+                    "/api/v1/stop",
+                    Some(json!({ "instances": !keep_instances })),
+                )
+                .await?;
+            out(&format!(
+                "stopping: the router (pid {}) finishes its requests in flight and exits{}",
+                r["pid"],
+                if keep_instances {
+                    "; the service's instances keep running"
+                } else {
+                    ", then stops the service's instances"
+                }
             ))
             .map(|()| ExitCode::SUCCESS)
         }),

@@ -7,6 +7,7 @@ mod client;
 mod commands;
 mod demo;
 mod follow;
+mod lifecycle;
 mod replay;
 mod serve;
 mod sessions;

@@ -1,6 +1,8 @@
 //! `turnout serve`: the config applied to an empty process — store, controller, data
-//! plane, admin API — until SIGTERM or Ctrl-C (a second one stops at once). SIGHUP
-//! reloads the `[listen.tls]` certificate and key.
+//! plane, admin API — until SIGTERM or Ctrl-C (a second one stops at once), `turnout
+//! stop`, or a handover to a new process (`lifecycle.rs`: SIGHUP reloads, SIGUSR2
+//! upgrades). Listening sockets come from the previous router process, from systemd, or
+//! are bound here.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,10 +22,28 @@ use crate::cli::LogFormat;
 use crate::commands::UsageError;
 
 pub fn run(config: &Path, log_format: LogFormat) -> anyhow::Result<ExitCode> {
-    let mut cfg = Config::load(config)?;
+    // Started by `turnout upgrade` or `reload`: the previous router process passes its
+    // sockets and waits for this one's word, which every early failure must give it.
+    let mut takeover = turnout_lifecycle::handover::take_over()
+        .context("taking over from the previous router process")?;
+    let mut fail = |e: anyhow::Error| {
+        if let Some(t) = takeover.as_mut() {
+            let text = match e.downcast_ref::<turnout_config::ConfigErrors>() {
+                Some(errors) => format!(
+                    "the configuration has {} problem(s):\n{errors}",
+                    errors.errors.len()
+                ),
+                None => format!("{e:#}"),
+            };
+            let _ = t.failed(&text);
+        }
+        e
+    };
+    let mut cfg = Config::load(config).map_err(|e| fail(e.into()))?;
+    let config_text = std::fs::read_to_string(config).unwrap_or_default();
     anchor_paths(&mut cfg, config);
     init_tracing(log_format);
-    let threads = worker_threads(&cfg)?;
+    let threads = worker_threads(&cfg).map_err(&mut fail)?;
     // One worker: a current-thread runtime, which skips the work-stealing machinery
     // (measured: less CPU per request than a one-worker multi-thread runtime).
     let mut builder = if threads == 1 {
@@ -36,12 +56,37 @@ pub fn run(config: &Path, log_format: LogFormat) -> anyhow::Result<ExitCode> {
     let rt = builder
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
-    let result = rt.block_on(serve(cfg));
+        .context("starting the async runtime")
+        .map_err(&mut fail)?;
+    let config_path = std::fs::canonicalize(config)
+        .or_else(|_| std::path::absolute(config))
+        .unwrap_or_else(|_| config.to_owned());
+    let mut launch = Launch {
+        config_path,
+        config_text,
+        log_format,
+        takeover,
+    };
+    let result = rt.block_on(serve(cfg, &mut launch));
+    if let (Err(e), Some(t)) = (&result, launch.takeover.as_mut()) {
+        let _ = t.failed(&format!("{e:#}"));
+    }
     // Nothing is left after a graceful stop; after a forced one, do not wait for it.
     rt.shutdown_background();
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How this `serve` was started.
+struct Launch {
+    /// The config file, absolute.
+    config_path: PathBuf,
+    /// Its text as read at start.
+    config_text: String,
+    log_format: LogFormat,
+    /// The previous router process, when this one takes over from it; taken (and told)
+    /// once this one serves.
+    takeover: Option<turnout_lifecycle::handover::Takeover>,
 }
 
 /// Makes the relative paths of `cfg` (`[state] dir`, `file:` tokens, TLS files) relative
@@ -274,7 +319,42 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr} ({key}); is another process using it?"))
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
+/// The listening socket for `key`: the one inherited (from the previous router process,
+/// or from systemd) when there is one for `addr`, else a new one. A duplicate of it goes
+/// to `pass_on`, for the next handover.
+async fn listen(
+    inherited: &mut turnout_lifecycle::Inherited,
+    pass_on: &mut Vec<(String, std::os::fd::OwnedFd)>,
+    name: &str,
+    addr: SocketAddr,
+    key: &str,
+) -> anyhow::Result<TcpListener> {
+    let listener = match inherited
+        .take_listener(name, addr)
+        .map_err(|e| UsageError(format!("{key}: {e}")))?
+    {
+        Some(std) => {
+            tracing::info!(addr = %std.local_addr()?, "{key}: listening on the socket passed by {}", inherited.from());
+            TcpListener::from_std(std)?
+        }
+        None => bind(addr, key).await?,
+    };
+    use std::os::fd::AsFd as _;
+    pass_on.push((name.to_owned(), listener.as_fd().try_clone_to_owned()?));
+    Ok(listener)
+}
+
+async fn serve(cfg: Config, launch: &mut Launch) -> anyhow::Result<()> {
+    use turnout_lifecycle::names;
+    // Sockets from the previous router process (a handover) or from systemd (socket
+    // activation); whatever they do not cover is bound here.
+    let mut inherited = match launch.takeover.as_mut() {
+        Some(t) => std::mem::take(&mut t.fds),
+        None => turnout_lifecycle::systemd::activation()
+            .context("reading the sockets systemd passed (LISTEN_FDS)")?
+            .unwrap_or_default(),
+    };
+    let mut pass_on: Vec<(String, std::os::fd::OwnedFd)> = Vec::new();
     if cfg.state.backend == StateBackend::Etcd
         && cfg.provision.as_ref().is_some_and(|p| p.command.is_some())
     {
@@ -340,12 +420,28 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let mut signals = Signals::new()?;
 
     // Bound before the store is opened: a fleet's replica advertises its address.
-    let admin = bind(cfg.admin.addr, "[admin] addr").await?;
+    let admin = listen(
+        &mut inherited,
+        &mut pass_on,
+        names::ADMIN,
+        cfg.admin.addr,
+        "[admin] addr",
+    )
+    .await?;
     let admin_addr = admin.local_addr()?;
     let store: Arc<dyn StateStore> = match cfg.state.backend {
         StateBackend::Embedded => {
-            let store = EmbeddedStore::open(&cfg.state.dir)?;
+            let store = match inherited.take(names::STATE_LOCK) {
+                Some(lock) => {
+                    EmbeddedStore::open_locked(&cfg.state.dir, std::fs::File::from(lock))?
+                }
+                None => EmbeddedStore::open(&cfg.state.dir)?,
+            };
             tracing::info!(dir = %store.dir().display(), "state directory {}", store.dir().display());
+            pass_on.push((
+                names::STATE_LOCK.to_owned(),
+                std::os::fd::OwnedFd::from(store.lock_file().try_clone()?),
+            ));
             Arc::new(store)
         }
         StateBackend::Etcd => {
@@ -375,7 +471,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             },
             store.clone(),
             static_slots,
-            pipeline_options(&cfg, &cfg.state.dir),
+            turnout_pipeline::PipelineOptions {
+                taken_over: launch.takeover.is_some(),
+                ..pipeline_options(&cfg, &cfg.state.dir)
+            },
         )
         .await?,
     );
@@ -391,11 +490,32 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
 
     access_log(&cfg, controller.proxy())?;
-    let data = bind(cfg.listen.addr, "[listen] addr").await?;
+    let data = listen(
+        &mut inherited,
+        &mut pass_on,
+        names::DATA,
+        cfg.listen.addr,
+        "[listen] addr",
+    )
+    .await?;
     let tls_data = match (&cfg.listen.tls, &tls) {
-        (Some(t), Some(cert)) => Some((bind(t.addr, "[listen.tls] addr").await?, cert.clone())),
+        (Some(t), Some(cert)) => Some((
+            listen(
+                &mut inherited,
+                &mut pass_on,
+                names::TLS,
+                t.addr,
+                "[listen.tls] addr",
+            )
+            .await?,
+            cert.clone(),
+        )),
         _ => None,
     };
+    if !inherited.is_empty() {
+        tracing::warn!(sockets = ?inherited.leftover(), "{} passed sockets this config has no use for; they are closed", inherited.from());
+    }
+    drop(inherited);
     let data_addr = data.local_addr()?;
     // Scripts and tests read these lines to find the ports (the config may say :0); the
     // admin line comes last.
@@ -423,11 +543,29 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move { proxy.serve_tls(listener, cert, stop).await })
     });
-    signals.on_reload(tls);
+    let (quit_tx, mut quit_rx) = tokio::sync::mpsc::channel(4);
+    let process = Arc::new(crate::lifecycle::Process {
+        config_path: launch.config_path.clone(),
+        config_text: launch.config_text.clone(),
+        binary: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("turnout")),
+        log_format: launch.log_format,
+        controller: controller.clone(),
+        fds: pass_on,
+        tls,
+        start_deadline: cfg
+            .provision
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(60), |p| p.health_timeout)
+            + std::time::Duration::from_secs(30),
+        quit: quit_tx,
+        busy: tokio::sync::Mutex::new(()),
+    });
+    crate::lifecycle::on_signals(process.clone())?;
     let router = turnout_admin::router(turnout_admin::AdminState {
         controller: controller.clone(),
         token,
         shutdown: Some(stop_rx.clone()),
+        lifecycle: Some(Arc::new(crate::lifecycle::ApiLifecycle(process))),
     });
     let admin_task = tokio::spawn({
         let stop = stopped(stop_rx.clone());
@@ -437,12 +575,45 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                 .await
         }
     });
+    // Serving: the previous router process (after an upgrade or a reload) may stop
+    // accepting now, and systemd may count the service as started.
+    if let Some(mut t) = launch.takeover.take() {
+        tracing::info!(
+            previous = t.hello.pid,
+            "took over from the previous router process (pid {}, {})",
+            t.hello.pid,
+            t.hello.reason
+        );
+        if let Err(e) = t.ready(std::process::id(), crate::lifecycle::VERSION) {
+            tracing::warn!(error = %e, "could not tell the previous router process that this one serves: {e}");
+        }
+    }
+    turnout_lifecycle::systemd::ready("serving");
 
-    let first = signals.next().await;
-    tracing::info!(
-        signal = first,
-        "shutting down; requests in flight may finish (a second signal stops at once)"
-    );
+    use crate::lifecycle::Quit;
+    let quit = tokio::select! {
+        signal = signals.next() => {
+            tracing::info!(
+                signal,
+                "shutting down; requests in flight may finish (a second signal stops at once); the service's instances keep running for the next start (`turnout stop` stops them too)"
+            );
+            None
+        }
+        Some(q) = quit_rx.recv() => Some(q),
+    };
+    match quit {
+        // The instances are the new process's now: let go of them before anything else,
+        // so that nothing here can stop them.
+        Some(Quit::HandedOver) => controller.shutdown(false).await,
+        Some(Quit::Stop { instances }) => {
+            tracing::info!(
+                instances,
+                "stopping on request; requests in flight may finish"
+            );
+            turnout_lifecycle::systemd::stopping();
+        }
+        None => turnout_lifecycle::systemd::stopping(),
+    }
     let _ = stop_tx.send(true);
     let drained = async {
         let _ = data_task.await;
@@ -460,15 +631,19 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             ))
         }
     };
-    // The instances turnout started do not outlive it: SIGTERM, then SIGKILL after
-    // [provision] stop_timeout (at once after a second signal).
-    if result.is_ok() {
-        tokio::select! {
-            () = controller.shutdown() => {}
-            _ = signals.next() => controller.kill_all().await,
+    match quit {
+        Some(Quit::HandedOver) => {}
+        // `turnout stop`: the service goes down on purpose — SIGTERM to the instances,
+        // then SIGKILL after [provision] stop_timeout (at once after a signal).
+        Some(Quit::Stop { instances: true }) => {
+            tokio::select! {
+                () = controller.shutdown(true) => {}
+                _ = signals.next() => controller.kill_all().await,
+            }
         }
-    } else {
-        controller.kill_all().await;
+        // A plain stop (SIGTERM, Ctrl-C): the router goes, the service stays; the next
+        // `turnout serve` on this state takes the instances over.
+        Some(Quit::Stop { instances: false }) | None => controller.shutdown(false).await,
     }
     result
 }
@@ -577,53 +752,24 @@ fn pipeline_options(cfg: &Config, state_dir: &Path) -> turnout_pipeline::Pipelin
             timeout: h.timeout,
         },
         session_drain: cfg.sessions.as_ref().map(|s| s.drain),
+        taken_over: false,
     }
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM, listened for from startup on, so that a second one is
-/// seen as well as the first; and SIGHUP, which reloads (never stops).
-#[cfg(unix)]
+/// seen as well as the first. (SIGHUP and SIGUSR2 are `lifecycle::on_signals`'.)
 struct Signals {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
-    hup: Option<tokio::signal::unix::Signal>,
 }
 
-#[cfg(unix)]
 impl Signals {
     fn new() -> anyhow::Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(Signals {
             int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
             term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
-            hup: Some(signal(SignalKind::hangup()).context("listening for SIGHUP")?),
         })
-    }
-
-    /// From now on, each SIGHUP reloads the TLS certificate and key (when there is a
-    /// `[listen.tls]`): new handshakes use the new ones, open connections keep theirs. A
-    /// certificate that cannot be loaded is logged and the one in use stays.
-    fn on_reload(&mut self, tls: Option<turnout_proxy::TlsCert>) {
-        let Some(mut hup) = self.hup.take() else {
-            return;
-        };
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                let Some(tls) = &tls else {
-                    tracing::info!("SIGHUP: nothing to reload (no [listen.tls])");
-                    continue;
-                };
-                match tls.reload() {
-                    Ok(()) => tracing::info!(
-                        cert = %tls.cert_path().display(),
-                        "SIGHUP: TLS certificate reloaded; new connections use it"
-                    ),
-                    Err(e) => tracing::error!(
-                        "SIGHUP: TLS certificate not reloaded, the previous one stays in use: {e}"
-                    ),
-                }
-            }
-        });
     }
 
     /// The next signal's name.
@@ -637,22 +783,5 @@ impl Signals {
             () = recv(&mut self.int) => "SIGINT",
             () = recv(&mut self.term) => "SIGTERM",
         }
-    }
-}
-
-#[cfg(not(unix))]
-struct Signals;
-
-#[cfg(not(unix))]
-impl Signals {
-    fn new() -> anyhow::Result<Signals> {
-        Ok(Signals)
-    }
-
-    fn on_reload(&mut self, _tls: Option<turnout_proxy::TlsCert>) {}
-
-    async fn next(&mut self) -> &'static str {
-        let _ = tokio::signal::ctrl_c().await;
-        "Ctrl-C"
     }
 }
