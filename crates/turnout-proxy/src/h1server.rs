@@ -423,7 +423,16 @@ impl<S: ClientIo> ClientConn<S> {
                 if let Some(tap) = self.tap.take() {
                     tap.finish();
                 }
-                if resp.close || plan.close || *self.stop.borrow() {
+                // A stop that began after this response's head went out without
+                // `Connection: close`: closing now would race the client's next request.
+                // On a handover the connection waits for that request (answered with
+                // `Connection: close`); on a plain stop it closes.
+                let stopping = *self.stop.borrow()
+                    && !self
+                        .inner
+                        .keep_idle_on_stop
+                        .load(std::sync::atomic::Ordering::Relaxed);
+                if resp.close || plan.close || stopping {
                     Next::Close
                 } else {
                     Next::KeepAlive

@@ -80,6 +80,15 @@ impl Load {
                         })
                         .await
                         .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within 10s")));
+                        // A client honours `Connection: close`, as every HTTP/1.1 client
+                        // does: the next request goes on a new connection.
+                        if result.as_ref().is_ok_and(|r| {
+                            r.headers
+                                .get("connection")
+                                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
+                        }) {
+                            client = None;
+                        }
                         let sample = match result {
                             Ok(reply) => Sample {
                                 sent,

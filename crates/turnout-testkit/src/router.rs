@@ -40,7 +40,34 @@ pub struct Router {
     pub tls: String,
     pub config: PathBuf,
     child: Option<Child>,
+    /// The router process that took over from `child` (`turnout upgrade`, `reload`): not
+    /// this handle's child, killed by pid on drop.
+    successor: Option<u32>,
     dir: tempfile::TempDir,
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        if let Some(pid) = self.successor.take() {
+            kill(pid, "-KILL");
+        }
+    }
+}
+
+fn kill(pid: u32, signal: &str) -> bool {
+    std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether `pid` is a running process (not a zombie).
+pub fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
 }
 
 impl Router {
@@ -84,6 +111,7 @@ impl Router {
             tls: String::new(),
             config: path,
             child: None,
+            successor: None,
             dir,
         };
         r.spawn().await?;
@@ -152,20 +180,92 @@ impl Router {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
 
-    /// The router's process id.
+    /// The router's process id (the successor's after a handover).
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(|c| c.id())
+        self.successor
+            .or_else(|| self.child.as_ref().and_then(|c| c.id()))
+    }
+
+    /// After `turnout upgrade` or `reload`: `pid` serves now. Waits (at most 60 s) for
+    /// the previous process to finish its requests and exit, and returns its exit code.
+    pub async fn handed_over(&mut self, pid: u32) -> anyhow::Result<Option<i32>> {
+        let code = match self.child.take() {
+            Some(mut c) => tokio::time::timeout(Duration::from_secs(60), c.wait())
+                .await
+                .map_err(|_| anyhow!("the previous router process did not exit within 60s"))??
+                .code(),
+            None => {
+                if let Some(old) = self.successor {
+                    crate::eventually(
+                        "the previous router process exits",
+                        Duration::from_secs(60),
+                        || async { (!running(old)).then_some(()) },
+                    )
+                    .await;
+                }
+                Some(0)
+            }
+        };
+        self.successor = Some(pid);
+        Ok(code)
     }
 
     /// SIGKILL, and wait for the process to be gone.
     pub async fn kill9(&mut self) {
+        if let Some(pid) = self.successor.take() {
+            kill(pid, "-KILL");
+            crate::eventually(
+                "the router process is gone",
+                Duration::from_secs(10),
+                || async { (!running(pid)).then_some(()) },
+            )
+            .await;
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill().await;
         }
     }
 
+    /// `turnout stop` (the router and the service's instances), and wait for the router
+    /// to exit.
+    pub async fn stop_service(&mut self) {
+        let pid = self.pid().expect("a running router");
+        let (code, out, err) = self.cli(&["stop"]).await;
+        assert_eq!(code, 0, "turnout stop: {out}{err}");
+        match self.child.take() {
+            Some(mut c) if self.successor.is_none() => {
+                let st = tokio::time::timeout(Duration::from_secs(60), c.wait())
+                    .await
+                    .expect("the router exits within 60s after turnout stop")
+                    .expect("wait");
+                assert_eq!(st.code(), Some(0), "{}", self.stderr());
+            }
+            _ => {
+                crate::eventually(
+                    "the router exits after turnout stop",
+                    Duration::from_secs(60),
+                    || async { (!running(pid)).then_some(()) },
+                )
+                .await;
+                self.successor = None;
+            }
+        }
+    }
+
     /// SIGTERM, and wait for a clean exit; returns the exit code.
     pub async fn terminate(&mut self) -> anyhow::Result<Option<i32>> {
+        if let Some(pid) = self.successor.take() {
+            if !kill(pid, "-TERM") {
+                bail!("kill -TERM {pid} failed");
+            }
+            crate::eventually(
+                "the router exits after SIGTERM",
+                Duration::from_secs(30),
+                || async { (!running(pid)).then_some(()) },
+            )
+            .await;
+            return Ok(Some(0));
+        }
         let mut c = self.child.take().ok_or_else(|| anyhow!("not running"))?;
         let pid = c.id().ok_or_else(|| anyhow!("no pid"))?;
         let status = std::process::Command::new("kill")

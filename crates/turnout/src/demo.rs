@@ -162,6 +162,7 @@ async fn demo(exe: &Path, app: &Path, dir: &Path) -> anyhow::Result<ExitCode> {
         router.admin,
         dir.join("turnout.log").display()
     ))?;
+    router.token = Some(token.clone());
     let client = AdminClient::new(&format!("http://{}", router.admin), Some(token))?;
     let load = Load::start(&router.data);
     out(&format!(
@@ -525,8 +526,9 @@ fn free_ports() -> anyhow::Result<(u16, u16)> {
     Ok((a.local_addr()?.port(), b.local_addr()?.port()))
 }
 
-/// The `turnout serve` child. Stopped with SIGTERM by [`Router::stop`]; if the demo ends
-/// some other way (a panic), dropping it does the same, blocking.
+/// The `turnout serve` child. Stopped with its instances by [`Router::stop`] (`POST
+/// /api/v1/stop`); if the demo ends some other way (a panic), dropping it sends SIGTERM,
+/// blocking, which leaves the instances running (their logs say where).
 struct Router {
     child: Child,
     pid: Pid,
@@ -534,6 +536,9 @@ struct Router {
     admin: String,
     log: PathBuf,
     stopped: bool,
+    /// The admin token, for `POST /api/v1/stop` (which stops the instances too; SIGTERM
+    /// would leave them running for the next router).
+    token: Option<String>,
 }
 
 impl Router {
@@ -570,6 +575,9 @@ impl Router {
             .stderr(Stdio::from(stderr))
             // The log is a file: plain text, no colours.
             .env("NO_COLOR", "1")
+            // Ctrl-C at the terminal reaches the demo, which stops the router and its
+            // instances (a SIGINT of its own would stop the router only).
+            .process_group(0)
             .spawn()
             .with_context(|| format!("starting {} serve", exe.display()))?;
         let pid = child
@@ -585,6 +593,7 @@ impl Router {
             admin: String::new(),
             log: log.to_owned(),
             stopped: false,
+            token: None,
         };
         let mut lines = BufReader::new(stdout).lines();
         let read = async {
@@ -640,7 +649,25 @@ impl Router {
                 self.log.display()
             )));
         }
-        let _ = kill(self.pid, Signal::SIGTERM);
+        let asked = match &self.token {
+            Some(token) => {
+                match AdminClient::new(&format!("http://{}", self.admin), Some(token.clone())) {
+                    Ok(c) => c
+                        .call(
+                            hyper::Method::POST,
+                            "/api/v1/stop",
+                            Some(serde_json::json!({"instances": true})),
+                        )
+                        .await
+                        .is_ok(),
+                    Err(_) => false,
+                }
+            }
+            None => false,
+        };
+        if !asked {
+            let _ = kill(self.pid, Signal::SIGTERM);
+        }
         match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
             Ok(Ok(status)) if status.success() => Ok(None),
             Ok(Ok(status)) => Ok(Some(format!(

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use http::Method;
 use serde_json::{json, Value};
 use turnout_testkit::{
-    describe_failures, eventually, processes_with_args, toml_str, DemoApp, HttpClient, Load,
-    Router, RouterOptions, Sample, Shop,
+    describe_failures, eventually, toml_str, DemoApp, HttpClient, Load, Router, RouterOptions,
+    Sample, Shop,
 };
 
 fn bin() -> &'static Path {
@@ -153,14 +153,10 @@ fn tally(samples: &[Sample]) -> String {
     format!("{counts:?}")
 }
 
-/// Stops the router the way an operator does, so that it stops its instances.
+/// Stops the router and the service the way an operator does (`turnout stop`), so that
+/// no instance is left.
 async fn stop(mut router: Router) {
-    assert_eq!(
-        router.terminate().await.unwrap(),
-        Some(0),
-        "{}",
-        router.stderr()
-    );
+    router.stop_service().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -613,7 +609,7 @@ async fn a_bad_canary_is_rolled_back_at_its_first_step() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_router_restarted_during_the_bake_resumes_it_and_leaves_no_instance_behind() {
+async fn a_router_restarted_during_the_bake_resumes_it_with_the_same_instances() {
     let shop = Shop::new(bin());
     let v1 = shop.v1(&[]).await;
     let mut router = router(&shop, Some(&v1), &bake("8s", "")).await;
@@ -633,27 +629,18 @@ async fn a_router_restarted_during_the_bake_resumes_it_and_leaves_no_instance_be
     let before = status(&router).await["slots"]["green"]["upstreams"].clone();
     assert_eq!(shop.instances("v2").len(), 2, "the candidate runs");
 
+    let mut v2_pids = shop.instances("v2");
+    v2_pids.sort_unstable();
     assert_eq!(
         router.terminate().await.unwrap(),
         Some(0),
         "{}",
         router.stderr()
     );
-    // Nothing turnout started on the shop's database is left (v1 is the test's own).
-    let v1_pid = v1.pid();
-    eventually(
-        "no instance of v2 after SIGTERM",
-        Duration::from_secs(10),
-        || async {
-            let left: Vec<(u32, Vec<String>)> = processes_with_args(&[&shop.db()])
-                .into_iter()
-                .filter(|(pid, _)| Some(*pid) != v1_pid)
-                .collect();
-            left.is_empty().then_some(())
-        },
-    )
-    .await;
-
+    // SIGTERM stops the router, not the service: v2 keeps running, untouched.
+    let mut after = shop.instances("v2");
+    after.sort_unstable();
+    assert_eq!(after, v2_pids, "v2's instances after SIGTERM");
     router.restart().await.unwrap();
     let s = status(&router).await;
     assert_eq!(s["live"], "green", "{s:#}");
@@ -668,7 +655,12 @@ async fn a_router_restarted_during_the_bake_resumes_it_and_leaves_no_instance_be
             .unwrap_or_default()
     };
     assert_eq!(addrs(&s["slots"]["green"]["upstreams"]), addrs(&before));
-    assert_eq!(shop.instances("v2").len(), 2, "v2's instances are back");
+    let mut after = shop.instances("v2");
+    after.sort_unstable();
+    assert_eq!(
+        after, v2_pids,
+        "the restarted router took v2's instances over"
+    );
 
     let load = Load::start(&router.data, "/api/items", 2, PACE);
     let path = format!("/api/v1/deployments/{id}");

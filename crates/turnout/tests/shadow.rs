@@ -229,14 +229,10 @@ async fn green_upstreams(router: &Router) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Stops the router the way an operator does, so that it stops its instances.
+/// Stops the router and the service the way an operator does (`turnout stop`), so that
+/// no instance is left.
 async fn stop(mut router: Router) {
-    assert_eq!(
-        router.terminate().await.unwrap(),
-        Some(0),
-        "{}",
-        router.stderr()
-    );
+    router.stop_service().await;
 }
 
 /// A candidate identical to live, both answering with timestamps and random ids: every
