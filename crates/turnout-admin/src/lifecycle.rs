@@ -25,7 +25,7 @@ pub trait Lifecycle: Send + Sync + 'static {
         binary: Option<String>,
     ) -> futures_like::BoxFuture<'_, Result<UpgradeReport, LifecycleError>>;
     /// Stops the router; with `instances`, the service's instances too.
-    fn stop(&self, instances: bool);
+    fn stop(&self, instances: bool) -> Result<(), LifecycleError>;
 }
 
 /// Boxed futures without a dependency on `futures`.
@@ -189,7 +189,8 @@ pub(crate) async fn upgrade(
 /// the next `turnout serve`).
 #[utoipa::path(post, path = "/api/v1/stop", tag = "lifecycle", security(("bearer" = [])),
     request_body = StopRequest,
-    responses((status = 200, body = StopReport), (status = 401, body = ErrorResponse)))]
+    responses((status = 200, body = StopReport), (status = 401, body = ErrorResponse),
+        (status = 409, description = "A reload or upgrade is under way", body = ErrorResponse)))]
 pub(crate) async fn stop(
     State(state): State<AdminState>,
     body: Result<Json<StopRequest>, JsonRejection>,
@@ -199,7 +200,7 @@ pub(crate) async fn stop(
         Err(JsonRejection::MissingJsonContentType(_)) => StopRequest { instances: true },
         Err(e) => return Err(e.into()),
     };
-    lifecycle(&state)?.stop(req.instances);
+    lifecycle(&state)?.stop(req.instances)?;
     Ok(Json(StopReport {
         pid: std::process::id(),
         instances: req.instances,

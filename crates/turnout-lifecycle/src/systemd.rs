@@ -17,6 +17,10 @@ use sd_notify::NotifyState;
 use crate::Inherited;
 
 /// The sockets systemd passed to this process, or `None` when it passed none (or they
+/// were meant for another process). Call it before starting other threads: it changes
+/// the environment.
+///
+/// Details: `None` when systemd passed none (or they
 /// were meant for another process: `LISTEN_PID` is not ours). The variables are removed
 /// from the environment, so that no process turnout starts takes them for its own, and
 /// each socket is marked close-on-exec, so that none of them is inherited by a service
@@ -24,8 +28,8 @@ use crate::Inherited;
 pub fn activation() -> std::io::Result<Option<Inherited>> {
     let fds: Vec<(i32, String)> = sd_notify::listen_fds_with_names()?.collect();
     for var in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
-        // Edition 2021: safe to call; nothing else reads the environment concurrently
-        // this early in `serve`.
+        // Called from `serve` before the async runtime's threads exist: nothing reads
+        // the environment concurrently.
         std::env::remove_var(var);
     }
     if fds.is_empty() {

@@ -113,6 +113,9 @@ pub(crate) fn new_id() -> String {
 
 pub(crate) struct Run {
     inner: Arc<Inner>,
+    /// The settings this deployment runs with (those of its start, kept through a
+    /// reload: `RunSettings`).
+    opts: Arc<crate::options::PipelineOptions>,
     d: Deployment,
     rx: mpsc::Receiver<Signal>,
     record: watch::Sender<Deployment>,
@@ -129,7 +132,12 @@ pub(crate) struct Run {
 }
 
 impl Run {
-    pub(crate) fn new(inner: Arc<Inner>, d: Deployment, given: Vec<String>) -> (Run, RunHandle) {
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        opts: Arc<crate::options::PipelineOptions>,
+        d: Deployment,
+        given: Vec<String>,
+    ) -> (Run, RunHandle) {
         let (tx, rx) = mpsc::channel(8);
         let (record, record_rx) = watch::channel(d.clone());
         let handle = RunHandle {
@@ -140,6 +148,7 @@ impl Run {
         (
             Run {
                 inner,
+                opts,
                 d,
                 rx,
                 record,
@@ -153,7 +162,7 @@ impl Run {
     }
 
     fn opts(&self) -> &crate::options::PipelineOptions {
-        &self.inner.pipeline
+        &self.opts
     }
 
     /// Publishes the record to watchers and saves it.

@@ -175,6 +175,10 @@ struct Proc {
     record: InstanceRecord,
     /// Becomes true when the watcher has reaped the process.
     reaped: watch::Receiver<bool>,
+    /// Started by a previous router process and taken over: dropping [`Instances`]
+    /// leaves it alone (that process, or the next, may still serve with it); only an
+    /// explicit stop or kill ends it.
+    adopted: bool,
 }
 
 #[derive(Debug)]
@@ -332,7 +336,11 @@ impl Instances {
                 });
             shared.changed.send_modify(|n| *n += 1);
         });
-        Ok(Proc { record, reaped })
+        Ok(Proc {
+            record,
+            reaped,
+            adopted: false,
+        })
     }
 
     /// The instances a previous router process started for this slot, taken over: each
@@ -380,8 +388,8 @@ impl Instances {
                 .and_then(|(_, p)| p.parse::<u16>().ok());
             let port = choose_ports(1, &port.into_iter().collect::<Vec<_>>())
                 .map_err(ProvisionError::Port)?[0];
-            // On error, `instances` is dropped, which kills those started here (the
-            // adopted ones too: a slot is taken over whole or not at all).
+            // On error, `instances` is dropped, which kills those started here and
+            // leaves the adopted ones to whoever runs them.
             let proc = instances.spawn_one(&spec, i + 1, port)?;
             instances.procs.push(proc);
         }
@@ -428,7 +436,11 @@ impl Instances {
                 });
             shared.changed.send_modify(|n| *n += 1);
         });
-        Proc { record, reaped }
+        Proc {
+            record,
+            reaped,
+            adopted: true,
+        }
     }
 
     /// Lets go of the instances without stopping them: they keep running for the router
@@ -438,6 +450,16 @@ impl Instances {
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.stopped = true;
         info!(slot = %self.slot, count = self.procs.len(), "instances left running for the next router process");
+    }
+
+    /// Kills every instance at once (SIGKILL to each group), adopted ones included: a
+    /// router stopping the service at once.
+    pub fn kill_now(mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        for proc in &self.procs {
+            signal_if_ours(&proc.record, Signal::SIGKILL);
+        }
+        self.stopped = true;
     }
 
     /// The instances' pids (of their `sh`), in instance order.
@@ -518,7 +540,7 @@ impl Drop for Instances {
             return;
         }
         self.shared.stopping.store(true, Ordering::SeqCst);
-        for proc in &self.procs {
+        for proc in self.procs.iter().filter(|p| !p.adopted) {
             if signal_if_ours(&proc.record, Signal::SIGKILL) {
                 warn!(slot = %self.slot, addr = %proc.record.addr, pid = proc.record.pid,
                     "instances dropped without stop; killed");

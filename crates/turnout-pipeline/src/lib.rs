@@ -388,6 +388,7 @@ impl Controller {
     ) -> Result<Controller, ControlError> {
         let saved = store.load_routing().await?;
         let expected = saved.as_ref().map(|s| s.revision);
+        let mut added: Vec<String> = Vec::new();
         let static_slots_again = static_slots.clone();
         let [blue, green] = static_slots;
         let state = match saved {
@@ -409,6 +410,13 @@ impl Controller {
                 );
                 let before = s.clone();
                 for (name, cfg) in SlotName::ALL.into_iter().zip([blue, green]) {
+                    // Upstreams the configuration adds to what was served until now.
+                    added.extend(
+                        cfg.upstreams
+                            .iter()
+                            .filter(|a| !s.slot(name).upstreams.contains(a))
+                            .cloned(),
+                    );
                     if !cfg.upstreams.is_empty() {
                         s.set_static_upstreams(name, cfg.upstreams, cfg.version);
                     } else if !s.slot(name).upstreams.is_empty() {
@@ -445,6 +453,10 @@ impl Controller {
         // A check takes at most its timeout; the first one starts at once.
         let first_check_wait = proxy_opts.health.timeout + Duration::from_secs(1);
         let proxy = Proxy::new(proxy_opts, &state);
+        if !added.is_empty() {
+            tracing::info!(upstreams = ?added, "new static upstreams take traffic once their health check passes");
+            proxy.hold_until_checked(&added);
+        }
         let controller = Controller {
             inner: Arc::new(Inner {
                 proxy,
@@ -701,6 +713,8 @@ impl Controller {
         let state = self.inner.state.lock().await.clone();
         let (d, runner) = {
             let mut run = self.inner.run.lock().unwrap_or_else(|p| p.into_inner());
+            // Under the lock `begin_handover` takes to stop the running deployment.
+            self.inner.not_handing_over()?;
             if let Some(h) = run.as_ref() {
                 let d = h.record.borrow();
                 let stage = d.current_stage().map_or("start", |s| s.stage.as_str());
@@ -733,7 +747,12 @@ impl Controller {
                 *self.inner.mark.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some((d.id.clone(), prev, self.inner.snapshot(prev)));
             }
-            let (runner, handle) = Run::new(self.inner.clone(), d.clone(), req.upstreams);
+            let (runner, handle) = Run::new(
+                self.inner.clone(),
+                Arc::new(self.inner.pipeline.clone()),
+                d.clone(),
+                req.upstreams,
+            );
             *run = Some(handle);
             (d, runner)
         };
@@ -743,8 +762,14 @@ impl Controller {
         // so a caller that goes away cannot leave a deployment that never runs.
         let store = self.inner.store.clone();
         let first = d.clone();
+        let settings = serde_json::to_string(&options::RunSettings::of(&self.inner.pipeline));
         let (saved_tx, saved_rx) = tokio::sync::oneshot::channel::<()>();
         self.inner.spawn_run(async move {
+            if let Ok(settings) = settings {
+                if let Err(e) = store.save_value(&settings_key(&first.id), &settings).await {
+                    tracing::warn!(deployment = %first.id, error = %e, "the deployment's settings were not saved (a reload during it would change them): {e}");
+                }
+            }
             if let Err(e) = store.save_deployment(&first).await {
                 tracing::warn!(deployment = %first.id, error = %e, "the deployment record was not saved: {e}");
             }
@@ -957,17 +982,24 @@ impl Controller {
     /// deployment is before its switch: a new process cannot resume those stages (it
     /// would abort the deployment), so the operator promotes, aborts or waits first.
     pub async fn begin_handover(&self, reason: &str) -> Result<(), ControlError> {
-        if let Some(d) = self.current().filter(|d| !d.is_over()) {
-            if !d.reached(Stage::Switch) {
+        // The deployment this process runs (a fleet's follower runs none).
+        let local = {
+            let run = self.inner.run.lock().unwrap_or_else(|p| p.into_inner());
+            run.as_ref().map(|h| h.record.borrow().clone())
+        };
+        if let Some(d) = local.filter(|d| !d.is_over()) {
+            // A new process resumes a bake (or a rollback); before it, it could only
+            // abort the deployment or roll it back (a canary step, the pre_switch hook).
+            if !d.reached(Stage::Bake) && !d.reached(Stage::Rollback) {
                 let stage = d.current_stage().map_or("start", |s| s.stage.as_str());
                 return Err(ControlError::Conflict(format!(
-                    "deployment {} of {} is at its {stage} stage, before the switch, and a new router process could only abort it; promote or abort it (or wait until it switched), then try again",
+                    "deployment {} of {} is at its {stage} stage, before its bake, and a new router process could only abort it or roll it back; promote or abort it (or wait until it bakes), then try again",
                     d.id, d.version
                 )));
             }
         }
         {
-            let mut flag = self
+            let flag = self
                 .inner
                 .handing_over
                 .lock()
@@ -975,10 +1007,10 @@ impl Controller {
             if let Some(already) = flag.as_ref() {
                 return Err(ControlError::HandingOver(already.clone()));
             }
-            *flag = Some(reason.to_owned());
         }
-        // Changes in flight finish first (they hold the state lock).
-        drop(self.inner.state.lock().await);
+        // The deployment's task stops where it is first (the new process resumes it from
+        // the store), so that none of its steps is refused half-way; then every change
+        // is refused, and the changes in flight finish (they hold the state lock).
         let task = self
             .inner
             .task
@@ -987,9 +1019,14 @@ impl Controller {
             .take();
         if let Some(task) = task {
             task.abort();
-            // The new process resumes it: this one forgets it.
             *self.inner.run.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
+        *self
+            .inner
+            .handing_over
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
+        drop(self.inner.state.lock().await);
         Ok(())
     }
 
@@ -1001,8 +1038,15 @@ impl Controller {
             .handing_over
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = None;
-        if self.inner.store.fleet().is_some() {
-            // A fleet's deployments are resumed by its leader's take-over.
+        // The new process may have saved a routing change before it failed (static
+        // upstreams of a new config): route by what the store holds.
+        {
+            let mut state = self.inner.state.lock().await;
+            let now = self.inner.reload(&mut state).await;
+            tracing::info!(now = %now, "routing state read again after the failed handover");
+        }
+        if self.inner.store.fleet().is_some() && !self.inner.may_run_deployments() {
+            // A follower runs no deployment: nothing to resume.
             return;
         }
         match self.inner.store.load_deployments(20).await {
@@ -1045,8 +1089,9 @@ impl Controller {
         }
         let mut slots = self.inner.slots.lock().await;
         for rt in slots.iter_mut().flatten() {
-            // Dropping `Instances` kills their process groups.
-            drop(rt.instances.take());
+            if let Some(instances) = rt.instances.take() {
+                instances.kill_now();
+            }
         }
     }
 }
@@ -1097,6 +1142,11 @@ fn validate_upstream(addr: &str) -> Result<(), ControlError> {
     }
 }
 
+/// The store key of the settings deployment `id` runs with (`options::RunSettings`).
+fn settings_key(id: &str) -> String {
+    format!("deployment-settings/{id}")
+}
+
 /// The store key of the slots' runtime ([`SavedSlot`] per slot).
 const SLOTS_KEY: &str = "slots";
 
@@ -1135,6 +1185,9 @@ impl Inner {
         let inner = self.clone();
         detached(async move {
             let mut state = inner.state.lock().await;
+            // Checked again under the lock: a handover may have begun while this change
+            // waited (a switch's wait for health checks, a deployment's step).
+            inner.not_handing_over()?;
             let next = f(&state, &inner.proxy)?;
             if next == *state {
                 return Ok(next);
@@ -1307,6 +1360,7 @@ impl Inner {
                     stop_timeout,
                 } = self.pipeline.provision.clone()
                 else {
+                    kept.extend(saved.instances.iter().map(|r| r.pid));
                     tracing::warn!(slot = %slot, "slot {slot} ran instances started by turnout, but [provision] command is no longer configured; they are left alone");
                     self.set_runtime(slot, Some(rt)).await;
                     continue;
@@ -1366,6 +1420,9 @@ impl Inner {
                         }
                     }
                     Err(e) => {
+                        // Left alone: a process handing over to this one still serves
+                        // with them.
+                        kept.extend(saved.instances.iter().map(|r| r.pid));
                         tracing::error!(slot = %slot, error = %e, "could not take over the instances of {}: {e}", saved.version)
                     }
                 }
@@ -1443,11 +1500,30 @@ impl Inner {
                     s.stage == Stage::Decommission && s.outcome == Outcome::Running
                 })
         }) {
-            let (run, handle) = Run::new(self.clone(), d, Vec::new());
+            let opts = self.settings_of(&d.id).await;
+            let (run, handle) = Run::new(self.clone(), opts, d, Vec::new());
             *self.run.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
             self.spawn_run(run.resume_decommission());
         }
         Ok(())
+    }
+
+    /// The settings deployment `id` started with (saved at its start), or the current
+    /// ones for a deployment saved before settings were.
+    async fn settings_of(&self, id: &str) -> Arc<PipelineOptions> {
+        let saved = match self.store.load_value(&settings_key(id)).await {
+            Ok(Some(text)) => serde_json::from_str::<options::RunSettings>(&text).ok(),
+            _ => None,
+        };
+        match saved {
+            Some(settings) => {
+                if settings != options::RunSettings::of(&self.pipeline) {
+                    tracing::info!(deployment = %id, "deployment {id} goes on with the settings it started with ([promote], [bake], [hooks], [decommission]); the configuration's new ones apply to the next deployment");
+                }
+                Arc::new(settings.apply(&self.pipeline))
+            }
+            None => Arc::new(self.pipeline.clone()),
+        }
     }
 
     /// Settles deployment `d` that a previous process left in progress.
@@ -1459,7 +1535,8 @@ impl Inner {
         let state = self.state.lock().await.clone();
         let baking = state.live == Some(d.slot) && d.reached(Stage::Switch);
         let share = state.weights.of(d.slot);
-        let (run, handle) = Run::new(self.clone(), d.clone(), Vec::new());
+        let opts = self.settings_of(&d.id).await;
+        let (run, handle) = Run::new(self.clone(), opts.clone(), d.clone(), Vec::new());
         *self.run.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
         if d.reached(Stage::Rollback) {
             self.spawn_run(
@@ -1469,7 +1546,7 @@ impl Inner {
                 ),
             );
         } else if baking {
-            let bake = &self.pipeline.bake;
+            let bake = &opts.bake;
             let remaining =
                 d.stages
                     .iter()

@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::verify::Check;
 
 /// How the release pipeline runs.
@@ -110,7 +112,7 @@ pub struct ShadowStage {
 }
 
 /// `[promote]`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PromoteOptions {
     /// auto, manual or canary.
     pub mode: PromoteMode,
@@ -131,7 +133,7 @@ impl Default for PromoteOptions {
 }
 
 /// `promote.mode`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PromoteMode {
     /// Switch as soon as the gates pass.
     Auto,
@@ -142,7 +144,7 @@ pub enum PromoteMode {
 }
 
 /// `[bake]`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BakeOptions {
     /// How long the new live slot is watched.
     pub duration: Duration,
@@ -181,7 +183,7 @@ impl Default for BakeOptions {
 }
 
 /// `[hooks]`.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Hooks {
     /// Before anything else (the expand migration).
     pub pre_deploy: Option<String>,
@@ -201,4 +203,42 @@ pub struct Hooks {
     pub post_decommission: Option<String>,
     /// Per hook.
     pub timeout: Duration,
+}
+
+/// The settings a deployment runs with from its start to its end, saved with it: a
+/// reload (or an upgrade) during a deployment does not change them, the next deployment
+/// takes the new ones. Only what a resumed deployment (after its switch) uses.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSettings {
+    /// `[promote]`.
+    pub promote: PromoteOptions,
+    /// `[bake]`.
+    pub bake: BakeOptions,
+    /// `[hooks]`.
+    pub hooks: Hooks,
+    /// `[decommission] delay`.
+    pub decommission_delay: Duration,
+}
+
+impl RunSettings {
+    /// The settings of `opts`.
+    pub fn of(opts: &PipelineOptions) -> RunSettings {
+        RunSettings {
+            promote: opts.promote.clone(),
+            bake: opts.bake.clone(),
+            hooks: opts.hooks.clone(),
+            decommission_delay: opts.decommission_delay,
+        }
+    }
+
+    /// `opts` with these settings in place of its own.
+    pub fn apply(self, opts: &PipelineOptions) -> PipelineOptions {
+        PipelineOptions {
+            promote: self.promote,
+            bake: self.bake,
+            hooks: self.hooks,
+            decommission_delay: self.decommission_delay,
+            ..opts.clone()
+        }
+    }
 }

@@ -319,6 +319,21 @@ impl Proxy {
         self.inner.live_tx.send_replace(state.live);
     }
 
+    /// Takes the upstreams at `addrs` out of rotation until a health check passes: for
+    /// upstreams a reload added to a slot, which users must not reach before they were
+    /// checked (at a first start, upstreams count as healthy until a check says otherwise,
+    /// so that a router starting in front of a running service serves at once).
+    pub fn hold_until_checked(&self, addrs: &[String]) {
+        let table = self.inner.table.load();
+        for name in SlotName::ALL {
+            for up in &table.slot(name).upstreams {
+                if addrs.contains(&up.addr) {
+                    up.hold_until_checked();
+                }
+            }
+        }
+    }
+
     /// When a slot's version changes, the counts so far stay the old version's.
     fn mark_versions(&self, slots: &[Arc<SlotPool>; 2]) {
         let mut epochs = self.inner.epochs.lock().unwrap_or_else(|e| e.into_inner());

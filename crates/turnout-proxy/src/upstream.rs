@@ -65,6 +65,11 @@ impl Upstream {
         }
     }
 
+    /// Unhealthy until its health check passes (`[health] healthy` times in a row).
+    pub(crate) fn hold_until_checked(&self) {
+        self.healthy.store(false, Ordering::Relaxed);
+    }
+
     /// Speaks TLS to the upstream when `tls` is set.
     pub(crate) fn with_tls(mut self, tls: Option<UpstreamTls>) -> Upstream {
         self.tls = tls;

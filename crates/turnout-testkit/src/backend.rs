@@ -26,6 +26,8 @@ struct Shared {
     healthy: AtomicBool,
     failing: AtomicBool,
     requests: AtomicU64,
+    /// How long `/healthz` takes to answer, in milliseconds.
+    health_delay_ms: AtomicU64,
 }
 
 /// A backend answering with its name. Routes:
@@ -59,6 +61,7 @@ impl Backend {
             healthy: AtomicBool::new(true),
             failing: AtomicBool::new(false),
             requests: AtomicU64::new(0),
+            health_delay_ms: AtomicU64::new(0),
         });
         let (stop, mut stopped) = oneshot::channel::<()>();
         let s = shared.clone();
@@ -104,6 +107,14 @@ impl Backend {
         self.shared.failing.store(failing, Ordering::SeqCst);
     }
 
+    /// Makes `/healthz` take `delay` to answer (a slow first check).
+    pub fn set_health_delay(&self, delay: Duration) {
+        self.shared.health_delay_ms.store(
+            u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
+    }
+
     /// Requests received, health checks excluded.
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::SeqCst)
@@ -119,6 +130,10 @@ fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 async fn handle(s: Arc<Shared>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_owned();
     if path == "/healthz" {
+        let delay = s.health_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         let ok = s.healthy.load(Ordering::SeqCst);
         return Ok(full(
             if ok {

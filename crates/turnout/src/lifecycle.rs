@@ -67,8 +67,11 @@ pub struct Process {
     pub start_deadline: Duration,
     /// Tells `serve` to stop.
     pub quit: mpsc::Sender<Quit>,
-    /// One handover at a time.
+    /// One handover at a time, and none while the router stops.
     pub busy: tokio::sync::Mutex<()>,
+    /// Set once the router stops (a signal, `turnout stop`, a handover done): no new
+    /// handover starts.
+    pub quitting: std::sync::atomic::AtomicBool,
 }
 
 impl Process {
@@ -80,6 +83,21 @@ impl Process {
     }
 
     async fn reload_inner(&self) -> Result<ReloadReport, LifecycleError> {
+        // systemd (`Type=notify-reload`) waits for RELOADING=1, then READY=1: from this
+        // process when it goes on serving, from the new one (with MAINPID=) when a
+        // handover happened.
+        systemd::reloading();
+        let result = self.reload_checked().await;
+        if !result
+            .as_ref()
+            .is_ok_and(|r| r.new.pid != std::process::id())
+        {
+            systemd::ready("serving");
+        }
+        result
+    }
+
+    async fn reload_checked(&self) -> Result<ReloadReport, LifecycleError> {
         let text = std::fs::read_to_string(&self.config_path).map_err(|e| {
             LifecycleError::InvalidConfig(vec![format!(
                 "{}: cannot read it: {e}",
@@ -155,13 +173,15 @@ impl Process {
                 "another reload or upgrade is under way; try again once it ended".into(),
             ));
         };
+        if self.quitting.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(LifecycleError::Conflict(
+                "the router is stopping; start it again to apply a new config or binary".into(),
+            ));
+        }
         self.controller
             .begin_handover(reason)
             .await
             .map_err(|e| LifecycleError::Conflict(e.to_string()))?;
-        if reason == "reload" {
-            systemd::reloading();
-        }
         tracing::info!(binary = %binary.display(), "{reason}: starting a new router process to take over");
         let fds: Vec<(String, OwnedFd)> = match self
             .fds
@@ -193,6 +213,8 @@ impl Process {
             Ok(new) => {
                 tracing::info!(pid = new.pid, version = %new.version, "{reason}: the new router process (pid {}) serves; this one stops accepting and finishes its requests in flight", new.pid);
                 systemd::main_pid(new.pid);
+                self.quitting
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
                 self.controller.proxy().keep_idle_connections_on_stop();
                 let _ = self.quit.send(Quit::HandedOver).await;
                 Ok(new)
@@ -200,9 +222,6 @@ impl Process {
             Err(e) => {
                 tracing::error!("{reason} failed, this router process goes on serving: {e}");
                 self.controller.cancel_handover().await;
-                if reason == "reload" {
-                    systemd::ready("reload failed; serving with the previous config");
-                }
                 Err(LifecycleError::Failed(format!(
                     "{e}; the running router (pid {}) goes on serving as before",
                     std::process::id()
@@ -298,11 +317,21 @@ impl Lifecycle for ApiLifecycle {
         Box::pin(self.0.upgrade_inner(binary))
     }
 
-    fn stop(&self, instances: bool) {
+    fn stop(&self, instances: bool) -> Result<(), LifecycleError> {
+        // Not in the middle of a handover: the instances may be the new process's already.
+        let Ok(_one) = self.0.busy.try_lock() else {
+            return Err(LifecycleError::Conflict(
+                "a reload or upgrade is under way; stop the router once it ended".into(),
+            ));
+        };
+        self.0
+            .quitting
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let quit = self.0.quit.clone();
         tokio::spawn(async move {
             let _ = quit.send(Quit::Stop { instances }).await;
         });
+        Ok(())
     }
 }
 

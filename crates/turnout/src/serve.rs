@@ -61,11 +61,19 @@ pub fn run(config: &Path, log_format: LogFormat) -> anyhow::Result<ExitCode> {
     let config_path = std::fs::canonicalize(config)
         .or_else(|_| std::path::absolute(config))
         .unwrap_or_else(|_| config.to_owned());
+    // systemd's sockets, read (and the variables naming them removed) before the
+    // runtime's threads exist.
+    let activated = match takeover {
+        Some(_) => None,
+        None => turnout_lifecycle::systemd::activation()
+            .context("reading the sockets systemd passed (LISTEN_FDS)")?,
+    };
     let mut launch = Launch {
         config_path,
         config_text,
         log_format,
         takeover,
+        activated,
     };
     let result = rt.block_on(serve(cfg, &mut launch));
     if let (Err(e), Some(t)) = (&result, launch.takeover.as_mut()) {
@@ -87,6 +95,8 @@ struct Launch {
     /// The previous router process, when this one takes over from it; taken (and told)
     /// once this one serves.
     takeover: Option<turnout_lifecycle::handover::Takeover>,
+    /// The sockets systemd passed (socket activation), if any.
+    activated: Option<turnout_lifecycle::Inherited>,
 }
 
 /// Makes the relative paths of `cfg` (`[state] dir`, `file:` tokens, TLS files) relative
@@ -350,9 +360,7 @@ async fn serve(cfg: Config, launch: &mut Launch) -> anyhow::Result<()> {
     // activation); whatever they do not cover is bound here.
     let mut inherited = match launch.takeover.as_mut() {
         Some(t) => std::mem::take(&mut t.fds),
-        None => turnout_lifecycle::systemd::activation()
-            .context("reading the sockets systemd passed (LISTEN_FDS)")?
-            .unwrap_or_default(),
+        None => launch.activated.take().unwrap_or_default(),
     };
     let mut pass_on: Vec<(String, std::os::fd::OwnedFd)> = Vec::new();
     if cfg.state.backend == StateBackend::Etcd
@@ -559,13 +567,14 @@ async fn serve(cfg: Config, launch: &mut Launch) -> anyhow::Result<()> {
             + std::time::Duration::from_secs(30),
         quit: quit_tx,
         busy: tokio::sync::Mutex::new(()),
+        quitting: std::sync::atomic::AtomicBool::new(false),
     });
     crate::lifecycle::on_signals(process.clone())?;
     let router = turnout_admin::router(turnout_admin::AdminState {
         controller: controller.clone(),
         token,
         shutdown: Some(stop_rx.clone()),
-        lifecycle: Some(Arc::new(crate::lifecycle::ApiLifecycle(process))),
+        lifecycle: Some(Arc::new(crate::lifecycle::ApiLifecycle(process.clone()))),
     });
     let admin_task = tokio::spawn({
         let stop = stopped(stop_rx.clone());
@@ -591,6 +600,7 @@ async fn serve(cfg: Config, launch: &mut Launch) -> anyhow::Result<()> {
     turnout_lifecycle::systemd::ready("serving");
 
     use crate::lifecycle::Quit;
+    let quitting = process;
     let quit = tokio::select! {
         signal = signals.next() => {
             tracing::info!(
@@ -601,6 +611,10 @@ async fn serve(cfg: Config, launch: &mut Launch) -> anyhow::Result<()> {
         }
         Some(q) = quit_rx.recv() => Some(q),
     };
+    // No reload or upgrade from here on (a SIGHUP during the stop).
+    quitting
+        .quitting
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     match quit {
         // The instances are the new process's now: let go of them before anything else,
         // so that nothing here can stop them.

@@ -466,3 +466,156 @@ async fn under_socket_activation_a_restart_refuses_no_connection() {
         backend.requests()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_during_a_bake_keeps_the_deployment_going_with_its_own_settings() {
+    let shop = Shop::new(bin());
+    let mut router = router_with_v1(&shop, "").await;
+    let original = std::fs::read_to_string(&router.config).unwrap();
+    // v2 bakes for 4 s under load.
+    let config = original.replace("duration = \"1s\"", "duration = \"4s\"");
+    write_config(&router, &config);
+    let (code, out, err) = router.cli(&["reload"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    router
+        .handed_over(number_after(&out, "now pid"))
+        .await
+        .unwrap();
+    let load = Load::start(&router.data, "/api/items", 2, PACE);
+    let (code, out, err) = router.cli(&["deploy", "v2", "--detach"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let id = out.split_whitespace().nth(1).unwrap().to_owned();
+    eventually("the bake", DEADLINE, || async {
+        (router.status().await["deployment"]["stage"] == "bake").then_some(())
+    })
+    .await;
+    let v2 = sorted(shop.instances("v2"));
+    assert_eq!(v2.len(), 2);
+
+    // A reload that would make the bake last ten minutes: this deployment keeps its 4 s.
+    write_config(
+        &router,
+        &config.replace("duration = \"4s\"", "duration = \"10m\""),
+    );
+    let (code, out, err) = router.cli(&["reload"]).await;
+    assert_eq!(code, 0, "{out}{err}\n{}", router.stderr());
+    assert!(out.contains("bake.duration: \"4s\" -> \"10m\""), "{out}");
+    assert!(
+        out.contains("settings it started with"),
+        "the reload says so: {out}"
+    );
+    router
+        .handed_over(number_after(&out, "now pid"))
+        .await
+        .unwrap();
+    let path = format!("/api/v1/deployments/{id}");
+    let d = eventually("the bake to end", DEADLINE, || async {
+        let (code, d) = router.api(Method::GET, &path, None).await;
+        assert_eq!(code, 200, "{d}");
+        (d["verdict"] != "in_progress").then_some(d)
+    })
+    .await;
+    assert_eq!(d["verdict"], "promoted", "{d:#}");
+    assert_eq!(
+        sorted(shop.instances("v2")),
+        v2,
+        "v2 ran on through the reload"
+    );
+    more_answers(&load, 50).await;
+    let samples = load.stop().await;
+    assert_no_failure(&samples);
+    assert!(samples.iter().any(|s| s.from("v2")));
+    router.stop_service().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_a_reload_adds_takes_traffic_only_once_its_health_check_passes() {
+    let blue = Backend::start("blue").await;
+    let added = Backend::start("added").await;
+    added.set_healthy(false);
+    added.set_failing(true);
+    let mut router = Router::start(
+        bin(),
+        &RouterOptions {
+            blue: vec![blue.addr.to_string()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let load = Load::start(&router.data, "/", 4, PACE);
+    more_answers(&load, 50).await;
+    let original = std::fs::read_to_string(&router.config).unwrap();
+    let one = format!("upstreams = [\"{}\"]", blue.addr);
+    assert!(original.contains(&one), "{original}");
+    // Its first check takes 2 s to fail: two seconds in which an unchecked upstream would
+    // get users' requests, if it were not held back until a check passed.
+    added.set_health_delay(Duration::from_secs(2));
+    let config = original
+        .replacen(
+            &one,
+            &format!("upstreams = [\"{}\", \"{}\"]", blue.addr, added.addr),
+            1,
+        )
+        .replace("timeout = \"500ms\"", "timeout = \"5s\"");
+    write_config(&router, &config);
+    let (code, out, err) = router.cli(&["reload"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("slots.blue.upstreams"), "{out}");
+    router
+        .handed_over(number_after(&out, "now pid"))
+        .await
+        .unwrap();
+    // Unchecked, then failing its health check, the new upstream gets no user request.
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < until {
+        more_answers(&load, 100).await;
+    }
+    assert_eq!(
+        added.requests(),
+        0,
+        "requests reached the unchecked upstream"
+    );
+    assert_no_failure(&load.samples());
+    // Healthy, it does.
+    added.set_health_delay(Duration::ZERO);
+    added.set_failing(false);
+    added.set_healthy(true);
+    eventually("answers from the added upstream", DEADLINE, || async {
+        (load.count_from("added") > 20).then_some(())
+    })
+    .await;
+    assert_no_failure(&load.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_waits_for_a_deployment_before_its_bake() {
+    let shop = Shop::new(bin());
+    let mut router = router_with_v1(&shop, "").await;
+    let pid = router.pid().unwrap();
+    let (code, out, err) = router.cli(&["deploy", "v2", "--manual", "--detach"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    eventually("the manual gate", DEADLINE, || async {
+        (router.status().await["deployment"]["stage"] == "gate").then_some(())
+    })
+    .await;
+    let config = std::fs::read_to_string(&router.config).unwrap();
+    write_config(&router, &config.replace("delay = \"1s\"", "delay = \"2s\""));
+    let (code, out, err) = router.cli(&["reload"]).await;
+    assert_eq!(code, 1, "refused at the gate: {out}{err}");
+    assert!(err.contains("promote or abort"), "says what to do: {err}");
+    assert_eq!(router.pid(), Some(pid));
+    assert_eq!(serving(&router.config), [pid], "no new process");
+    // The deployment is untouched: it still waits, and can be promoted.
+    assert_eq!(router.status().await["deployment"]["stage"], "gate");
+    let (code, out, err) = router.cli(&["abort"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ABORTED"), "{out}");
+    let (code, out, err) = router.cli(&["reload"]).await;
+    assert_eq!(code, 0, "after the abort: {out}{err}");
+    router
+        .handed_over(number_after(&out, "now pid"))
+        .await
+        .unwrap();
+    router.stop_service().await;
+}
