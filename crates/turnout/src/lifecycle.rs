@@ -120,7 +120,7 @@ impl Process {
             let mut notes = vec!["the config file has not changed; nothing to do".to_owned()];
             if let Some(tls) = &self.tls {
                 match tls.reload() {
-                    Ok(()) => notes = vec!["the config file has not changed; the TLS certificate was read again (new connections use it)".to_owned()],
+                    Ok(()) => notes = vec!["the config file has not changed; TLS certificate reloaded from its files (new connections use it)".to_owned()],
                     Err(e) => return Err(LifecycleError::Failed(format!("the TLS certificate could not be read again; the one in use stays: {e}"))),
                 }
             }
