@@ -1121,6 +1121,25 @@ impl<S: ClientIo> ClientConn<S> {
             live: self.inner.live_rx.clone(),
             after: self.inner.opts.upgrade_drain,
             stop: self.stop.clone(),
+            on_stop: {
+                let inner = self.inner.clone();
+                std::sync::Arc::new(move || {
+                    if inner
+                        .keep_idle_on_stop
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                    {
+                        // The Close frame goes out before the grace period ends the process.
+                        inner.opts.upgrade_drain.min(
+                            inner
+                                .opts
+                                .shutdown_grace
+                                .saturating_sub(std::time::Duration::from_secs(5)),
+                        )
+                    } else {
+                        std::time::Duration::ZERO
+                    }
+                })
+            },
         };
         tunnel::relay(self.stream, upstream.stream, early, websocket, when).await;
     }

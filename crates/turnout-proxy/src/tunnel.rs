@@ -26,6 +26,10 @@ pub(crate) struct DrainWhen {
     pub(crate) after: Duration,
     /// The router's stop signal: drain at once.
     pub(crate) stop: watch::Receiver<bool>,
+    /// How long the tunnel may go on once the router stops: zero for a plain stop; on a
+    /// handover to a new router process, `upgrade_drain` (within the grace period), so
+    /// that a reload or an upgrade does not cut every WebSocket at once.
+    pub(crate) on_stop: std::sync::Arc<dyn Fn() -> Duration + Send + Sync>,
 }
 
 /// Relays until both sides are done; `early` holds bytes the upstream sent right after
@@ -45,6 +49,7 @@ pub(crate) async fn relay<C, U>(
         live,
         after: drain,
         mut stop,
+        on_stop,
     } = when;
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut ur, mut uw) = tokio::io::split(upstream);
@@ -71,7 +76,10 @@ pub(crate) async fn relay<C, U>(
         let deadline = async {
             tokio::select! {
                 () = drain_deadline(live, slot, drain) => {}
-                () = async { let _ = stop.wait_for(|s| *s).await; } => {}
+                () = async {
+                    let _ = stop.wait_for(|s| *s).await;
+                    tokio::time::sleep(on_stop()).await;
+                } => {}
             }
         };
         tokio::pin!(deadline);

@@ -14,7 +14,9 @@ use std::time::Duration;
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [addr, seconds, clients, pace] = args.as_slice() else {
-        anyhow::bail!("usage: steady ADDR SECONDS CLIENTS PACE_MS   (e.g. steady 127.0.0.1:8080 10 4 1)");
+        anyhow::bail!(
+            "usage: steady ADDR SECONDS CLIENTS PACE_MS   (e.g. steady 127.0.0.1:8080 10 4 1)"
+        );
     };
     let number = |name: &str, v: &str, max: u64| -> anyhow::Result<u64> {
         match v.parse::<u64>() {
@@ -57,7 +59,10 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_default();
     let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
     for s in samples.iter().filter(|s| s.failed()) {
-        let kind = s.error.clone().unwrap_or_else(|| format!("status {}", s.status));
+        let kind = s
+            .error
+            .clone()
+            .unwrap_or_else(|| format!("status {}", s.status));
         *kinds.entry(kind).or_default() += 1;
     }
     println!(

@@ -619,3 +619,64 @@ async fn a_reload_waits_for_a_deployment_before_its_bake() {
         .unwrap();
     router.stop_service().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_lets_websockets_run_for_upgrade_drain_then_closes_them_going_away() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let blue = Backend::start("blue").await;
+    let mut router = Router::start(
+        bin(),
+        &RouterOptions {
+            blue: vec![blue.addr.to_string()],
+            listen_extra: "upgrade_drain = \"2s\"\n".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(&router.data).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/ws", router.data), tcp)
+        .await
+        .expect("WebSocket handshake through turnout");
+    let echo = async |ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+                      text: &str| {
+        ws.send(Message::text(text)).await.expect("send");
+        match tokio::time::timeout(DEADLINE, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => assert_eq!(t.as_str(), format!("blue:{text}")),
+            other => panic!("expected a reply to {text}, got {other:?}"),
+        }
+    };
+    echo(&mut ws, "before").await;
+    let (code, out, err) = router.cli(&["upgrade"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let upgraded = std::time::Instant::now();
+    // The old process still relays the WebSocket it holds.
+    echo(&mut ws, "after").await;
+    let close = tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .expect("no Close frame within the deadline");
+    match close {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Away),
+        other => panic!("expected a Close frame with code 1001, got {other:?}"),
+    }
+    assert!(
+        upgraded.elapsed() >= Duration::from_millis(1500),
+        "closed {:?} after the upgrade, before upgrade_drain",
+        upgraded.elapsed()
+    );
+    let _ = ws.close(None).await;
+    drop(ws);
+    router
+        .handed_over(number_after(&out, "upgraded: pid"))
+        .await
+        .unwrap();
+    // A new WebSocket goes to the new process.
+    let tcp = tokio::net::TcpStream::connect(&router.data).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/ws", router.data), tcp)
+        .await
+        .expect("WebSocket handshake through the new process");
+    echo(&mut ws, "new").await;
+}
