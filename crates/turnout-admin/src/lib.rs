@@ -43,6 +43,11 @@ pub struct AdminState {
     pub shutdown: Option<tokio::sync::watch::Receiver<bool>>,
     /// Reload, upgrade and stop (the binary's); `None`: those routes answer 501.
     pub lifecycle: Option<Arc<dyn lifecycle::Lifecycle>>,
+    /// The names the API may be reached by besides IP addresses and `localhost`
+    /// (`[admin] hosts`, a fleet's advertised name): every request's `Host` (and a
+    /// browser's `Origin`) must be one of them, so that a web page cannot reach the API
+    /// through DNS rebinding. `None`: no check (tests of this crate).
+    pub hosts: Option<Arc<Vec<String>>>,
 }
 
 /// An error as the API returns it.
@@ -265,6 +270,8 @@ pub fn router_and_openapi(state: AdminState) -> (Router, utoipa::openapi::OpenAp
         // token check (it only says which methods a path takes; axum adds `Allow`).
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::Extension(OpenApiJson(json)))
+        // Every route, the dashboard and the fallbacks included.
+        .layer(middleware::from_fn_with_state(state.clone(), check_host))
         .with_state(state);
     (router, doc)
 }
@@ -313,6 +320,74 @@ async fn not_found(req: Request) -> ApiError {
     )
 }
 
+/// Refuses a request whose `Host` (or `Origin`, which browsers send on cross-site and
+/// POST requests) names the admin API by a name it does not answer to: a page on another
+/// site that made its own name resolve to 127.0.0.1 (DNS rebinding) reaches the API with
+/// its own name in `Host`.
+async fn check_host(
+    State(state): State<AdminState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let Some(allowed) = &state.hosts else {
+        return Ok(next.run(req).await);
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let Some(host) = host else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "no_host",
+            "a Host header is needed",
+        ));
+    };
+    if !host_allowed(host_name(host), allowed) {
+        return Err(forbidden_name("Host", host));
+    }
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let name = origin.split_once("://").map_or("", |(_, rest)| {
+            host_name(rest.split('/').next().unwrap_or(""))
+        });
+        if !host_allowed(name, allowed) {
+            return Err(forbidden_name("Origin", origin));
+        }
+    }
+    Ok(next.run(req).await)
+}
+
+/// The name part of `host[:port]` (`[v6]:port` too).
+fn host_name(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("");
+    }
+    match authority.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => authority,
+    }
+}
+
+/// IP addresses, `localhost`, and the configured names.
+fn host_allowed(name: &str, allowed: &[String]) -> bool {
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+}
+
+fn forbidden_name(header: &str, value: &str) -> ApiError {
+    let shown: String = value.chars().take(80).collect();
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden_host",
+        format!(
+            "the admin API does not answer to {shown:?} (the {header} header): only IP addresses, localhost and the names in [admin] hosts are served, so that a web page cannot reach it through DNS rebinding; use http://127.0.0.1:PORT, or add the name to [admin] hosts"
+        ),
+    )
+}
+
 async fn require_token(
     State(state): State<AdminState>,
     req: Request,
@@ -332,7 +407,7 @@ async fn require_token(
             let message = if given.is_some() {
                 "the bearer token is wrong; use the token from [admin] token (env TURNOUT_ADMIN_TOKEN for the CLI)"
             } else {
-                "this route needs `Authorization: Bearer TOKEN`; the token is set by [admin] token"
+                "this route needs `Authorization: Bearer TOKEN`; the token is set by [admin] token (without one, the router generated one into the file admin-token of its state directory, which the CLI on the same machine reads)"
             };
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -548,6 +623,7 @@ mod tests {
             token: Some("s3cret".into()),
             shutdown: Some(shutdown),
             lifecycle: None,
+            hosts: None,
         });
         (app, stop)
     }
@@ -805,6 +881,7 @@ mod tests {
             token: Some("s3cret".into()),
             shutdown: None,
             lifecycle: None,
+            hosts: None,
         });
         let expected: &[(&str, &str)] = &[
             ("get", "/api/v1/status"),

@@ -163,8 +163,12 @@ pub struct Runtime {
 pub struct Admin {
     /// `addr`, default `127.0.0.1:9901`.
     pub addr: SocketAddr,
-    /// `token`: where the bearer token is read from; required unless `addr` is loopback.
+    /// `token`: where the bearer token is read from; required unless `addr` is loopback
+    /// (there, without one, the router generates one into the state directory).
     pub token: Option<TokenSource>,
+    /// `hosts`: the names the admin API may be reached by (the `Host` header), besides
+    /// IP addresses and `localhost` — a defence against DNS rebinding. Default none.
+    pub hosts: Vec<String>,
 }
 
 impl Default for Admin {
@@ -172,6 +176,7 @@ impl Default for Admin {
         Admin {
             addr: SocketAddr::from(([127, 0, 0, 1], 9901)),
             token: None,
+            hosts: Vec::new(),
         }
     }
 }

@@ -86,12 +86,13 @@ pub(crate) fn config<'a>(ctx: &mut Ctx, doc: &'a Spanned<DeTable<'a>>) -> Config
 }
 
 fn admin(ctx: &mut Ctx, root: &Table) -> Admin {
-    let t = root.table(ctx, "admin", &["addr", "token"]);
+    let t = root.table(ctx, "admin", &["addr", "token", "hosts"]);
     let admin = Admin {
         addr: t
             .parse(ctx, "addr", parse_socket_addr)
             .unwrap_or(Admin::default().addr),
         token: t.parse(ctx, "token", TokenSource::parse),
+        hosts: t.list(ctx, "hosts", host_name).unwrap_or_default(),
     };
     if !admin.addr.ip().is_loopback() && !t.has("token") {
         let message = format!(
@@ -778,6 +779,23 @@ fn absolute(what: &'static str, example: &'static str) -> impl Fn(&str) -> Resul
                 "{what} {s:?} must start with '/', e.g. \"{example}\""
             ))
         }
+    }
+}
+
+/// A host name for `[admin] hosts`: letters, digits, `-` and `.`, without a port or a
+/// scheme (it is compared with the `Host` header's name).
+fn host_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if ok {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "{:?} is not a host name: give the name alone, without a scheme or a port, e.g. \"turnout.internal\"",
+            s.chars().take(60).collect::<String>()
+        ))
     }
 }
 

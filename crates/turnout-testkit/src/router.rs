@@ -28,6 +28,10 @@ pub struct RouterOptions {
     pub health_extra: String,
     /// Extra keys for `[state]` (e.g. the etcd backend).
     pub state_extra: String,
+    /// Extra keys for `[admin]`.
+    pub admin_extra: String,
+    /// No `[admin] token` in the config (the router generates one).
+    pub no_admin_token: bool,
 }
 
 /// A running router. Killed (SIGKILL) when dropped; its state directory lives as long as
@@ -88,11 +92,17 @@ impl Router {
         };
         let config = format!(
             "[listen]\naddr = \"127.0.0.1:0\"\n{listen_extra}\n\
-             [admin]\naddr = \"127.0.0.1:0\"\ntoken = \"env:TURNOUT_ADMIN_TOKEN\"\n\n\
+             [admin]\naddr = \"127.0.0.1:0\"\n{token}{admin_extra}\n\
              [state]\ndir = {state:?}\n{state_extra}\n\
              [health]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nhealthy = 1\nunhealthy = 1\n{health_extra}\n\
              [slots.blue]\nupstreams = [{blue}]\n{blue_version}\n[slots.green]\nupstreams = [{green}]\n{green_version}\n{extra}\n",
             listen_extra = opts.listen_extra,
+            token = if opts.no_admin_token {
+                ""
+            } else {
+                "token = \"env:TURNOUT_ADMIN_TOKEN\"\n"
+            },
+            admin_extra = opts.admin_extra,
             health_extra = opts.health_extra,
             state_extra = opts.state_extra,
             state = dir.path().join("state").display().to_string(),

@@ -239,32 +239,58 @@ pub(crate) fn admin_client(cli: &Cli) -> anyhow::Result<AdminClient> {
     let env_token = std::env::var("TURNOUT_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
+    // The config: where the router is (unless --admin says), and its token.
+    let config = || -> anyhow::Result<Config> {
+        let mut cfg = Config::load(&cli.config).map_err(|e| {
+            if cli.config.exists() {
+                anyhow::Error::new(e)
+            } else {
+                UsageError(format!(
+                    "no config file at {} to find the router in; pass --config FILE or --admin URL",
+                    cli.config.display()
+                ))
+                .into()
+            }
+        })?;
+        crate::serve::anchor_paths(&mut cfg, &cli.config);
+        Ok(cfg)
+    };
+    let token_of = |cfg: &Config| -> anyhow::Result<Option<String>> {
+        Ok(match &cfg.admin.token {
+            Some(src) => Some(
+                src.resolve()
+                    .map_err(|e| UsageError(format!("[admin] token: {e}")))?,
+            ),
+            // The token the router generated (it has none configured), readable by
+            // whoever may read its state directory.
+            None => std::fs::read_to_string(cfg.state.dir.join(crate::serve::ADMIN_TOKEN_FILE))
+                .ok()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty()),
+        })
+    };
     let (url, token) = match &cli.admin {
-        Some(url) => (url.clone(), env_token),
+        Some(url) => {
+            let token = match env_token {
+                Some(t) => Some(t),
+                // With --admin, the config still gives the token when it can be read
+                // (one with errors is no reason to refuse: the router may know better).
+                None => match config() {
+                    Ok(cfg) => token_of(&cfg)?,
+                    Err(_) => None,
+                },
+            };
+            (url.clone(), token)
+        }
         None => {
-            let mut cfg = Config::load(&cli.config).map_err(|e| {
-                if cli.config.exists() {
-                    anyhow::Error::new(e)
-                } else {
-                    UsageError(format!(
-                        "no config file at {} to find the router in; pass --config FILE or --admin URL",
-                        cli.config.display()
-                    ))
-                    .into()
-                }
-            })?;
-            crate::serve::anchor_paths(&mut cfg, &cli.config);
+            let cfg = config()?;
             let mut addr = cfg.admin.addr;
             if addr.ip().is_unspecified() {
                 addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
-            let token = match (env_token, &cfg.admin.token) {
-                (Some(t), _) => Some(t),
-                (None, Some(src)) => Some(
-                    src.resolve()
-                        .map_err(|e| UsageError(format!("[admin] token: {e}")))?,
-                ),
-                (None, None) => None,
+            let token = match env_token {
+                Some(t) => Some(t),
+                None => token_of(&cfg)?,
             };
             (format!("http://{addr}"), token)
         }

@@ -323,6 +323,55 @@ async fn open_etcd(_cfg: &Config, _admin: SocketAddr) -> anyhow::Result<Arc<dyn 
     .into())
 }
 
+/// The file, in the state directory, that holds the admin token turnout generated.
+pub(crate) const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+/// The admin token of a router configured without one: made once and kept in the store
+/// (first writer wins, so a fleet's replicas share it), and written to
+/// `STATE_DIR/admin-token` with mode 0600, for the CLI on this machine.
+async fn generated_admin_token(
+    store: &dyn StateStore,
+    state_dir: &Path,
+) -> anyhow::Result<(String, PathBuf)> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let fresh = turnout_proxy::key_to_hex(&turnout_proxy::random_key()?);
+    let token = store
+        .create_value("admin/token", &fresh)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot keep the generated admin token in {}: {e}",
+                store.describe()
+            )
+        })?;
+    let path = state_dir.join(ADMIN_TOKEN_FILE);
+    let current = std::fs::read_to_string(&path).ok();
+    if current.as_deref().map(str::trim) != Some(token.as_str()) {
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)?;
+            // An existing file keeps its mode on open: set it.
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            writeln!(f, "{token}")
+        };
+        write().with_context(|| {
+            format!(
+                "cannot write the generated admin token to {}",
+                path.display()
+            )
+        })?;
+    } else {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot make {} private (mode 0600)", path.display()))?;
+    }
+    Ok((token, path))
+}
+
 async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -384,6 +433,18 @@ async fn serve(cfg: Config, launch: &mut Launch) -> anyhow::Result<()> {
             cfg.admin.addr
         ))
         .into());
+    }
+    // The names the admin API answers to besides IP addresses and localhost.
+    let mut hosts = cfg.admin.hosts.clone();
+    if let Some(name) = cfg
+        .state
+        .advertise
+        .as_deref()
+        .and_then(|u| u.split_once("://"))
+        .and_then(|(_, rest)| rest.split(['/', ':']).next())
+        .filter(|n| !n.is_empty())
+    {
+        hosts.push(name.to_ascii_lowercase());
     }
     // Read now, so that a bad certificate or key stops the start with a clear message.
     let tls = match &cfg.listen.tls {
@@ -470,6 +531,16 @@ async fn serve(cfg: Config, launch: &mut Launch) -> anyhow::Result<()> {
             role: Role::Idle,
         }
     });
+    // Without [admin] token, the API still needs one: made once, kept in the store (a
+    // fleet's replicas share it) and in a file only this machine's CLI can read.
+    let token = match token {
+        Some(t) => t,
+        None => {
+            let (t, path) = generated_admin_token(&*store, &cfg.state.dir).await?;
+            tracing::info!(file = %path.display(), "no [admin] token configured: the admin API takes the token generated into {} (mode 0600); the CLI on this machine reads it there, the dashboard asks for it", path.display());
+            Arc::from(t)
+        }
+    };
     let controller = Arc::new(
         Controller::start(
             ProxyOptions {
@@ -572,8 +643,9 @@ async fn serve(cfg: Config, launch: &mut Launch) -> anyhow::Result<()> {
     crate::lifecycle::on_signals(process.clone())?;
     let router = turnout_admin::router(turnout_admin::AdminState {
         controller: controller.clone(),
-        token,
+        token: Some(token),
         shutdown: Some(stop_rx.clone()),
+        hosts: Some(Arc::new(hosts)),
         lifecycle: Some(Arc::new(crate::lifecycle::ApiLifecycle(process.clone()))),
     });
     let admin_task = tokio::spawn({
