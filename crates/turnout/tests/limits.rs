@@ -188,7 +188,9 @@ async fn events(router: &Router) -> String {
         "/api/v1/events?last_event_id=0&access_token={}",
         router_token()
     );
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: admin\r\n\r\n").as_bytes())
+    // The admin API answers to its own address only (DNS-rebinding defence).
+    let host = &router.admin;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: {host}\r\n\r\n").as_bytes())
         .await
         .unwrap();
     // Everything kept is sent at once; read until a short quiet spell.
