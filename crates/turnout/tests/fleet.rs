@@ -903,3 +903,60 @@ async fn a_fleet_on_an_etcd_with_authentication() {
         "{text}"
     );
 }
+
+/// `turnout upgrade` replica by replica, followers first: clients of every replica see
+/// no failed request, a leader is elected among the new processes, and the fleet still
+/// switches as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_upgrades_replica_by_replica_without_a_failed_request() {
+    let etcd = Etcd::start().await.unwrap();
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let mut routers = fleet(&etcd, 2, &blue, Some(&green), "").await;
+    let loads: Vec<Load> = routers
+        .iter()
+        .map(|r| Load::start(&r.data, "/", 2, Duration::from_millis(5)))
+        .collect();
+    let leader = leader_of(&routers.iter().collect::<Vec<_>>()).await;
+    let order = [1 - leader, leader];
+    for i in order {
+        let (code, out, err) = routers[i].cli(&["upgrade"]).await;
+        assert_eq!(
+            code,
+            0,
+            "upgrade of replica {i}: {out}{err}\n{}",
+            routers[i].stderr()
+        );
+        let pid = out
+            .split("upgraded: pid ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {out}"));
+        routers[i].handed_over(pid).await.unwrap();
+    }
+    // A leader among the new processes, and a switch on either reaches both.
+    leader_of(&routers.iter().collect::<Vec<_>>()).await;
+    let (code, body) = routers[0].switch_to("green").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    for r in &routers {
+        eventually(
+            "green served by every replica",
+            Duration::from_secs(10),
+            || async {
+                let mut client = None;
+                (served(&mut client, r).await.as_deref() == Some("green")).then_some(())
+            },
+        )
+        .await;
+    }
+    for load in loads {
+        let samples = load.stop().await;
+        assert!(samples.len() > 50, "{} answers", samples.len());
+        assert!(
+            samples.iter().all(|s| !s.failed()),
+            "{}",
+            describe_failures(&samples)
+        );
+    }
+}
