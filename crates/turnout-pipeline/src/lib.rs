@@ -1107,8 +1107,11 @@ async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
 }
 
 fn validate_version(version: &str) -> Result<(), ControlError> {
+    // It reaches commands (`[provision] command`'s `{version}`, hooks' env): one that
+    // starts with `-` would be read as an option there (`--help`).
     let ok = !version.is_empty()
         && version.len() <= 128
+        && version.starts_with(|c: char| c.is_ascii_alphanumeric())
         && version
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-+:/@".contains(c));
@@ -1116,9 +1119,21 @@ fn validate_version(version: &str) -> Result<(), ControlError> {
         Ok(())
     } else {
         Err(ControlError::Invalid(format!(
-            "version {version:?} is not usable: use 1 to 128 characters of letters, digits and . _ - + : / @ (for example v2.1.0 or 2026-11-26.3)"
+            "version {} is not usable: use 1 to 128 characters of letters, digits and . _ - + : / @, starting with a letter or a digit (for example v2.1.0 or 2026-11-26.3)",
+            quote_short(version)
         )))
     }
+}
+
+/// `s` quoted for a message, at most 40 characters of it (with its length when cut): an
+/// error never repeats a whole input back.
+fn quote_short(s: &str) -> String {
+    const SHOWN: usize = 40;
+    if s.chars().count() <= SHOWN {
+        return format!("{s:?}");
+    }
+    let head: String = s.chars().take(SHOWN).collect();
+    format!("{head:?}… ({} bytes)", s.len())
 }
 
 fn validate_upstream(addr: &str) -> Result<(), ControlError> {
@@ -2019,5 +2034,40 @@ mod tests {
         let status = c.status().await;
         assert_eq!(status.slots.green.upstreams[0].addr, "127.0.0.1:8");
         assert_eq!(status.slots.green.role, Role::Standby);
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+
+    #[test]
+    fn versions_that_commands_could_misread_are_refused() {
+        for ok in [
+            "v2",
+            "2026-11-26.3",
+            "1.4.2+build.7",
+            "main@abc123",
+            "Release_2",
+        ] {
+            assert!(validate_version(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "--help", "-v", ".hidden", "_x", "a b", "a;b", "$(id)", "é",
+        ] {
+            let err = validate_version(bad).expect_err(bad).to_string();
+            assert!(
+                err.contains("starting with a letter or a digit"),
+                "{bad}: {err}"
+            );
+        }
+        let long = "v".repeat(10_000);
+        let err = validate_version(&long).expect_err("too long").to_string();
+        assert!(
+            err.len() < 300,
+            "the error quotes a prefix only: {} bytes",
+            err.len()
+        );
+        assert!(err.contains("(10000 bytes)"), "{err}");
     }
 }

@@ -416,3 +416,45 @@ async fn wrong_method_is_405_with_the_json_error_shape() {
     }
     assert_eq!(live_slot(&r).await, "blue");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_looks_like_an_option_is_refused() {
+    let (_blue, router) = blue_only().await;
+    let admin = format!("http://{}", router.admin);
+    let dir = tempfile::tempdir().unwrap();
+    for version in ["--help", "-v"] {
+        let args = [
+            "deploy",
+            "--admin",
+            &admin,
+            "--upstream",
+            "127.0.0.1:1",
+            "--",
+            version,
+        ];
+        let (code, out, err) = turnout(
+            dir.path(),
+            &args,
+            &[("TURNOUT_ADMIN_TOKEN", turnout_testkit::TOKEN)],
+        )
+        .await;
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(
+            err.contains("starting with a letter or a digit"),
+            "{args:?}: {err}"
+        );
+    }
+    // The API says the same.
+    let (status, body) = router
+        .api(
+            Method::POST,
+            "/api/v1/deployments",
+            Some(serde_json::json!({"version": "--version", "upstreams": ["127.0.0.1:1"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(live_slot(&router).await, "blue", "nothing was deployed");
+    let (code, out, err) = router.cli(&["history", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "[]", "no deployment was recorded");
+}
