@@ -720,3 +720,34 @@ fn upstream_tls() {
         assert!(errors.contains(expected), "{text:?}: {errors}");
     }
 }
+
+#[test]
+fn durations_beyond_ten_years_are_refused_in_every_key() {
+    // Each of these passed check-config and then panicked the router when added to a
+    // clock ("overflow when adding durations").
+    let huge = "18446744073709551615s";
+    for (section, key) in [
+        ("listen", "header_timeout"),
+        ("listen", "upgrade_drain"),
+        ("upstream", "connect_timeout"),
+        ("upstream", "response_timeout"),
+        ("upstream", "idle_timeout"),
+        ("health", "interval"),
+        ("health", "timeout"),
+        ("bake", "duration"),
+        ("bake", "interval"),
+        ("bake", "window"),
+        ("decommission", "delay"),
+        ("hooks", "timeout"),
+    ] {
+        let text = format!("[{section}]\n{key} = \"{huge}\"\n");
+        let err = parse(&text).expect_err(&text).to_string();
+        assert!(
+            err.contains(&format!("{section}.{key}")) && err.contains("87600h"),
+            "{section}.{key}: {err}"
+        );
+        // The longest one allowed is accepted.
+        let text = format!("[{section}]\n{key} = \"87600h\"\n");
+        assert!(parse(&text).is_ok(), "{text}");
+    }
+}

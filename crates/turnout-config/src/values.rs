@@ -53,7 +53,28 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         };
         total = total.saturating_add(Duration::from_secs(seconds));
     }
+    if total > MAX_DURATION {
+        return Err(format!(
+            "duration {:?} is longer than {}h (10 years), the longest any duration may be: give at most \"{}h\"",
+            short(text),
+            MAX_DURATION.as_secs() / 3600,
+            MAX_DURATION.as_secs() / 3600
+        ));
+    }
     Ok(total)
+}
+
+/// The longest duration any key takes: far beyond any timeout or delay that makes sense,
+/// and far below what would overflow when added to a clock.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// At most 40 characters of an input, for a message.
+fn short(text: &str) -> String {
+    if text.chars().count() <= 40 {
+        return text.to_owned();
+    }
+    let head: String = text.chars().take(40).collect();
+    format!("{head}… ({} bytes)", text.len())
 }
 
 /// Parses a size: a whole number and a unit, `B`, `KB`, `MB`, `GB` (powers of 1000) or

@@ -187,10 +187,12 @@ fn init_tracing(format: LogFormat) {
 /// number of cores.
 fn worker_threads(cfg: &Config) -> anyhow::Result<usize> {
     if let Ok(v) = std::env::var("TURNOUT_WORKER_THREADS") {
+        // The same range as [runtime] worker_threads.
         return match v.trim().parse::<usize>() {
-            Ok(n) if n >= 1 => Ok(n),
+            Ok(n) if (1..=4096).contains(&n) => Ok(n),
             _ => Err(UsageError(format!(
-                "TURNOUT_WORKER_THREADS={v:?} is not a whole number of at least 1"
+                "TURNOUT_WORKER_THREADS={:?} is not a whole number from 1 to 4096 (it overrides [runtime] worker_threads)",
+                v.chars().take(40).collect::<String>()
             ))
             .into()),
         };
