@@ -190,6 +190,10 @@ pub struct Status {
     /// With `[state] backend = "etcd"`: this replica and the fleet's leader.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetStatus>,
+    /// Why changes cannot be saved now (the state database was moved or deleted under
+    /// the router); absent when they can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_problem: Option<String>,
 }
 
 /// A replica's view of its fleet.
@@ -637,6 +641,7 @@ impl Controller {
                 version: d.version,
             }),
             fleet: self.fleet_status().await,
+            state_problem: self.inner.store.problem(),
         }
     }
 
@@ -763,21 +768,29 @@ impl Controller {
         let store = self.inner.store.clone();
         let first = d.clone();
         let settings = serde_json::to_string(&options::RunSettings::of(&self.inner.pipeline));
-        let (saved_tx, saved_rx) = tokio::sync::oneshot::channel::<()>();
+        let (saved_tx, saved_rx) = tokio::sync::oneshot::channel::<Result<(), StoreError>>();
+        let inner = self.inner.clone();
         self.inner.spawn_run(async move {
             if let Ok(settings) = settings {
                 if let Err(e) = store.save_value(&settings_key(&first.id), &settings).await {
                     tracing::warn!(deployment = %first.id, error = %e, "the deployment's settings were not saved (a reload during it would change them): {e}");
                 }
             }
+            // A deployment whose record cannot be saved does not start: nothing of it
+            // would survive a restart, and the store's problem is the operator's first.
             if let Err(e) = store.save_deployment(&first).await {
-                tracing::warn!(deployment = %first.id, error = %e, "the deployment record was not saved: {e}");
+                tracing::error!(deployment = %first.id, error = %e, "the deployment record was not saved; the deployment does not start: {e}");
+                inner.run_ended(&first.id);
+                let _ = saved_tx.send(Err(e));
+                return;
             }
-            drop(saved_tx);
+            let _ = saved_tx.send(Ok(()));
             runner.drive().await
         });
-        let _ = saved_rx.await;
-        Ok(d)
+        match saved_rx.await {
+            Ok(Err(e)) => Err(ControlError::Store(e)),
+            _ => Ok(d),
+        }
     }
 
     /// Passes the manual gate, or moves a canary on to its next step.

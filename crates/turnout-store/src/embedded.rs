@@ -25,6 +25,10 @@ pub struct EmbeddedStore {
     conn: Arc<Mutex<Connection>>,
     /// Held, never read: the lock lives as long as the file stays open.
     _lock: Arc<File>,
+    /// The database file's device and inode when it was opened: a file moved or deleted
+    /// under the router would take every later change with it, unseen (SQLite writes to
+    /// the open file), so every change checks it is still there first.
+    identity: (u64, u64),
 }
 
 const ROUTING_KEY: &str = "routing";
@@ -57,6 +61,21 @@ impl EmbeddedStore {
             location: path.display().to_string(),
             source: format!("cannot create the state directory {}: {e}", dir.display()).into(),
         })?;
+        if !path.exists() {
+            // A directory a router used before, whose database is gone: worth saying.
+            let found: Vec<String> = std::fs::read_dir(&dir)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| !n.starts_with("state.db"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !found.is_empty() {
+                tracing::warn!(dir = %dir.display(), found = ?found, "the state directory {} has no state.db but holds {}: a previous router's state may have been moved or deleted; starting from the configuration (no saved routing, no history)", dir.display(), found.join(", "));
+            }
+        }
         let lock = match lock {
             None => lock_dir(&dir)?,
             Some(file) => adopt_lock(&dir, file)?,
@@ -79,11 +98,16 @@ impl EmbeddedStore {
              );",
         )
         .map_err(sqlite)?;
+        let identity = file_identity(&path).map_err(|e| StoreError::Backend {
+            location: path.display().to_string(),
+            source: format!("cannot read the database file: {e}").into(),
+        })?;
         Ok(EmbeddedStore {
             dir,
             path,
             conn: Arc::new(Mutex::new(conn)),
             _lock: Arc::new(lock),
+            identity,
         })
     }
 
@@ -99,6 +123,32 @@ impl EmbeddedStore {
 
     fn location(&self) -> String {
         self.path.display().to_string()
+    }
+
+    /// `Err` when the database file is no longer the one opened (moved, deleted, or
+    /// replaced): a change saved now would be lost.
+    fn still_there(&self) -> Result<(), StoreError> {
+        match self.problem_now() {
+            None => Ok(()),
+            Some(why) => Err(StoreError::Backend {
+                location: self.location(),
+                source: why.into(),
+            }),
+        }
+    }
+
+    fn problem_now(&self) -> Option<String> {
+        match file_identity(&self.path) {
+            Ok(id) if id == self.identity => None,
+            Ok(_) => Some(format!(
+                "the state database {} was replaced by another file while the router ran; changes are refused so that none is lost: put the original back, or restart turnout to use the new one",
+                self.path.display()
+            )),
+            Err(e) => Some(format!(
+                "the state database {} is gone ({e}): it was moved or deleted while the router ran; changes are refused so that none is lost: put it back, or restart turnout to start from an empty state",
+                self.path.display()
+            )),
+        }
     }
 
     fn backend_err(&self, e: rusqlite::Error) -> StoreError {
@@ -124,6 +174,7 @@ impl EmbeddedStore {
     }
 
     fn save_sync(&self, state: &RoutingState, expected: Option<u64>) -> Result<(), StoreError> {
+        self.still_there()?;
         let value = serde_json::to_string(state).map_err(|source| StoreError::Corrupt {
             location: self.location(),
             source,
@@ -168,6 +219,7 @@ impl EmbeddedStore {
     }
 
     fn save_deployment_sync(&self, d: &Deployment) -> Result<(), StoreError> {
+        self.still_there()?;
         let value = serde_json::to_string(d).map_err(|e| self.corrupt(e))?;
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         conn.execute(
@@ -205,6 +257,7 @@ impl EmbeddedStore {
     }
 
     fn create_value_sync(&self, key: &str, value: &str) -> Result<String, StoreError> {
+        self.still_there()?;
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         conn.execute(
             "INSERT INTO kv (key, revision, value) VALUES (?1, 0, ?2) ON CONFLICT(key) DO NOTHING",
@@ -216,6 +269,7 @@ impl EmbeddedStore {
     }
 
     fn save_value_sync(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.still_there()?;
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         conn.execute(
             "INSERT INTO kv (key, revision, value) VALUES (?1, 0, ?2)
@@ -304,6 +358,10 @@ impl StateStore for EmbeddedStore {
     fn describe(&self) -> String {
         format!("embedded SQLite at {}", self.location())
     }
+
+    fn problem(&self) -> Option<String> {
+        self.problem_now()
+    }
 }
 
 /// Takes the state directory's lock, or says who holds it.
@@ -336,6 +394,13 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
         .set_len(0)
         .and_then(|()| writeln!(file, "{}", std::process::id()));
     Ok(file)
+}
+
+/// A file's device and inode.
+fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
 }
 
 /// Checks that `file`, handed over by the previous router process, is `dir`'s lock file

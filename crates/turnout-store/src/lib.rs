@@ -121,6 +121,12 @@ pub trait StateStore: Send + Sync + 'static {
     /// A short description for logs and errors (a path or endpoints).
     fn describe(&self) -> String;
 
+    /// Why changes cannot be saved now, when the store knows without trying (the
+    /// embedded database file was moved or deleted under the router); `status` shows it.
+    fn problem(&self) -> Option<String> {
+        None
+    }
+
     /// The fleet this store is shared by, when several routers share it (etcd): their
     /// changes, leader election and traffic counters. `None` for a store of one router.
     fn fleet(&self) -> Option<&dyn Fleet> {

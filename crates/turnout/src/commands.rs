@@ -380,6 +380,9 @@ pub fn render_status(s: &Status) -> String {
             let _ = writeln!(o, "deployment: none");
         }
     }
+    if let Some(problem) = &s.state_problem {
+        let _ = writeln!(o, "STATE: {problem}");
+    }
     if let Some(f) = &s.fleet {
         let leader = match (&f.leader_replica, f.leader) {
             (_, true) => "this replica leads (runs the deployments)".to_owned(),

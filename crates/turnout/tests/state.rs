@@ -461,3 +461,50 @@ async fn a_second_sigterm_during_the_shutdown_grace_stops_at_once() {
         .unwrap();
     assert!(cut.is_err(), "the request in flight completed: {cut:?}");
 }
+
+/// The state database moved away under a running router: every change fails loudly
+/// (nothing is acknowledged that would be lost), `status` says why, the data plane goes
+/// on; the next start warns that the directory lost its database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_database_moved_away_makes_every_change_fail_loudly() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let mut router = router(&blue, &green).await;
+    let db = router.dir().join("state").join("state.db");
+    std::fs::rename(&db, router.dir().join("state.db.moved")).unwrap();
+
+    let (status, body) = router.switch_to("green").await;
+    assert_eq!(status, 503, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("state.db") && message.contains("moved or deleted"),
+        "{body}"
+    );
+    let (status, body) = router.api(Method::POST, "/api/v1/rollback", None).await;
+    assert_ne!(status, 200, "{body}");
+    let (status, body) = router
+        .api(
+            Method::POST,
+            "/api/v1/deployments",
+            Some(json!({"version": "v2", "upstreams": [green.upstream()]})),
+        )
+        .await;
+    assert_ne!(status, 202, "{body}");
+    assert_ne!(status, 200, "{body}");
+    // Nothing changed where users are, and status says what is wrong.
+    assert_eq!(answer(&router).await, "blue");
+    let (code, out, err) = router.cli(&["status"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("STATE:") && out.contains("moved or deleted"),
+        "{out}"
+    );
+
+    // A start on the directory without its database says what it found.
+    router.restart().await.unwrap();
+    let log = router.stderr();
+    assert!(
+        log.contains("has no state.db but holds") && log.contains("lock"),
+        "{log}"
+    );
+}
