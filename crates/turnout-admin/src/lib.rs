@@ -191,6 +191,8 @@ pub struct SwitchResponse {
     pub live: Option<SlotName>,
     /// The new routing revision.
     pub revision: u64,
+    /// Whether the routing changed (false: the slot was live already).
+    pub changed: bool,
 }
 
 impl From<RoutingState> for SwitchResponse {
@@ -198,6 +200,7 @@ impl From<RoutingState> for SwitchResponse {
         SwitchResponse {
             live: s.live,
             revision: s.revision,
+            changed: true,
         }
     }
 }
@@ -442,8 +445,13 @@ async fn switch(
     let to: SlotName = req.to.parse().map_err(|e: turnout_core::ParseSlotError| {
         ApiError::new(StatusCode::BAD_REQUEST, "unknown_slot", e.to_string())
     })?;
+    let before = state.controller.status().await.revision;
     let next = state.controller.switch(to, req.force).await?;
-    Ok(Json(next.into()))
+    let changed = next.revision != before;
+    Ok(Json(SwitchResponse {
+        changed,
+        ..next.into()
+    }))
 }
 
 /// Sends traffic back to the standby slot; during a deployment, also ends it as rolled

@@ -562,6 +562,10 @@ impl Controller {
         let inner = self.inner.clone();
         detached(async move {
             let mut state = inner.state.lock().await;
+            // Already where it is asked to go: nothing to change, no new revision.
+            if state.live == Some(to) && state.weights.of(to) == 100 {
+                return Ok(state.clone());
+            }
             let next = state.switch(to, inner.proxy.healthy_count(to), force)?;
             let why = events::Why::operator(
                 "switch",
@@ -1213,9 +1217,6 @@ impl Inner {
         let inner = self.clone();
         detached(async move {
             let mut state = inner.state.lock().await;
-            // Checked again under the lock: a handover may have begun while this change
-            // waited (a switch's wait for health checks, a deployment's step).
-            inner.not_handing_over()?;
             let next = f(&state, &inner.proxy)?;
             if next == *state {
                 return Ok(next);
@@ -1622,6 +1623,9 @@ impl Inner {
         mut next: RoutingState,
         why: events::Why,
     ) -> Result<RoutingState, ControlError> {
+        // Checked again under the state lock: a handover may have begun while this change
+        // waited (a switch's wait for health checks, a deployment's step).
+        self.not_handing_over()?;
         if let Some(drain) = self.pipeline.session_drain {
             if why.kind == "rollback" {
                 next.drain = None;

@@ -70,11 +70,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Some(json!({ "to": to.as_str(), "force": force })),
                 )
                 .await?;
-            out(&format!(
-                "switched: {} is live (revision {})",
-                r["live"].as_str().unwrap_or("none"),
-                r["revision"]
-            ))
+            let live = r["live"].as_str().unwrap_or("none");
+            out(&if r["changed"] == false {
+                format!(
+                    "already live: {live} (revision {}); nothing changed",
+                    r["revision"]
+                )
+            } else {
+                format!("switched: {live} is live (revision {})", r["revision"])
+            })
             .map(|()| ExitCode::SUCCESS)
         }),
         Command::Reload => with_client(&cli, |c| async move {

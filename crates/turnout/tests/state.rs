@@ -508,3 +508,22 @@ async fn a_state_database_moved_away_makes_every_change_fail_loudly() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_to_the_live_slot_says_so_and_changes_nothing() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let router = router(&blue, &green).await;
+    let before = router.status().await["revision"].clone();
+    let (code, out, err) = router.cli(&["switch", "--to", "blue"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("already live: blue"), "{out}");
+    assert_eq!(router.status().await["revision"], before, "no new revision");
+    let (status, body) = router.switch_to("blue").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["changed"], false, "{body}");
+    // A real switch still is one.
+    let (status, body) = router.switch_to("green").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["changed"], true, "{body}");
+}
