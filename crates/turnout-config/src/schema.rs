@@ -49,8 +49,14 @@ const HOOKS: &[&str] = &[
 pub(crate) fn config<'a>(ctx: &mut Ctx, doc: &'a Spanned<DeTable<'a>>) -> Config {
     let root = Table::root(ctx, doc, TOP);
     let admin = admin(ctx, &root);
+    let listen = listen(ctx, &root, &admin);
+    let mut own = vec![(listen.addr, "[listen] addr"), (admin.addr, "[admin] addr")];
+    if let Some(tls) = &listen.tls {
+        own.push((tls.addr, "[listen.tls] addr"));
+    }
     Config {
-        listen: listen(ctx, &root, &admin),
+        slots: slots(ctx, &root, &own),
+        listen,
         runtime: Runtime {
             worker_threads: root
                 .table(ctx, "runtime", &["worker_threads"])
@@ -59,7 +65,6 @@ pub(crate) fn config<'a>(ctx: &mut Ctx, doc: &'a Spanned<DeTable<'a>>) -> Config
         },
         admin,
         state: state(ctx, &root),
-        slots: slots(ctx, &root),
         upstream: upstream(ctx, &root),
         health: health(ctx, &root),
         provision: provision(ctx, &root),
@@ -325,13 +330,21 @@ fn lease(ctx: &mut Ctx, t: &Table) -> Option<Duration> {
     }
 }
 
-fn slots(ctx: &mut Ctx, root: &Table) -> Slots {
+fn slots(ctx: &mut Ctx, root: &Table, own: &[(std::net::SocketAddr, &str)]) -> Slots {
     let t = root.table(ctx, "slots", &["blue", "green"]);
     let mut slot = |name: &str| {
         let s = t.table(ctx, name, &["upstreams", "version"]);
         let mut seen = Vec::new();
         let upstreams = s.list(ctx, "upstreams", |addr| {
             check_upstream(addr)?;
+            if let Some((listen, key)) = own
+                .iter()
+                .find(|(a, _)| turnout_core::names_listen_addr(addr, *a))
+            {
+                return Err(format!(
+                    "upstream {addr:?} is this router's own {key} ({listen}): requests would loop through turnout until the machine runs out of memory; point it at the service"
+                ));
+            }
             if seen.iter().any(|s| s == addr) {
                 return Err(format!("upstream {addr:?} is listed twice: remove one"));
             }

@@ -5,10 +5,12 @@
 //! rules can be tested exhaustively and shared by the admin API, the pipeline and the
 //! store backends.
 
+mod addr;
 mod deployment;
 mod routing;
 mod slot;
 
+pub use addr::names_listen_addr;
 pub use deployment::{format_ms, Analysis, Deployment, Outcome, Stage, StageRecord, Verdict};
 pub use routing::{Drain, RoutingState, SlotState, SwitchError, Weights};
 pub use slot::{ParseSlotError, Role, SlotName};

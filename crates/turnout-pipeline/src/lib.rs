@@ -290,6 +290,9 @@ struct Inner {
     /// change is refused (`ControlError::HandingOver`), so that two processes never
     /// change the routing or run a deployment at once.
     handing_over: std::sync::Mutex<Option<String>>,
+    /// The addresses this router listens on (data plane, TLS, admin), which no upstream
+    /// may name.
+    own_addrs: std::sync::Mutex<Vec<std::net::SocketAddr>>,
 }
 
 /// Something that happened: a stage started or ended, a switch, a rollback, a health
@@ -478,6 +481,7 @@ impl Controller {
                 switches: std::sync::atomic::AtomicU64::new(0),
                 fleet: Default::default(),
                 handing_over: std::sync::Mutex::new(None),
+                own_addrs: std::sync::Mutex::new(Vec::new()),
             }),
         };
         if controller.inner.store.fleet().is_some() {
@@ -705,6 +709,20 @@ impl Controller {
         validate_version(&req.version)?;
         for addr in &req.upstreams {
             validate_upstream(addr)?;
+            let own = self
+                .inner
+                .own_addrs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(listen) = own
+                .iter()
+                .find(|a| turnout_core::names_listen_addr(addr, **a))
+            {
+                return Err(ControlError::Invalid(format!(
+                    "upstream {addr:?} is this router's own address ({listen}): requests would loop through turnout; give the address of an instance of the service"
+                )));
+            }
         }
         if req.upstreams.is_empty() && self.inner.pipeline.provision == Provisioner::Static {
             return Err(ControlError::Invalid(
@@ -1076,6 +1094,15 @@ impl Controller {
                 tracing::error!(error = %e, "could not resume the deployment after a failed handover: {e}")
             }
         }
+    }
+
+    /// The addresses this router listens on: `deploy --upstream` refuses them (a loop).
+    pub fn set_own_addrs(&self, addrs: Vec<std::net::SocketAddr>) {
+        *self
+            .inner
+            .own_addrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = addrs;
     }
 
     /// The pids of the instances turnout runs for each slot (blue, green).

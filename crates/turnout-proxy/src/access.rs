@@ -18,6 +18,42 @@ const QUEUE: usize = 8192;
 static PREFIX: OnceLock<u64> = OnceLock::new();
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// This router process's `Via` entry, `1.1 turnout-` and the 12 hex digits of its random
+/// prefix: a request that comes back carrying it has looped through this router.
+pub(crate) fn via() -> &'static [u8] {
+    static VIA: OnceLock<Vec<u8>> = OnceLock::new();
+    VIA.get_or_init(|| {
+        let mut v = b"1.1 turnout-".to_vec();
+        let mut tag = [0u8; 12];
+        hex_into(&mut tag, prefix());
+        v.extend_from_slice(&tag);
+        v
+    })
+}
+
+/// Whether a `Via` field value names this router process.
+pub(crate) fn via_names_me(value: &[u8]) -> bool {
+    // The tag part ("turnout-" and 12 hex digits) is what identifies the process.
+    let me = &via()[4..];
+    value.windows(me.len()).any(|w| w == me)
+}
+
+fn prefix() -> u64 {
+    *PREFIX.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState is seeded from the OS; mix in the time and pid for good measure.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+        );
+        h.write_u32(std::process::id());
+        h.finish()
+    })
+}
+
 /// A new request id: 12 hex digits of a random per-process prefix, then 12 of a counter.
 pub(crate) fn new_request_id() -> [u8; 24] {
     let prefix = *PREFIX.get_or_init(|| {

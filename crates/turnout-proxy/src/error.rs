@@ -83,6 +83,10 @@ pub enum ProxyError {
         /// The limit.
         max: u64,
     },
+    /// The request came back through this router (its `Via` entry): an upstream points
+    /// at turnout itself, directly or through another hop.
+    #[error("loop detected: the request already passed through this router (Via); an upstream points back at turnout")]
+    Loop,
     /// The upstream sent no response head within the response timeout.
     #[error("upstream {addr} did not answer within {timeout_ms} ms")]
     ResponseTimeout {
@@ -105,6 +109,7 @@ impl ProxyError {
             }
             ProxyError::BadRequestBody => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Loop => StatusCode::LOOP_DETECTED,
             _ => StatusCode::BAD_GATEWAY,
         }
     }

@@ -1413,6 +1413,13 @@ fn plan_request_proto(
             }
         } else if eq(name, "upgrade") {
             upgrade = Some(h.value);
+        } else if eq(name, "via") {
+            if crate::access::via_names_me(h.value) {
+                return Err(Refusal(
+                    508,
+                    "turnout: loop detected: this request already passed through this router (Via); an upstream points back at turnout\n",
+                ));
+            }
         } else if eq(name, "x-request-id") {
             // Where the value is in `buf` (httparse's slices point into it).
             let from = h.value.as_ptr() as usize - buf.as_ptr() as usize;
@@ -1540,6 +1547,11 @@ fn plan_request_proto(
         up.extend_from_slice(host);
         up.extend_from_slice(b"\r\n");
     }
+    // Marks the request as having passed here, so that a loop back is seen (RFC 9110
+    // §7.6.3; the client's own Via lines go on above).
+    up.extend_from_slice(b"via: ");
+    up.extend_from_slice(crate::access::via());
+    up.extend_from_slice(b"\r\n");
     match body {
         ReqBody::Length(n) => {
             up.extend_from_slice(b"content-length: ");
@@ -1940,11 +1952,25 @@ mod tests {
         )
         .unwrap();
         assert!(!p.close && p.idempotent && p.body == ReqBody::None);
+        let via = String::from_utf8_lossy(crate::access::via()).into_owned();
         assert_eq!(
             up,
-            "GET /a?b=1 HTTP/1.1\r\nhost: shop.example\r\naccept: */*\r\n\
-             x-forwarded-for: 1.2.3.4, 5.6.7.8, 10.0.0.9\r\nx-forwarded-proto: http\r\n\
-             x-forwarded-host: shop.example\r\n\r\n"
+            format!(
+                "GET /a?b=1 HTTP/1.1\r\nhost: shop.example\r\naccept: */*\r\n\
+                 x-forwarded-for: 1.2.3.4, 5.6.7.8, 10.0.0.9\r\nx-forwarded-proto: http\r\n\
+                 x-forwarded-host: shop.example\r\nvia: {via}\r\n\r\n"
+            )
+        );
+        // A request that already passed through this router is a loop: 508. Another
+        // proxy's Via goes on, beside this router's.
+        let looped = format!("GET / HTTP/1.1\r\nhost: a\r\nvia: 1.0 edge, {via}\r\n\r\n");
+        assert!(matches!(plan(&looped), Err(508)));
+        let (_, up) =
+            plan("GET / HTTP/1.1\r\nhost: a\r\nvia: 1.1 turnout-000000000000\r\n\r\n").unwrap();
+        assert!(
+            up.contains("via: 1.1 turnout-000000000000\r\n")
+                && up.contains(&format!("via: {via}\r\n")),
+            "{up}"
         );
         // Absolute form: the authority stands in for a missing Host.
         let (_, up) = plan("GET http://api.example/x HTTP/1.1\r\n\r\n").unwrap();

@@ -115,6 +115,15 @@ impl ConnService {
                 id
             }
         };
+        // A request that came back through this router: refused at once.
+        if req
+            .headers()
+            .get_all(header::VIA)
+            .iter()
+            .any(|v| crate::access::via_names_me(v.as_bytes()))
+        {
+            return with_id(error_response(&ProxyError::Loop), request_id);
+        }
         // A body over max_body with its length announced: refused before routing; one
         // streamed without a length is cut off when it grows past it (`RequestBody::Capped`).
         if let Some(max) = self.inner.opts.max_body {
@@ -420,6 +429,7 @@ impl ConnService {
         };
         headers.insert(X_FORWARDED_FOR.clone(), xff);
         headers.insert(X_FORWARDED_PROTO.clone(), self.proto.clone());
+        headers.append(header::VIA, HeaderValue::from_static(via_static()));
         // turnout is the edge: the forwarded host is the one this client asked for.
         match headers.get(header::HOST).cloned() {
             Some(host) => {
@@ -616,4 +626,13 @@ fn error_response(err: &ProxyError) -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
+}
+
+/// This process's `Via` entry as a `'static str` (made once).
+fn via_static() -> &'static str {
+    static VIA: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    VIA.get_or_init(|| {
+        let s = String::from_utf8_lossy(crate::access::via()).into_owned();
+        Box::leak(s.into_boxed_str())
+    })
 }

@@ -593,6 +593,13 @@ async fn serve(cfg: Config, launch: &mut Launch) -> anyhow::Result<()> {
         )),
         _ => None,
     };
+    {
+        let mut own = vec![data.local_addr()?, admin_addr];
+        if let Some((l, _)) = &tls_data {
+            own.push(l.local_addr()?);
+        }
+        controller.set_own_addrs(own);
+    }
     if !inherited.is_empty() {
         tracing::warn!(sockets = ?inherited.leftover(), "{} passed sockets this config has no use for; they are closed", inherited.from());
     }

@@ -12,7 +12,7 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
-use turnout_testkit::{Backend, Router, RouterOptions};
+use turnout_testkit::{Backend, HttpClient, Router, RouterOptions};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -457,4 +457,85 @@ async fn a_version_that_looks_like_an_option_is_refused() {
     let (code, out, err) = router.cli(&["history", "--json"]).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "[]", "no deployment was recorded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_that_would_proxy_to_itself_is_refused() {
+    // In the config: its own data plane or admin address as an upstream.
+    let dir = tempfile::tempdir().unwrap();
+    for (listen, upstream, key) in [
+        ("127.0.0.1:18080", "127.0.0.1:18080", "[listen] addr"),
+        ("0.0.0.0:18080", "localhost:18080", "[listen] addr"),
+        ("127.0.0.1:18080", "127.0.0.1:9901", "[admin] addr"),
+    ] {
+        let path = write_config(
+            dir.path(),
+            &format!("[listen]\naddr = \"{listen}\"\n[slots.blue]\nupstreams = [\"{upstream}\"]\n"),
+        );
+        let (code, out, err) = turnout(
+            dir.path(),
+            &["check-config", "--config", path.to_str().unwrap()],
+            &[],
+        )
+        .await;
+        assert_eq!(code, 2, "{upstream} on {listen}: {out}{err}");
+        assert!(
+            err.contains("slots.blue.upstreams") && err.contains(key) && err.contains("loop"),
+            "{err}"
+        );
+    }
+    // At deploy: the router's own address as --upstream.
+    let (_blue, router) = blue_only().await;
+    let (code, out, err) = router
+        .cli(&["deploy", "v2", "--upstream", &router.data])
+        .await;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("this router's own address"), "{err}");
+    assert_eq!(live_slot(&router).await, "blue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_through_another_router_is_answered_508_at_once() {
+    // a -> b -> a: b's upstream is a, and a's green is b.
+    let (_blue, a) = blue_only().await;
+    let b = Router::start(
+        bin(),
+        &RouterOptions {
+            blue: vec![a.data.clone()],
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("start b");
+    let (code, out, err) = a.cli(&["switch", "--to", "blue"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (status, body) = a
+        .api(
+            Method::POST,
+            "/api/v1/deployments",
+            Some(serde_json::json!({"version": "loop", "upstreams": [b.data.clone()]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    // Once a routes to b, each request comes back to a and ends there with 508 — no
+    // request multiplies, and a keeps answering.
+    turnout_testkit::eventually("a loop answered 508", DEADLINE, || async {
+        let mut c = HttpClient::http1(&a.data).await.ok()?;
+        let r = c.get("/").await.ok()?;
+        (r.status == StatusCode::LOOP_DETECTED).then_some(())
+    })
+    .await;
+    let mut c = HttpClient::http1(&a.data).await.unwrap();
+    let r = c.get("/").await.unwrap();
+    assert!(
+        r.status == StatusCode::LOOP_DETECTED || r.status.is_server_error(),
+        "{:?}",
+        r.status
+    );
+    // The same over HTTP/2.
+    let mut c = HttpClient::http2(&a.data).await.unwrap();
+    let r = c.get("/").await.unwrap();
+    assert_eq!(r.status, StatusCode::LOOP_DETECTED, "{}", r.text());
+    let (code, _, err) = a.cli(&["status"]).await;
+    assert_eq!(code, 0, "{err}");
 }
