@@ -126,6 +126,10 @@ pub(crate) struct Run {
     /// Whether this run has changed its target slot (retired what it held, placed the
     /// candidate): only then does ending early empty the slot.
     touched_target: bool,
+    /// What the target slot held when this run retired it, if that was a standby of
+    /// static upstreams (no processes of turnout's, nothing stopped): put back when the
+    /// deployment ends before its switch, so that an abort leaves the standby as it was.
+    displaced: Option<(Vec<String>, Option<String>)>,
     /// Retry on standby (`[bake] retry_on_standby`), from the candidate's first request
     /// until the bake passed or traffic is back on the previous slot.
     retry: Option<RetryOn>,
@@ -156,6 +160,7 @@ impl Run {
                 waiter: None,
                 retry: None,
                 touched_target: false,
+                displaced: None,
             },
             handle,
         )
@@ -1038,9 +1043,24 @@ impl Run {
         self.touched_target = true;
         let occupied = {
             let state = self.inner.state.lock().await;
-            (!state.slot(slot).upstreams.is_empty()).then(|| state.slot(slot).version.clone())
+            (!state.slot(slot).upstreams.is_empty()).then(|| {
+                (
+                    state.slot(slot).upstreams.clone(),
+                    state.slot(slot).version.clone(),
+                )
+            })
         };
-        if let Some(old) = occupied {
+        if let Some((upstreams, old)) = occupied {
+            // Static upstreams (no instances turnout started, no `down` to run) can be put
+            // back as they were if this deployment ends before its switch.
+            let runs_nothing = self
+                .inner
+                .slot_runtime_kind(slot)
+                .await
+                .is_none_or(|k| k == SlotKind::Static);
+            if runs_nothing {
+                self.displaced = Some((upstreams, old.clone()));
+            }
             self.note(format!(
                 "{slot} still holds {}; retiring it first",
                 old.as_deref().unwrap_or("an unnamed version")
@@ -1142,6 +1162,28 @@ impl Run {
         if !ours {
         } else if let Err(e) = self.inner.retire(self.d.slot).await {
             tracing::warn!(deployment = %self.d.id, error = %e, "could not retire the candidate: {e}");
+        } else if let Some((upstreams, version)) = self.displaced.take() {
+            // The standby it displaced goes back: users never saw this deployment, and a
+            // rollback works as before it.
+            let slot = self.d.slot;
+            let why = Why::operator("switch", format!("{slot}'s standby restored")).by_leader();
+            let restored = self
+                .inner
+                .change(why, move |s: &RoutingState, _| {
+                    let mut next = s.clone();
+                    next.revision += 1;
+                    next.set_static_upstreams(slot, upstreams, version);
+                    Ok(next)
+                })
+                .await;
+            match restored {
+                Ok(_) => self
+                    .d
+                    .note(format!("{slot}'s previous standby was put back as it was")),
+                Err(e) => {
+                    tracing::warn!(deployment = %self.d.id, error = %e, "could not put {slot}'s standby back: {e}")
+                }
+            }
         }
         let t = now();
         self.d.finish(verdict, Some(why.clone()), outcome, &t);

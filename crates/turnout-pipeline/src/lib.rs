@@ -1284,6 +1284,13 @@ impl Inner {
         *self.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
     }
 
+    /// Who provided `slot`'s upstreams, when turnout knows (`None`: the configuration's
+    /// static upstreams, or nothing).
+    async fn slot_runtime_kind(&self, slot: SlotName) -> Option<SlotKind> {
+        let slots = self.slots.lock().await;
+        slots[slot.index()].as_ref().map(|rt| rt.kind)
+    }
+
     /// Whether `slot`'s upstreams were provided by deployment `id`.
     async fn slot_owned_by(&self, slot: SlotName, id: &str) -> bool {
         let slots = self.slots.lock().await;

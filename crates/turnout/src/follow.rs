@@ -46,9 +46,10 @@ pub async fn deploy(
         d.id,
         d.version,
         d.slot,
-        match &d.previous_version {
-            Some(prev) => format!(" (live now: {prev})"),
-            None => " (first deployment: it becomes live without a standby)".into(),
+        match (&d.previous, &d.previous_version) {
+            (Some(_), Some(prev)) => format!(" (live now: {prev})"),
+            (Some(slot), None) => format!(" (live now: {slot}, a version without a name)"),
+            (None, _) => " (first deployment: it becomes live without a standby)".into(),
         }
     ))?;
     if detach {

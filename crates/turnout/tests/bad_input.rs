@@ -539,3 +539,55 @@ async fn a_loop_through_another_router_is_answered_508_at_once() {
     let (code, _, err) = a.cli(&["status"]).await;
     assert_eq!(code, 0, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_deployment_leaves_the_static_standby_as_it_was() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let v2 = Backend::start("v2").await;
+    let router = Router::start(
+        bin(),
+        &RouterOptions {
+            blue: vec![blue.upstream()],
+            green: vec![green.upstream()],
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("start turnout");
+    router.await_healthy().await;
+    let (code, out, err) = router
+        .cli(&[
+            "deploy",
+            "v2",
+            "--upstream",
+            &v2.upstream(),
+            "--manual",
+            "--detach",
+        ])
+        .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        !out.contains("first deployment"),
+        "blue is live: say so: {out}"
+    );
+    assert!(out.contains("live now: blue"), "{out}");
+    turnout_testkit::eventually("the manual gate", DEADLINE, || async {
+        (router.status().await["deployment"]["stage"] == "gate").then_some(())
+    })
+    .await;
+    let (code, out, err) = router.cli(&["abort"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    // Routing and standby as before the deployment; a rollback still works.
+    let s = router.status().await;
+    assert_eq!(s["live"], "blue", "{s:#}");
+    assert_eq!(s["slots"]["green"]["role"], "standby", "{s:#}");
+    assert_eq!(
+        s["slots"]["green"]["upstreams"][0]["addr"],
+        green.upstream(),
+        "{s:#}"
+    );
+    let (code, out, err) = router.cli(&["rollback"]).await;
+    assert_eq!(code, 0, "rollback after the abort: {out}{err}");
+    assert_eq!(live_slot(&router).await, "green");
+}
