@@ -566,9 +566,14 @@ impl Controller {
         let inner = self.inner.clone();
         detached(async move {
             let mut state = inner.state.lock().await;
-            // Already where it is asked to go: nothing to change, no new revision.
+            // Already where it is asked to go: nothing to change, no new revision — as long
+            // as the store agrees (another writer may have moved on; then the switch goes
+            // through the store and finds out).
             if state.live == Some(to) && state.weights.of(to) == 100 {
-                return Ok(state.clone());
+                let stored = inner.store.load_routing().await;
+                if matches!(&stored, Ok(Some(s)) if s.revision == state.revision) {
+                    return Ok(state.clone());
+                }
             }
             let next = state.switch(to, inner.proxy.healthy_count(to), force)?;
             let why = events::Why::operator(
