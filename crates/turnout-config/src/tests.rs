@@ -285,7 +285,7 @@ checks = [{ path = \"/\", stauts = 200 }]
 #[test]
 fn bad_durations() {
     check_cases(&[
-        ("[health]\ninterval = \"5 s\"", &[("health.interval", 2, "invalid duration \"5 s\": expected a number and a unit, e.g. \"500ms\", \"30s\", \"10m\"")]),
+        ("[health]\ninterval = \"5 x\"", &[("health.interval", 2, "invalid duration \"5 x\": expected a number and a unit, e.g. \"500ms\", \"30s\", \"10m\"")]),
         ("[health]\ninterval = \"5\"", &[("health.interval", 2, "did you mean \"5s\"?")]),
         ("[bake]\nduration = \"-1s\"", &[("bake.duration", 2, "expected a number and a unit")]),
         ("[listen]\nheader_timeout = \"\"", &[("listen.header_timeout", 2, "invalid duration \"\"")]),
@@ -585,7 +585,7 @@ fn three_problems_in_one_file_are_all_reported() {
 addr = \"0.0.0.0:8080\"
 
 [health]
-interval = \"5 s\"
+interval = \"5 x\"
 timout = \"1s\"
 
 [slots.blue]
@@ -594,8 +594,8 @@ upstreams = [\"http://127.0.0.1:7001\"]
     let errors = parse(text).unwrap_err();
     assert_eq!(
         errors.to_string(),
-        "turnout.toml:5: health.interval: invalid duration \"5 s\": expected a number and a unit, \
-         e.g. \"500ms\", \"30s\", \"10m\"\n\
+        "turnout.toml:5: health.interval: invalid duration \"5 x\": expected a number and a unit, \
+         e.g. \"500ms\", \"30s\", \"10m\"; the units are ms, s, m and h\n\
          turnout.toml:6: health.timout: unknown key \"timout\"; did you mean \"timeout\"? Valid \
          keys here: path, interval, timeout, healthy, unhealthy, failover\n\
          turnout.toml:9: slots.blue.upstreams[0]: upstream \"http://127.0.0.1:7001\" has a \

@@ -10,12 +10,16 @@ const DURATION_FORM: &str = "expected a number and a unit, e.g. \"500ms\", \"30s
 
 /// Parses `"500ms"`, `"30s"`, `"10m"`, `"1h"` and sums such as `"1m30s"`.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let invalid = |hint: &str| format!("invalid duration {text:?}: {DURATION_FORM}{hint}");
-    if text.is_empty() {
+    let invalid = |hint: &str| format!("invalid duration {:?}: {DURATION_FORM}{hint}", short(text));
+    // One rule for spaces in every value with a unit, as in sizes ("10 MB"): around the
+    // value and between a number and its unit ("30 s", "1m 30s"), never inside a number.
+    let compact = compact_units(text.trim());
+    let compact = compact.as_str();
+    if compact.is_empty() {
         return Err(invalid(""));
     }
     let mut total = Duration::ZERO;
-    let mut rest = text;
+    let mut rest = compact;
     while !rest.is_empty() {
         let digits = rest
             .find(|c: char| !c.is_ascii_digit())
@@ -39,7 +43,9 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
             "s" => 1,
             "m" => 60,
             "h" => 3600,
-            "" if text == number => return Err(invalid(&format!("; did you mean \"{text}s\"?"))),
+            "" if compact == number => {
+                return Err(invalid(&format!("; did you mean \"{compact}s\"?")))
+            }
             _ if unit.chars().all(|c| c.is_ascii_alphabetic()) => {
                 return Err(invalid("; the units are ms, s, m and h"))
             }
@@ -62,6 +68,27 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         ));
     }
     Ok(total)
+}
+
+/// `text` without the spaces between a number and its unit or between two parts ("1m
+/// 30s"); a space between two digits stays, so that "1 0s" is still refused.
+fn compact_units(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let chars: Vec<char> = text.chars().collect();
+    for (i, c) in chars.iter().enumerate() {
+        if c.is_whitespace() {
+            let before = out.chars().last();
+            let after = chars[i + 1..].iter().find(|c| !c.is_whitespace());
+            let both_digits = before.is_some_and(|b| b.is_ascii_digit())
+                && after.is_some_and(|a| a.is_ascii_digit());
+            if both_digits {
+                out.push(*c);
+            }
+            continue;
+        }
+        out.push(*c);
+    }
+    out
 }
 
 /// The longest duration any key takes: far beyond any timeout or delay that makes sense,
@@ -234,13 +261,18 @@ mod tests {
             ("1h", Duration::from_secs(3600)),
             ("1m30s", Duration::from_secs(90)),
             ("0s", Duration::ZERO),
+            // Spaces as in sizes ("10 MB"): around the value, between number and unit.
+            ("5 s", Duration::from_secs(5)),
+            (" 30s ", Duration::from_secs(30)),
+            ("1m 30s", Duration::from_secs(90)),
+            ("1 m 30 s", Duration::from_secs(90)),
         ];
         for (input, want) in ok {
             assert_eq!(parse_duration(input).as_ref(), Ok(want), "{input}");
         }
         let bad: &[(&str, &str)] = &[
             ("5", "did you mean \"5s\"?"),
-            ("5 s", ""),
+            ("1 0s", ""),
             ("5min", "the units are ms, s, m and h"),
             ("-1s", ""),
             ("", ""),

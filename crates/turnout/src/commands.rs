@@ -181,7 +181,7 @@ pub fn report(e: &anyhow::Error) -> ExitCode {
     if is_broken_pipe(e) {
         return ExitCode::SUCCESS;
     }
-    eprintln!("turnout: {e:#}");
+    eprintln!("turnout: {}", describe(e));
     let bad_request = e
         .downcast_ref::<crate::client::ApiFailure>()
         .is_some_and(|f| f.status == hyper::StatusCode::BAD_REQUEST);
@@ -190,6 +190,23 @@ pub fn report(e: &anyhow::Error) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// An error and its causes on one line, each cause once: a cause whose text the message
+/// already quotes (many errors say what their source said) is not repeated.
+pub(crate) fn describe(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if part.is_empty() || text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

@@ -33,7 +33,7 @@ pub fn run(config: &Path, log_format: LogFormat) -> anyhow::Result<ExitCode> {
                     "the configuration has {} problem(s):\n{errors}",
                     errors.errors.len()
                 ),
-                None => format!("{e:#}"),
+                None => crate::commands::describe(&e),
             };
             let _ = t.failed(&text);
         }
@@ -77,7 +77,7 @@ pub fn run(config: &Path, log_format: LogFormat) -> anyhow::Result<ExitCode> {
     };
     let result = rt.block_on(serve(cfg, &mut launch));
     if let (Err(e), Some(t)) = (&result, launch.takeover.as_mut()) {
-        let _ = t.failed(&format!("{e:#}"));
+        let _ = t.failed(&crate::commands::describe(e));
     }
     // Nothing is left after a graceful stop; after a forced one, do not wait for it.
     rt.shutdown_background();
@@ -502,12 +502,16 @@ async fn serve(cfg: Config, launch: &mut Launch) -> anyhow::Result<()> {
     let admin_addr = admin.local_addr()?;
     let store: Arc<dyn StateStore> = match cfg.state.backend {
         StateBackend::Embedded => {
+            // A state directory that cannot be used is a configuration problem (exit 2);
+            // one in use by another router is a runtime one (exit 1).
             let store = match inherited.take(names::STATE_LOCK) {
-                Some(lock) => {
-                    EmbeddedStore::open_locked(&cfg.state.dir, std::fs::File::from(lock))?
-                }
-                None => EmbeddedStore::open(&cfg.state.dir)?,
-            };
+                Some(lock) => EmbeddedStore::open_locked(&cfg.state.dir, std::fs::File::from(lock)),
+                None => EmbeddedStore::open(&cfg.state.dir),
+            }
+            .map_err(|e| match e {
+                turnout_store::StoreError::InUse { .. } => anyhow::Error::new(e),
+                e => UsageError(format!("[state] dir: {e}")).into(),
+            })?;
             tracing::info!(dir = %store.dir().display(), "state directory {}", store.dir().display());
             pass_on.push((
                 names::STATE_LOCK.to_owned(),

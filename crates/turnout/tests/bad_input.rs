@@ -179,8 +179,8 @@ async fn unknown_key_is_reported_with_its_line_and_a_suggestion() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_duration_is_reported_with_its_key_and_line() {
     assert_rejected(
-        "[listen]\naddr = \"127.0.0.1:0\"\nheader_timeout = \"5 s\"\n",
-        &["{file}:3: listen.header_timeout: invalid duration \"5 s\""],
+        "[listen]\naddr = \"127.0.0.1:0\"\nheader_timeout = \"5 x\"\n",
+        &["{file}:3: listen.header_timeout: invalid duration \"5 x\""],
     )
     .await;
 }
@@ -188,7 +188,7 @@ async fn bad_duration_is_reported_with_its_key_and_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_problem_in_a_file_is_reported_at_once() {
     let err = assert_rejected(
-        "[listen]\nadress = \"127.0.0.1:8080\"\nheader_timeout = \"5 s\"\n\n[health]\nhealthy = 0\n",
+        "[listen]\nadress = \"127.0.0.1:8080\"\nheader_timeout = \"5 x\"\n\n[health]\nhealthy = 0\n",
         &[
             "{file}:2: listen.adress:",
             "{file}:3: listen.header_timeout:",
@@ -590,4 +590,27 @@ async fn an_aborted_deployment_leaves_the_static_standby_as_it_was() {
     let (code, out, err) = router.cli(&["rollback"]).await;
     assert_eq!(code, 0, "rollback after the abort: {out}{err}");
     assert_eq!(live_slot(&router).await, "green");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_state_directory_is_a_config_error_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("not-a-dir"), "").unwrap();
+    let path = write_config(
+        dir.path(),
+        "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n[state]\ndir = \"not-a-dir\"\n",
+    );
+    let (code, out, err) = turnout(
+        dir.path(),
+        &["serve", "--config", path.to_str().unwrap()],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("[state] dir"), "{err}");
+    assert_eq!(
+        err.matches("File exists").count(),
+        1,
+        "the cause once: {err}"
+    );
 }
