@@ -83,6 +83,10 @@ pub enum ProxyError {
         /// The limit.
         max: u64,
     },
+    /// The request's header fields are larger than HTTP/1.1 allows too (64 KiB, 100
+    /// fields): the same limit, answered the same way.
+    #[error("the request's header fields are too large (at most 64 KiB and 100 fields)")]
+    HeadersTooLarge,
     /// The request came back through this router (its `Via` entry): an upstream points
     /// at turnout itself, directly or through another hop.
     #[error("loop detected: the request already passed through this router (Via); an upstream points back at turnout")]
@@ -110,6 +114,7 @@ impl ProxyError {
             ProxyError::BadRequestBody => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Loop => StatusCode::LOOP_DETECTED,
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -144,6 +149,10 @@ impl ProxyError {
             }
             ProxyError::BadRequestBody => "turnout: invalid chunked request body\n",
             ProxyError::BodyTooLarge { .. } => "turnout: request body too large\n",
+            ProxyError::HeadersTooLarge => "turnout: request head too large\n",
+            ProxyError::Loop => {
+                "turnout: loop detected: this request already passed through this router (Via); an upstream points back at turnout\n"
+            }
             _ => "turnout: the upstream failed\n",
         }
     }

@@ -46,6 +46,25 @@ use crate::{tunnel, Inner};
 
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
+/// HTTP/2's header list limit (decoded, as HPACK counts it): four times [`MAX_HEAD`].
+const H2_HEADER_LIST_LIMIT: u32 = 4 * MAX_HEAD as u32;
+
+/// Whether an HTTP/2 request's header fields are over HTTP/1.1's limits ([`MAX_HEAD`]
+/// bytes of names and values, [`MAX_HEADERS`] fields), which the HTTP/2 path applies too.
+pub(crate) fn h2_headers_too_large(headers: &http::HeaderMap) -> bool {
+    if headers.len() > MAX_HEADERS {
+        return true;
+    }
+    let mut size = 0usize;
+    for (name, value) in headers {
+        // Name, ": ", value, CRLF: as the HTTP/1.1 head would be.
+        size += name.as_str().len() + value.len() + 4;
+        if size > MAX_HEAD {
+            return true;
+        }
+    }
+    false
+}
 /// How long an idle keep-alive connection is kept between requests.
 const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
 /// After this long without a request, a keep-alive connection frees its buffers.
@@ -260,6 +279,9 @@ impl<S: ClientIo> ClientConn<S> {
         let service = ConnService::new(inner, peer.ip(), S::TLS);
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());
+        // Room above HTTP/1.1's limit, so that a request over it reaches `ConnService` and
+        // gets the same 431 (past this, the stream is reset: a protocol limit).
+        builder.max_header_list_size(H2_HEADER_LIST_LIMIT);
         let conn = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
         let stopping = async {

@@ -115,6 +115,10 @@ impl ConnService {
                 id
             }
         };
+        // Header fields over HTTP/1.1's limits: the same 431.
+        if crate::h1server::h2_headers_too_large(req.headers()) {
+            return with_id(error_response(&ProxyError::HeadersTooLarge), request_id);
+        }
         // A request that came back through this router: refused at once.
         if req
             .headers()

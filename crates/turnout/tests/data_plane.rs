@@ -655,3 +655,45 @@ async fn sigterm_closes_websockets_going_away() {
     let code = stopping.await.expect("join").expect("terminate");
     assert_eq!(code, Some(0));
 }
+
+/// Header fields over the limit get 431 over HTTP/2 as over HTTP/1.1, not a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_get_431_over_both_protocols() {
+    let blue = Backend::start("blue").await;
+    let r = router(RouterOptions {
+        blue: vec![blue.upstream()],
+        ..Default::default()
+    })
+    .await;
+    let big = "a".repeat(70 * 1024);
+    let fine = "a".repeat(8 * 1024);
+    for h2 in [false, true] {
+        let mut c = if h2 {
+            HttpClient::http2(&r.data).await.unwrap()
+        } else {
+            HttpClient::http1(&r.data).await.unwrap()
+        };
+        let reply = c
+            .request(Method::GET, "/", &[("x-big", big.as_str())], Bytes::new())
+            .await
+            .unwrap_or_else(|e| panic!("h2={h2}: no answer: {e:#}"));
+        assert_eq!(
+            reply.status,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "h2={h2}"
+        );
+        assert!(
+            reply.text().contains("too large"),
+            "h2={h2}: {}",
+            reply.text()
+        );
+        if h2 {
+            // The connection is still good for the next request.
+            let reply = c
+                .request(Method::GET, "/", &[("x-fine", fine.as_str())], Bytes::new())
+                .await
+                .unwrap();
+            assert_eq!(reply.status, StatusCode::OK);
+        }
+    }
+}
