@@ -224,6 +224,17 @@ struct ReadCounts {
     unreadable: u64,
 }
 
+/// At most 80 characters of a recorded value (a target can be megabytes long), with its
+/// length when cut: a message never repeats a whole input.
+fn short(s: &str) -> String {
+    const SHOWN: usize = 80;
+    if s.chars().count() <= SHOWN {
+        return s.to_owned();
+    }
+    let head: String = s.chars().take(SHOWN).collect();
+    format!("{head}… ({} bytes)", s.len())
+}
+
 fn report_format_error(file: &str, e: &FormatError) {
     eprintln!("turnout: {file}: {e}");
 }
@@ -330,7 +341,7 @@ fn read_all(
                         "turnout: {source}: request {} {} {} has only {} bytes of its body (the capture cut it); not sent",
                         record.id,
                         request.method,
-                        request.target,
+                        short(&request.target),
                         request.body.len()
                     );
                     c.truncated += 1;
@@ -684,8 +695,11 @@ impl Collector {
         self.failures_shown += 1;
         if self.failures_shown <= FAILURES_SHOWN {
             eprintln!(
-                "turnout: {} {} ({}): no response from {what}: {e}",
-                r.request.method, r.request.target, r.source
+                "turnout: {} {} ({}): no response from {what}: {}",
+                r.request.method,
+                short(&r.request.target),
+                r.source,
+                short(e)
             );
         } else if self.failures_shown == FAILURES_SHOWN + 1 {
             eprintln!("turnout: (further failures are only counted)");

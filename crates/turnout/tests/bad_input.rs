@@ -614,3 +614,31 @@ async fn an_unusable_state_directory_is_a_config_error_said_once() {
         "the cause once: {err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_url_in_a_replay_file_is_quoted_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.gor");
+    let target = format!("/{}", "a".repeat(5 * 1024 * 1024));
+    let mut file = format!("1 {:024x} 1700000000000000000 0\n", 1);
+    file.push_str(&format!("GET {target} HTTP/1.1\r\nhost: x\r\n\r\n"));
+    file.push_str("\n🐵🙈🙉\n");
+    std::fs::write(&path, file).unwrap();
+    let url = format!("http://127.0.0.1:{}", dead_port());
+    let (_code, _out, err) = turnout(
+        dir.path(),
+        &["replay", path.to_str().unwrap(), "--target", &url],
+        &[],
+    )
+    .await;
+    assert!(
+        err.len() < 4096,
+        "stderr is {} bytes:\n{}",
+        err.len(),
+        &err[..err.len().min(500)]
+    );
+    assert!(
+        err.contains("bytes)"),
+        "the URL is cut, with its length: {err}"
+    );
+}
