@@ -87,6 +87,9 @@ pub enum ProxyError {
     /// fields): the same limit, answered the same way.
     #[error("the request's header fields are too large (at most 64 KiB and 100 fields)")]
     HeadersTooLarge,
+    /// The client's request body stopped arriving before its announced end.
+    #[error("the request body stopped arriving before its end")]
+    RequestBodyStalled,
     /// The request came back through this router (its `Via` entry): an upstream points
     /// at turnout itself, directly or through another hop.
     #[error("loop detected: the request already passed through this router (Via); an upstream points back at turnout")]
@@ -115,6 +118,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Loop => StatusCode::LOOP_DETECTED,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::RequestBodyStalled => StatusCode::REQUEST_TIMEOUT,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -150,6 +154,9 @@ impl ProxyError {
             ProxyError::BadRequestBody => "turnout: invalid chunked request body\n",
             ProxyError::BodyTooLarge { .. } => "turnout: request body too large\n",
             ProxyError::HeadersTooLarge => "turnout: request head too large\n",
+            ProxyError::RequestBodyStalled => {
+                "turnout: the request body stopped arriving before its end\n"
+            }
             ProxyError::Loop => {
                 "turnout: loop detected: this request already passed through this router (Via); an upstream points back at turnout\n"
             }

@@ -870,11 +870,7 @@ impl<S: ClientIo> ClientConn<S> {
             return Err((upstream_io(up, e, true).0, false));
         }
         while left > 0 {
-            self.buf.reserve(READ_CHUNK);
-            match tokio::time::timeout(idle, self.stream.read_buf(&mut self.buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err((client_gone(), false)),
-                Ok(_) => {}
-            }
+            self.read_body_more(conn, up).await?;
             let take = body_part(left, self.buf.len());
             if let Err(e) = write_within(&mut conn.stream, &self.buf[..take], idle).await {
                 return Err((upstream_io(up, e, true).0, false));
@@ -935,10 +931,44 @@ impl<S: ClientIo> ClientConn<S> {
                 }
                 return Ok(());
             }
-            self.buf.reserve(READ_CHUNK);
-            match tokio::time::timeout(idle, self.stream.read_buf(&mut self.buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err((client_gone(), false)),
-                Ok(_) => {}
+            self.read_body_more(conn, up).await?;
+        }
+    }
+
+    /// Reads more of the client's request body into `buf`, watching the upstream
+    /// meanwhile: one that answers (or closes) before the body is complete ends the wait
+    /// — its early answer is then relayed, on a connection that closes (`after_body`) —
+    /// and a body that stops arriving for `response_timeout` ends the request with 408.
+    async fn read_body_more(
+        &mut self,
+        conn: &mut RawConn,
+        up: &UpstreamRef,
+    ) -> Result<(), (SendFail, bool)> {
+        let idle = self.inner.opts.response_timeout;
+        self.buf.reserve(READ_CHUNK);
+        conn.buf.reserve(READ_CHUNK);
+        let client = tokio::time::timeout(idle, self.stream.read_buf(&mut self.buf));
+        // Cancel-safe: bytes read here stay in `conn.buf` for the response parser.
+        let upstream = conn.stream.read_buf(&mut conn.buf);
+        tokio::select! {
+            biased;
+            r = client => match r {
+                Ok(Ok(0)) | Ok(Err(_)) => Err((client_gone(), false)),
+                Err(_) => Err((body_stalled(), false)),
+                Ok(Ok(_)) => Ok(()),
+            },
+            r = upstream => {
+                let e = match r {
+                    Ok(0) => io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the upstream closed the connection before the request body was complete",
+                    ),
+                    Ok(_) => io::Error::other(
+                        "the upstream answered before the request body was complete",
+                    ),
+                    Err(e) => e,
+                };
+                Err((upstream_io(up, e, true).0, false))
             }
         }
     }
@@ -1252,6 +1282,16 @@ async fn fill_within(conn: &mut RawConn, idle: Duration) -> io::Result<usize> {
             io::ErrorKind::TimedOut,
             "the upstream sent no body data within response_timeout",
         )),
+    }
+}
+
+/// The client's request body stopped arriving before its end (408).
+fn body_stalled() -> SendFail {
+    SendFail {
+        error: ProxyError::RequestBodyStalled,
+        retry_elsewhere: false,
+        close: true,
+        client_gone: false,
     }
 }
 

@@ -291,3 +291,95 @@ async fn a_keep_alive_connection_quiet_for_a_while_still_serves() {
     let (status, _, body) = read_response(&mut s, &mut buf, false).await;
     assert_eq!((status, body.as_str()), (200, "blue"));
 }
+
+/// An upstream that answers at once without reading a body the client is still sending
+/// (or never finishes): its answer reaches the client at once, and the connection then
+/// closes; a body that stalls ends with 408 and a log line instead of a silent close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_reaches_the_client_and_a_stalled_body_gets_408() {
+    // An upstream that answers 501 as soon as it has a request head, reading no body.
+    let early = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let early_addr = early.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        // At most a few connections (health checks, the test's request).
+        for _ in 0..50 {
+            let Ok((mut s, _)) = early.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if got.starts_with(b"GET /healthz") {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n")
+                        .await;
+                    return;
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 501 Not Implemented\r\ncontent-length: 3\r\n\r\nno\n")
+                    .await;
+                // Keep the connection open without reading the body.
+                tokio::time::sleep(Duration::from_secs(20)).await;
+            });
+        }
+    });
+    let router = Router::start(
+        Path::new(env!("CARGO_BIN_EXE_turnout")),
+        &RouterOptions {
+            blue: vec![early_addr],
+            extra: "[upstream]\nresponse_timeout = \"1s\"\n".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut s = TcpStream::connect(&router.data).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\nabc")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let (status, head, body) = tokio::time::timeout(WAIT, read_response(&mut s, &mut buf, false))
+        .await
+        .expect("the early answer within the deadline, not after response_timeout");
+    assert_eq!((status, body.as_str()), (501, "no\n"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+
+    // A body that stalls, to an upstream that waits for it: 408 after response_timeout.
+    let (_blue, router) = {
+        let blue = Backend::start("blue").await;
+        let router = Router::start(
+            Path::new(env!("CARGO_BIN_EXE_turnout")),
+            &RouterOptions {
+                blue: vec![blue.upstream()],
+                extra: "[upstream]\nresponse_timeout = \"1s\"\n".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        (blue, router)
+    };
+    let mut s = TcpStream::connect(&router.data).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\nabc")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let (status, _, body) = tokio::time::timeout(WAIT, read_response(&mut s, &mut buf, false))
+        .await
+        .expect("an answer to a stalled body");
+    assert_eq!(status, 408, "{body}");
+    assert!(body.contains("stopped arriving"), "{body}");
+    eventually("a log line", WAIT, || async {
+        router.stderr().contains("stopped arriving").then_some(())
+    })
+    .await;
+}
