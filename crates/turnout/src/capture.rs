@@ -24,8 +24,14 @@ use crate::commands::{out, UsageError};
 
 /// A duration as typed on the command line: `30s`, `500ms`, `5m`, `1h 30m`.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("{e}; expected e.g. \"30s\", \"500ms\", \"5m\""))
+    // As in the config: at most 10 years, far from what would overflow a clock.
+    const MAX: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e}; expected e.g. \"30s\", \"500ms\", \"5m\""))?;
+    if d > MAX {
+        return Err("longer than 87600h (10 years), the longest a duration may be".into());
+    }
+    Ok(d)
 }
 
 /// A share: more than 0, at most 1.

@@ -66,9 +66,12 @@ pub(crate) fn parse_speed(text: &str) -> Result<Speed, String> {
     }
     match t.trim_end_matches(['x', 'X']).parse::<f64>() {
         Ok(0.0) => Ok(Speed::Max),
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(Speed::Times(v)),
+        // From a thousandth of the recorded pace to a million times it: beyond, the
+        // waits would overflow a clock or round to nothing.
+        Ok(v) if v.is_finite() && (0.001..=1_000_000.0).contains(&v) => Ok(Speed::Times(v)),
         _ => Err(format!(
-            "invalid speed {text:?}: a positive number (2 = twice as fast), or 0 / max to send without waiting"
+            "invalid speed {:?}: a number from 0.001 to 1000000 (2 = twice as fast), or 0 / max to send without waiting",
+            text.chars().take(40).collect::<String>()
         )),
     }
 }
@@ -1119,9 +1122,13 @@ mod tests {
         assert_eq!(parse_speed("0.5"), Ok(Speed::Times(0.5)));
         assert_eq!(parse_speed("0"), Ok(Speed::Max));
         assert_eq!(parse_speed("MAX"), Ok(Speed::Max));
-        for bad in ["-1", "fast", "inf", "NaN", ""] {
+        for bad in ["-1", "fast", "inf", "NaN", "", "1e-300", "1e300", "0.0001"] {
             assert!(parse_speed(bad).is_err(), "{bad}");
         }
+        // Durations on the command line: as in the config, at most 10 years.
+        assert!(crate::capture::parse_duration("87600h").is_ok());
+        let err = crate::capture::parse_duration("1000000h").unwrap_err();
+        assert!(err.contains("87600h"), "{err}");
         assert_eq!(
             parse_target("--target", "http://127.0.0.1:8080/").ok(),
             Some(TargetArg::Url("127.0.0.1:8080".into()))
