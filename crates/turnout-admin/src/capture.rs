@@ -111,6 +111,13 @@ pub(crate) async fn capture(
             "max_body {max_body} is over the {MAX_CAPTURE_BODY} bytes (16 MiB) a capture keeps of a body"
         )));
     }
+    // As every duration turnout reads: at most 10 years.
+    const MAX_DURATION_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
+    if req.duration_ms.is_some_and(|d| d > MAX_DURATION_MS) {
+        return Err(bad(format!(
+            "duration_ms is over {MAX_DURATION_MS} (10 years), the longest a capture may run; leave it out to capture until the client goes away"
+        )));
+    }
     if req.duration_ms == Some(0) {
         return Err(bad(
             "duration_ms must be at least 1; leave it out to capture until the client goes away"
@@ -342,6 +349,12 @@ mod tests {
             (
                 Some("s3cret"),
                 r#"{"duration_ms":-1}"#,
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                Some("s3cret"),
+                r#"{"duration_ms":18446744073709551615}"#,
                 StatusCode::BAD_REQUEST,
                 "bad_request",
             ),
