@@ -983,15 +983,7 @@ impl Controller {
     pub async fn shutdown(&self, stop_instances: bool) {
         // The deployment stops where it is (the next start resumes or settles it), so
         // that it cannot start instances after these were stopped.
-        let task = self
-            .inner
-            .task
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(task) = task {
-            task.abort();
-        }
+        self.inner.stop_task();
         // A fleet's leader hands over at once rather than after its lease runs out.
         if let Some(fleet) = self.inner.store.fleet() {
             let _ = tokio::time::timeout(Duration::from_secs(2), fleet.resign()).await;
@@ -1051,14 +1043,7 @@ impl Controller {
         // The deployment's task stops where it is first (the new process resumes it from
         // the store), so that none of its steps is refused half-way; then every change
         // is refused, and the changes in flight finish (they hold the state lock).
-        let task = self
-            .inner
-            .task
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(task) = task {
-            task.abort();
+        if self.inner.stop_task() {
             *self.inner.run.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
         *self
@@ -1127,15 +1112,7 @@ impl Controller {
     /// Kills every instance turnout started at once (SIGKILL), for a router stopped by a
     /// second signal.
     pub async fn kill_all(&self) {
-        let task = self
-            .inner
-            .task
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(task) = task {
-            task.abort();
-        }
+        self.inner.stop_task();
         let mut slots = self.inner.slots.lock().await;
         for rt in slots.iter_mut().flatten() {
             if let Some(instances) = rt.instances.take() {
@@ -1279,6 +1256,19 @@ impl Inner {
         };
         if let Err(e) = self.store.save_value(SLOTS_KEY, &text).await {
             tracing::warn!(error = %e, "the slots' runtime was not saved: {e}");
+        }
+    }
+
+    /// Stops the running deployment's task where it is (the next router process, or this
+    /// one after a failed handover, resumes it from the store); true if there was one.
+    fn stop_task(&self) -> bool {
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match task {
+            Some(task) => {
+                task.abort();
+                true
+            }
+            None => false,
         }
     }
 

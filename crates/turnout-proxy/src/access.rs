@@ -56,19 +56,7 @@ fn prefix() -> u64 {
 
 /// A new request id: 12 hex digits of a random per-process prefix, then 12 of a counter.
 pub(crate) fn new_request_id() -> [u8; 24] {
-    let prefix = *PREFIX.get_or_init(|| {
-        use std::hash::{BuildHasher, Hasher};
-        // RandomState is seeded from the OS; mix in the time and pid for good measure.
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos(),
-        );
-        h.write_u32(std::process::id());
-        h.finish()
-    });
+    let prefix = prefix();
     let n = COUNTER.fetch_add(1, Relaxed);
     let mut out = [0u8; 24];
     hex_into(&mut out[..12], prefix);
