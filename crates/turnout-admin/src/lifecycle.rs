@@ -12,26 +12,22 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use turnout_pipeline::BoxFuture;
+
 use crate::{AdminState, ApiError, ErrorResponse};
 
 /// What the process that serves the API can do to itself.
 pub trait Lifecycle: Send + Sync + 'static {
     /// Re-reads the config file and applies it by handing over to a new process.
-    fn reload(&self) -> futures_like::BoxFuture<'_, Result<ReloadReport, LifecycleError>>;
+    fn reload(&self) -> BoxFuture<'_, Result<ReloadReport, LifecycleError>>;
     /// Hands over to a new process from `binary` (the one the router was started from
     /// when `None`).
     fn upgrade(
         &self,
         binary: Option<String>,
-    ) -> futures_like::BoxFuture<'_, Result<UpgradeReport, LifecycleError>>;
+    ) -> BoxFuture<'_, Result<UpgradeReport, LifecycleError>>;
     /// Stops the router; with `instances`, the service's instances too.
     fn stop(&self, instances: bool) -> Result<(), LifecycleError>;
-}
-
-/// Boxed futures without a dependency on `futures`.
-pub mod futures_like {
-    /// A boxed, sendable future.
-    pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 }
 
 /// Why a reload or an upgrade did not happen; the running router is unchanged.

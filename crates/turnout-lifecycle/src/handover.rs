@@ -435,6 +435,15 @@ mod tests {
         passed.accept().expect("accepted through the passed socket");
     }
 
+    fn hello() -> Hello {
+        Hello {
+            pid: std::process::id(),
+            version: "0".into(),
+            reason: "upgrade".into(),
+            names: Vec::new(),
+        }
+    }
+
     #[test]
     fn a_child_that_exits_before_connecting_fails_the_handover() {
         let offer = Offer::new().expect("offer");
@@ -445,12 +454,7 @@ mod tests {
         let err = offer
             .hand_over(
                 &mut child,
-                Hello {
-                    pid: std::process::id(),
-                    version: "0".into(),
-                    reason: "upgrade".into(),
-                    names: Vec::new(),
-                },
+                hello(),
                 &[],
                 Instant::now() + Duration::from_secs(10),
             )
@@ -472,12 +476,7 @@ mod tests {
         let err = offer
             .hand_over(
                 &mut child,
-                Hello {
-                    pid: std::process::id(),
-                    version: "0".into(),
-                    reason: "upgrade".into(),
-                    names: Vec::new(),
-                },
+                hello(),
                 &[],
                 Instant::now() + Duration::from_millis(200),
             )

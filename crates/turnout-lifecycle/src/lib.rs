@@ -55,11 +55,6 @@ impl Inherited {
         &self.from
     }
 
-    /// How many are left.
-    pub fn len(&self) -> usize {
-        self.fds.len()
-    }
-
     /// Whether none is left.
     pub fn is_empty(&self) -> bool {
         self.fds.is_empty()

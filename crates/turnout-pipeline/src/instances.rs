@@ -318,23 +318,7 @@ impl Instances {
                 debug!(%slot, addr = %watched.addr, pid = watched.pid, %status, "instance stopped");
                 return;
             }
-            let log_tail = read_log_tail(&watched.log).await;
-            warn!(
-                %slot, addr = %watched.addr, pid = watched.pid, %status,
-                log = %watched.log.display(), "instance crashed; it is not restarted"
-            );
-            shared
-                .exits
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(InstanceExit {
-                    addr: watched.addr,
-                    pid: watched.pid,
-                    status,
-                    log: watched.log,
-                    log_tail,
-                });
-            shared.changed.send_modify(|n| *n += 1);
+            report_exit(&shared, slot, watched, status).await;
         });
         Ok(Proc {
             record,
@@ -417,24 +401,8 @@ impl Instances {
             if shared.stopping.load(Ordering::SeqCst) {
                 return;
             }
-            let log_tail = read_log_tail(&watched.log).await;
-            warn!(
-                %slot, addr = %watched.addr, pid = watched.pid,
-                log = %watched.log.display(), "instance exited; it is not restarted"
-            );
-            shared
-                .exits
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(InstanceExit {
-                    addr: watched.addr,
-                    pid: watched.pid,
-                    status: "an unknown status (it was started by a previous router process)"
-                        .into(),
-                    log: watched.log,
-                    log_tail,
-                });
-            shared.changed.send_modify(|n| *n += 1);
+            let status = "an unknown status (it was started by a previous router process)";
+            report_exit(&shared, slot, watched, status.into()).await;
         });
         Proc {
             record,
@@ -563,6 +531,29 @@ pub fn reap_orphans(records: &[InstanceRecord]) -> usize {
         }
     }
     killed
+}
+
+/// Records an instance that exited on its own (not stopped by turnout): logged, with
+/// the end of its log kept for the health gate's message, and [`Instances::wait_exit`]
+/// woken.
+async fn report_exit(shared: &Shared, slot: SlotName, watched: InstanceRecord, status: String) {
+    let log_tail = read_log_tail(&watched.log).await;
+    warn!(
+        %slot, addr = %watched.addr, pid = watched.pid, %status,
+        log = %watched.log.display(), "instance exited; it is not restarted"
+    );
+    shared
+        .exits
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(InstanceExit {
+            addr: watched.addr,
+            pid: watched.pid,
+            status,
+            log: watched.log,
+            log_tail,
+        });
+    shared.changed.send_modify(|n| *n += 1);
 }
 
 /// How often an adopted instance (not a child of this process) is looked at.

@@ -33,7 +33,7 @@ use turnout_core::{
 };
 use turnout_proxy::{Proxy, StatsSnapshot};
 use turnout_store::StateStore;
-pub use turnout_store::{ReplicaInfo, StoreError};
+pub use turnout_store::{BoxFuture, ReplicaInfo, StoreError};
 
 pub use options::{
     BakeOptions, Hooks, PipelineOptions, PromoteMode, PromoteOptions, Provisioner, ShadowStage,
@@ -1093,18 +1093,6 @@ impl Controller {
             .own_addrs
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = addrs;
-    }
-
-    /// The pids of the instances turnout runs for each slot (blue, green).
-    pub async fn instance_pids(&self) -> [Vec<u32>; 2] {
-        let slots = self.inner.slots.lock().await;
-        [0, 1].map(|i| {
-            slots[i]
-                .as_ref()
-                .and_then(|rt| rt.instances.as_ref())
-                .map(|inst| inst.pids())
-                .unwrap_or_default()
-        })
     }
 }
 

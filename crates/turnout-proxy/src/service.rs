@@ -433,7 +433,7 @@ impl ConnService {
         };
         headers.insert(X_FORWARDED_FOR.clone(), xff);
         headers.insert(X_FORWARDED_PROTO.clone(), self.proto.clone());
-        headers.append(header::VIA, HeaderValue::from_static(via_static()));
+        headers.append(header::VIA, via_header());
         // turnout is the edge: the forwarded host is the one this client asked for.
         match headers.get(header::HOST).cloned() {
             Some(host) => {
@@ -632,11 +632,12 @@ fn error_response(err: &ProxyError) -> Response<ProxyBody> {
     resp
 }
 
-/// This process's `Via` entry as a `'static str` (made once).
-fn via_static() -> &'static str {
-    static VIA: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+/// This process's `Via` entry as a header value, made once (a clone shares its bytes).
+fn via_header() -> HeaderValue {
+    static VIA: std::sync::OnceLock<HeaderValue> = std::sync::OnceLock::new();
     VIA.get_or_init(|| {
-        let s = String::from_utf8_lossy(crate::access::via()).into_owned();
-        Box::leak(s.into_boxed_str())
+        HeaderValue::from_bytes(crate::access::via())
+            .unwrap_or(HeaderValue::from_static("1.1 turnout"))
     })
+    .clone()
 }

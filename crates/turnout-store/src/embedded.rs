@@ -378,17 +378,7 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
         .truncate(false)
         .open(&lock)
         .map_err(|e| failed("open", e))?;
-    // `File::try_lock` is stable since Rust 1.89.
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
-            return Err(StoreError::InUse {
-                dir: dir.to_owned(),
-                lock,
-            })
-        }
-        Err(TryLockError::Error(e)) => return Err(failed("lock", e)),
-    }
+    take_lock(&file, dir, &lock, |e| failed("lock", e))?;
     // Who holds it, for an operator who looks (`cat lock`); the lock is what counts.
     let _ = file
         .set_len(0)
@@ -403,6 +393,24 @@ fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
     Ok((m.dev(), m.ino()))
 }
 
+/// Takes the lock on `file` (`dir`'s lock file `lock`): `InUse` when another process
+/// holds it. `File::try_lock` is stable since Rust 1.89.
+fn take_lock(
+    file: &File,
+    dir: &Path,
+    lock: &Path,
+    failed: impl FnOnce(std::io::Error) -> StoreError,
+) -> Result<(), StoreError> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(TryLockError::WouldBlock) => Err(StoreError::InUse {
+            dir: dir.to_owned(),
+            lock: lock.to_owned(),
+        }),
+        Err(TryLockError::Error(e)) => Err(failed(e)),
+    }
+}
+
 /// Checks that `file`, handed over by the previous router process, is `dir`'s lock file
 /// and holds its lock.
 fn adopt_lock(dir: &Path, file: File) -> Result<File, StoreError> {
@@ -414,10 +422,11 @@ fn adopt_lock(dir: &Path, file: File) -> Result<File, StoreError> {
     };
     let given = file
         .metadata()
+        .map(|m| (m.dev(), m.ino()))
         .map_err(|e| wrong(format!("cannot read the handed-over lock file: {e}")))?;
     let here =
-        std::fs::metadata(&lock).map_err(|e| wrong(format!("cannot read the lock file: {e}")))?;
-    if (given.dev(), given.ino()) != (here.dev(), here.ino()) {
+        file_identity(&lock).map_err(|e| wrong(format!("cannot read the lock file: {e}")))?;
+    if given != here {
         return Err(wrong(format!(
             "the previous router process used another state directory; [state] dir cannot change in a handover: restart turnout to move to {}",
             dir.display()
@@ -425,16 +434,7 @@ fn adopt_lock(dir: &Path, file: File) -> Result<File, StoreError> {
     }
     // The lock belongs to the open file, which both processes share now: taking it again
     // through this file succeeds, and says it really is held.
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
-            return Err(StoreError::InUse {
-                dir: dir.to_owned(),
-                lock,
-            })
-        }
-        Err(TryLockError::Error(e)) => return Err(wrong(format!("cannot lock: {e}"))),
-    }
+    take_lock(&file, dir, &lock, |e| wrong(format!("cannot lock: {e}")))?;
     Ok(file)
 }
 

@@ -18,12 +18,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use turnout_admin::lifecycle::{
-    futures_like::BoxFuture, Lifecycle, LifecycleError, ProcessInfo, ReloadReport, UpgradeReport,
+    Lifecycle, LifecycleError, ProcessInfo, ReloadReport, UpgradeReport,
 };
 use turnout_config::Config;
 use turnout_lifecycle::handover::{self, Hello, Word};
 use turnout_lifecycle::systemd;
 use turnout_pipeline::Controller;
+use turnout_store::BoxFuture;
 
 use crate::cli::LogFormat;
 
