@@ -445,9 +445,7 @@ async fn switch(
     let to: SlotName = req.to.parse().map_err(|e: turnout_core::ParseSlotError| {
         ApiError::new(StatusCode::BAD_REQUEST, "unknown_slot", e.to_string())
     })?;
-    let before = state.controller.status().await.revision;
-    let next = state.controller.switch(to, req.force).await?;
-    let changed = next.revision != before;
+    let (next, changed) = state.controller.switch_reporting(to, req.force).await?;
     Ok(Json(SwitchResponse {
         changed,
         ..next.into()

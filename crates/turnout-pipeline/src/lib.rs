@@ -552,6 +552,18 @@ impl Controller {
     /// that hung up) does not stop a change half-way, between the store and the data
     /// plane.
     pub async fn switch(&self, to: SlotName, force: bool) -> Result<RoutingState, ControlError> {
+        self.switch_reporting(to, force)
+            .await
+            .map(|(state, _)| state)
+    }
+
+    /// [`Controller::switch`], also saying whether it changed the routing (`false`: `to`
+    /// was live with all traffic already, and the store agreed).
+    pub async fn switch_reporting(
+        &self,
+        to: SlotName,
+        force: bool,
+    ) -> Result<(RoutingState, bool), ControlError> {
         self.inner.not_handing_over()?;
         if let Some(d) = self.current().filter(|d| !d.is_over()) {
             let stage = d.current_stage().map_or("start", |s| s.stage.as_str());
@@ -572,7 +584,7 @@ impl Controller {
             if state.live == Some(to) && state.weights.of(to) == 100 {
                 let stored = inner.store.load_routing().await;
                 if matches!(&stored, Ok(Some(s)) if s.revision == state.revision) {
-                    return Ok(state.clone());
+                    return Ok((state.clone(), false));
                 }
             }
             let next = state.switch(to, inner.proxy.healthy_count(to), force)?;
@@ -584,7 +596,7 @@ impl Controller {
                     "operator switch"
                 },
             );
-            inner.commit(&mut state, next, why).await
+            inner.commit(&mut state, next, why).await.map(|s| (s, true))
         })
         .await
     }
