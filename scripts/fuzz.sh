@@ -4,7 +4,7 @@
 #
 # Usage: bash scripts/fuzz.sh [SECONDS] [TARGET...]
 #   SECONDS  time per target [60]
-#   TARGET   config goreplay compare request_head [all four]
+#   TARGET   config goreplay compare request_head response_head [all five]
 #
 # Environment knobs (defaults in brackets):
 #   FUZZ_MODE     libfuzzer: cargo +nightly fuzz run (needs a nightly toolchain and
@@ -26,7 +26,7 @@ FUZZ="$REPO/fuzz"
 SECS=${1:-60}
 shift || true
 TARGETS=("$@")
-(( ${#TARGETS[@]} )) || TARGETS=(config goreplay compare request_head)
+(( ${#TARGETS[@]} )) || TARGETS=(config goreplay compare request_head response_head)
 MODE=${FUZZ_MODE:-auto}
 JOBS=${FUZZ_JOBS:-1}
 

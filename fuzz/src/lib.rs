@@ -9,7 +9,13 @@ use turnout_shadow::goreplay::Reader;
 use turnout_shadow::{compare, CompareOptions, ResponseCopy};
 
 /// The names of the targets, as `run` knows them.
-pub const TARGETS: &[&str] = &["config", "goreplay", "compare", "request_head"];
+pub const TARGETS: &[&str] = &[
+    "config",
+    "goreplay",
+    "compare",
+    "request_head",
+    "response_head",
+];
 
 /// Runs target `name` on `data`; `false` for an unknown name.
 pub fn run(name: &str, data: &[u8]) -> bool {
@@ -18,6 +24,7 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "goreplay" => goreplay(data),
         "compare" => compare_bodies(data),
         "request_head" => request_head(data),
+        "response_head" => response_head(data),
         _ => return false,
     }
     true
@@ -118,8 +125,78 @@ pub fn compare_bodies(data: &[u8]) {
     assert!(same.is_empty(), "a response differs from itself: {same:?}");
 }
 
-/// The proxy's own request-head parser and planner, and the chunked decoder on what
-/// follows the head (`turnout_proxy::fuzz_request_head`).
+/// The proxy's HTTP/1.1 codec (`turnout_proxy::http1`), called directly: the request-head
+/// parser and planner on `data`, then, when the head is complete, the chunked decoder on
+/// what follows it (whatever the head's framing) in pieces of every size up to 16.
 pub fn request_head(data: &[u8]) {
-    turnout_proxy::fuzz_request_head(data);
+    use turnout_proxy::http1;
+    let fwd = http1::Forwarding {
+        client_ip: b"192.0.2.1",
+        https: false,
+        via: b"1.1 turnout-0123456789ab",
+    };
+    let mut up = Vec::new();
+    let Ok(Some(plan)) = http1::plan_request(data, &fwd, &mut up) else {
+        return;
+    };
+    assert!(plan.head_len <= data.len(), "head longer than the input");
+    if let Some((from, to)) = plan.request_id {
+        assert!(
+            from <= to && to <= plan.head_len,
+            "request id outside the head"
+        );
+    }
+    assert!(up.ends_with(b"\r\n\r\n"), "upstream head not terminated");
+    // The head turnout wrote reads back as a request line and header lines.
+    assert!(
+        http1::request_line(&up).is_some(),
+        "upstream head unreadable"
+    );
+    let rest = &data[plan.head_len..];
+    for split in 1..=16.min(rest.len().max(1)) {
+        let mut dec = http1::Chunked::default();
+        let mut buf = bytes::BytesMut::new();
+        let mut out = 0usize;
+        'feed: for piece in rest.chunks(split) {
+            buf.extend_from_slice(piece);
+            loop {
+                match dec.decode(&mut buf) {
+                    Ok(Some(d)) => out += d.len(),
+                    Ok(None) => break,
+                    Err(_) => break 'feed,
+                }
+            }
+        }
+        assert!(out <= rest.len(), "decoded more than the input");
+    }
+}
+
+/// The codec's response side: `data` as an upstream's response (interim heads, then the
+/// final one) relayed to an HTTP/1.1 and an HTTP/1.0 client, for GET and HEAD. The head a
+/// client gets must be complete and say the same status.
+pub fn response_head(data: &[u8]) {
+    use turnout_proxy::http1;
+    let fwd = http1::Forwarding {
+        client_ip: b"192.0.2.1",
+        https: false,
+        via: b"1.1 turnout-0123456789ab",
+    };
+    let mut up = Vec::new();
+    for request in [
+        &b"GET / HTTP/1.1\r\nhost: a\r\n\r\n"[..],
+        b"HEAD / HTTP/1.1\r\nhost: a\r\n\r\n",
+        b"GET / HTTP/1.0\r\n\r\n",
+    ] {
+        let Ok(Some(plan)) = http1::plan_request(request, &fwd, &mut up) else {
+            panic!("the fixed request is refused");
+        };
+        let mut buf = bytes::BytesMut::from(data);
+        let mut out = Vec::new();
+        if let Ok(Some(relayed)) = http1::relay_head(&mut buf, &plan, &mut out) {
+            assert!(out.ends_with(b"\r\n\r\n"), "client head not terminated");
+            let (status, _) = http1::final_status(&out).expect("client head unreadable");
+            assert_eq!(status, relayed.status, "client head says another status");
+            assert!(buf.len() < data.len(), "nothing of the input was read");
+        }
+    }
 }

@@ -20,18 +20,15 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 
 use crate::error::ProxyError;
+use crate::http1::{self, Chunked, Framing, MAX_HEAD};
 use crate::tls::UpstreamStream;
 use crate::upstream::UpstreamRef;
 
-/// Longest response head accepted from an upstream.
-const MAX_HEAD: usize = 64 * 1024;
-/// Most header lines accepted in a response head.
-const MAX_HEADERS: usize = 100;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 16 * 1024;
 
 /// An HTTP/1.1 connection to an upstream, idle between requests.
-pub(crate) struct RawConn {
+pub struct RawConn {
     pub(crate) stream: UpstreamStream,
     pub(crate) buf: BytesMut,
     wbuf: Vec<u8>,
@@ -195,65 +192,55 @@ impl RawConn {
         addr: &str,
         head_request: bool,
     ) -> Result<Option<Head>, ExchangeError> {
+        let bad = |detail: String| ExchangeError {
+            error: ProxyError::UpstreamProtocol {
+                addr: addr.to_owned(),
+                detail,
+            },
+            nothing_received: false,
+        };
         loop {
-            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut slots);
+            let mut slots = [httparse::EMPTY_HEADER; http1::MAX_HEADERS];
             let base = self.buf.as_ptr() as usize;
-            let len = match resp.parse(&self.buf) {
-                Ok(httparse::Status::Complete(len)) => len,
-                Ok(httparse::Status::Partial) => return Ok(None),
-                Err(e) => {
-                    return Err(ExchangeError {
-                        error: ProxyError::UpstreamProtocol {
-                            addr: addr.to_owned(),
-                            detail: format!("invalid response head: {e}"),
-                        },
-                        nothing_received: false,
-                    })
-                }
+            let Some(parsed) = http1::parse_response(&self.buf, &mut slots)
+                .map_err(|detail| bad(detail.to_owned()))?
+            else {
+                return Ok(None);
             };
-            let code = resp.code.unwrap_or(0);
-            if (100..200).contains(&code) && code != 101 {
+            let len = parsed.len;
+            if parsed.is_interim() {
                 self.buf.advance(len);
                 continue;
             }
-            let minor = resp.version.unwrap_or(1);
+            let framing = parsed.framing(head_request);
+            let keep_alive = parsed.reusable(framing);
+            let drop_length = matches!(framing, Framing::Chunked | Framing::UntilClose);
             // Header positions as offsets, so that the head can be frozen and sliced
             // without copying.
-            let mut offsets = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-            let count = resp.headers.len();
-            for (slot, h) in offsets.iter_mut().zip(resp.headers.iter()) {
+            let mut offsets = [(0usize, 0usize, 0usize, 0usize); http1::MAX_HEADERS];
+            let count = parsed.headers.len();
+            for (slot, h) in offsets.iter_mut().zip(parsed.headers.iter()) {
                 let n = h.name.as_ptr() as usize - base;
                 let v = h.value.as_ptr() as usize - base;
                 *slot = (n, n + h.name.len(), v, v + h.value.len());
             }
-            let head = self.buf.split_to(len).freeze();
-            let bad = |detail: String| ExchangeError {
-                error: ProxyError::UpstreamProtocol {
-                    addr: addr.to_owned(),
-                    detail,
-                },
-                nothing_received: false,
-            };
+            let code = parsed.status;
             let status =
                 StatusCode::from_u16(code).map_err(|_| bad(format!("invalid status {code}")))?;
+            let head = self.buf.split_to(len).freeze();
             let mut headers = HeaderMap::with_capacity(count);
             for &(ns, ne, vs, ve) in &offsets[..count] {
                 let name = HeaderName::from_bytes(&head[ns..ne])
                     .map_err(|_| bad("invalid header name".into()))?;
+                // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3); the length
+                // must not reach the client, whose framing the server chooses anew.
+                if drop_length && name == header::CONTENT_LENGTH {
+                    continue;
+                }
                 let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
                     .map_err(|_| bad(format!("invalid value for header {name}")))?;
                 headers.append(name, value);
             }
-            let framing = framing(status, head_request, &headers).map_err(|d| bad(d.to_owned()))?;
-            if matches!(framing, Framing::Chunked(_) | Framing::UntilClose) {
-                // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3); the length
-                // must not reach the client, whose framing the server chooses anew.
-                headers.remove(header::CONTENT_LENGTH);
-            }
-            let keep_alive = !matches!(framing, Framing::UntilClose)
-                && status != StatusCode::SWITCHING_PROTOCOLS
-                && wants_keep_alive(minor, &headers);
             return Ok(Some(Head {
                 status,
                 headers,
@@ -288,130 +275,19 @@ impl Head {
         self.framing != Framing::Empty
     }
 
-    /// The response, its body read from `conn` as the client takes it.
-    pub(crate) fn into_response(self, conn: RawConn, upstream: UpstreamRef) -> Response<RawBody> {
-        self.into_response_home(conn, Home::Upstream(upstream))
-    }
-
     /// The response, its connection going back to `home` at the end of the body.
-    pub(crate) fn into_response_home(self, conn: RawConn, home: Home) -> Response<RawBody> {
+    pub(crate) fn into_response<H: ConnHome>(self, conn: RawConn, home: H) -> Response<RawBody<H>> {
         let mut resp = Response::new(RawBody {
             conn: Some(conn),
             home,
             framing: self.framing,
+            dec: Chunked::default(),
             keep_alive: self.keep_alive,
         });
         *resp.status_mut() = self.status;
         *resp.headers_mut() = self.headers;
         resp.body_mut().finish_if_done();
         resp
-    }
-}
-
-/// How a response body ends (RFC 9112 §6.3).
-#[derive(Debug, PartialEq)]
-enum Framing {
-    /// No body (HEAD, 1xx, 204, 304).
-    Empty,
-    /// Exactly this many more bytes.
-    Length(u64),
-    /// Chunked transfer coding.
-    Chunked(Chunked),
-    /// Until the upstream closes the connection.
-    UntilClose,
-}
-
-fn framing(
-    status: StatusCode,
-    head_request: bool,
-    headers: &HeaderMap,
-) -> Result<Framing, &'static str> {
-    if head_request
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok(Framing::Empty);
-    }
-    if let Some(te) = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-    {
-        let last = te
-            .to_str()
-            .unwrap_or("")
-            .rsplit(',')
-            .next()
-            .unwrap_or("")
-            .trim();
-        return Ok(if last.eq_ignore_ascii_case("chunked") {
-            Framing::Chunked(Chunked::default())
-        } else {
-            Framing::UntilClose
-        });
-    }
-    let mut length = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        add_content_length(v.as_bytes(), &mut length).map_err(LengthError::message)?;
-    }
-    Ok(length.map_or(Framing::UntilClose, Framing::Length))
-}
-
-/// Why a `Content-Length` field was refused.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum LengthError {
-    /// Not a list of plain decimal numbers.
-    Invalid,
-    /// Two different values.
-    Conflict,
-}
-
-impl LengthError {
-    pub(crate) fn message(self) -> &'static str {
-        match self {
-            LengthError::Invalid => "invalid content-length",
-            LengthError::Conflict => "conflicting content-length values",
-        }
-    }
-}
-
-/// Adds one `Content-Length` field value (a comma-separated list, RFC 9110 §8.6) to
-/// `length`: digits only (no sign, no space inside), and every value the same. The one
-/// parser of the field, for requests and responses alike.
-pub(crate) fn add_content_length(
-    value: &[u8],
-    length: &mut Option<u64>,
-) -> Result<(), LengthError> {
-    let parts = value
-        .split(|b| *b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|p| !p.is_empty());
-    for part in parts {
-        let n = std::str::from_utf8(part)
-            .ok()
-            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|s| s.parse::<u64>().ok())
-            .ok_or(LengthError::Invalid)?;
-        if length.is_some_and(|l| l != n) {
-            return Err(LengthError::Conflict);
-        }
-        *length = Some(n);
-    }
-    Ok(())
-}
-
-fn wants_keep_alive(minor: u8, headers: &HeaderMap) -> bool {
-    let has = |token: &str| {
-        headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
-    if minor == 0 {
-        has("keep-alive")
-    } else {
-        !has("close")
     }
 }
 
@@ -437,23 +313,27 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Where a connection goes when its response body has been read to the end.
-pub(crate) enum Home {
-    /// The upstream's pool of idle connections (the live path).
-    Upstream(UpstreamRef),
-    /// A pool of the mirror's own (see `mirror.rs`): its connections belong to the
-    /// mirror's runtime and must never serve live requests.
-    Mirror(
-        std::sync::Arc<crate::mirror::MirrorPool>,
-        std::sync::Arc<str>,
-    ),
+/// Where a connection goes when its response body has been read to the end: the
+/// upstream's pool on the live path, a pool of the mirror's own for shadow copies (whose
+/// connections must never serve live requests). The client knows neither.
+pub trait ConnHome {
+    /// Takes back a connection whose response was read exactly to its end.
+    fn checkin(&self, conn: RawConn);
+}
+
+impl ConnHome for UpstreamRef {
+    fn checkin(&self, conn: RawConn) {
+        self.checkin_raw(conn)
+    }
 }
 
 /// A response body read straight from the upstream connection.
-pub struct RawBody {
+pub struct RawBody<H: ConnHome = UpstreamRef> {
     conn: Option<RawConn>,
-    home: Home,
+    home: H,
     framing: Framing,
+    /// The chunked decoder, for [`Framing::Chunked`].
+    dec: Chunked,
     keep_alive: bool,
 }
 
@@ -468,35 +348,28 @@ pub enum BodyError {
     Chunked,
 }
 
-fn framing_done(framing: &Framing) -> bool {
-    matches!(
-        framing,
-        Framing::Empty
-            | Framing::Length(0)
-            | Framing::Chunked(Chunked {
-                state: ChunkState::Done,
-                ..
-            })
-    )
+fn framing_done(framing: &Framing, dec: &Chunked) -> bool {
+    match framing {
+        Framing::Empty | Framing::Length(0) => true,
+        Framing::Chunked => dec.is_done(),
+        _ => false,
+    }
 }
 
-impl RawBody {
+impl<H: ConnHome> RawBody<H> {
     /// At the end of the body the connection goes back to the pool, if reusable.
     fn finish_if_done(&mut self) {
-        if framing_done(&self.framing) {
+        if framing_done(&self.framing, &self.dec) {
             if let Some(conn) = self.conn.take() {
                 if self.keep_alive && conn.buf.is_empty() {
-                    match &self.home {
-                        Home::Upstream(up) => up.checkin_raw(conn),
-                        Home::Mirror(pool, addr) => pool.checkin(addr, conn),
-                    }
+                    self.home.checkin(conn);
                 }
             }
         }
     }
 }
 
-impl Body for RawBody {
+impl<H: ConnHome + Unpin> Body for RawBody<H> {
     type Data = Bytes;
     type Error = BodyError;
 
@@ -522,9 +395,9 @@ impl Body for RawBody {
                         Some(conn.buf.split_to(n).freeze())
                     }
                 }
-                Framing::Chunked(dec) => match dec.decode(&mut conn.buf) {
+                Framing::Chunked => match this.dec.decode(&mut conn.buf) {
                     Ok(d) => d,
-                    Err(()) => {
+                    Err(_) => {
                         this.conn = None;
                         return Poll::Ready(Some(Err(BodyError::Chunked)));
                     }
@@ -535,7 +408,7 @@ impl Body for RawBody {
                 this.finish_if_done();
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
-            if framing_done(&this.framing) {
+            if framing_done(&this.framing, &this.dec) {
                 this.finish_if_done();
                 return Poll::Ready(None);
             }
@@ -562,7 +435,7 @@ impl Body for RawBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        framing_done(&self.framing) || self.conn.is_none()
+        framing_done(&self.framing, &self.dec) || self.conn.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -574,245 +447,10 @@ impl Body for RawBody {
     }
 }
 
-/// Decoder for the chunked transfer coding (RFC 9112 §7.1).
-#[derive(Debug, Default, PartialEq)]
-pub(crate) struct Chunked {
-    state: ChunkState,
-    size: u64,
-    digits: u8,
-    /// Bytes of the current chunk extension or trailer line.
-    line: usize,
-}
-
-/// Longest chunk extension or trailer line accepted: a peer could otherwise send them
-/// forever while the other side sees nothing.
-const MAX_CHUNK_LINE: usize = 16 * 1024;
-
-#[derive(Debug, Default, PartialEq, Clone, Copy)]
-enum ChunkState {
-    /// Reading the chunk size (hex digits).
-    #[default]
-    Size,
-    /// Skipping a chunk extension up to the line end.
-    Extension,
-    /// Expecting the LF that ends the size line.
-    SizeLf,
-    /// Reading chunk data.
-    Data,
-    /// Expecting CR LF after chunk data.
-    DataCr,
-    DataLf,
-    /// After the last chunk: trailer lines until an empty one.
-    TrailerStart,
-    TrailerLine,
-    TrailerLf,
-    FinalLf,
-    Done,
-}
-
-impl Chunked {
-    /// Consumes framing bytes from `buf`; returns chunk data when some is available,
-    /// `None` when more input is needed or the body ended (then `state` is `Done`).
-    /// Whether the last chunk and the trailer section have been read.
-    pub(crate) fn is_done(&self) -> bool {
-        self.state == ChunkState::Done
-    }
-
-    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, ()> {
-        use ChunkState::*;
-        while !buf.is_empty() {
-            if self.state == Data {
-                let n = usize::try_from(self.size)
-                    .unwrap_or(usize::MAX)
-                    .min(buf.len());
-                self.size -= n as u64;
-                if self.size == 0 {
-                    self.state = DataCr;
-                }
-                return Ok(Some(buf.split_to(n).freeze()));
-            }
-            if self.state == Done {
-                return Ok(None);
-            }
-            let b = buf[0];
-            buf.advance(1);
-            if matches!(self.state, Extension | TrailerLine) {
-                self.line += 1;
-                if self.line > MAX_CHUNK_LINE {
-                    return Err(());
-                }
-            } else {
-                self.line = 0;
-            }
-            self.state = match (self.state, b) {
-                (Size, b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F') => {
-                    let digit = (b as char).to_digit(16).ok_or(())?;
-                    self.digits += 1;
-                    if self.digits > 15 {
-                        return Err(());
-                    }
-                    self.size = self.size * 16 + u64::from(digit);
-                    Size
-                }
-                (Size, b';' | b' ' | b'\t') if self.digits > 0 => Extension,
-                (Size, b'\r') if self.digits > 0 => SizeLf,
-                (Extension, b'\r') => SizeLf,
-                (Extension, _) => Extension,
-                (SizeLf, b'\n') => {
-                    self.digits = 0;
-                    if self.size == 0 {
-                        TrailerStart
-                    } else {
-                        Data
-                    }
-                }
-                (DataCr, b'\r') => DataLf,
-                (DataLf, b'\n') => Size,
-                (TrailerStart, b'\r') => FinalLf,
-                (TrailerLine, b'\r') => TrailerLf,
-                (TrailerStart | TrailerLine, _) => TrailerLine,
-                (TrailerLf, b'\n') => TrailerStart,
-                (FinalLf, b'\n') => Done,
-                _ => return Err(()),
-            };
-            if self.state == Done {
-                return Ok(None);
-            }
-        }
-        Ok(None)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::net::TcpStream;
-
-    fn decode_all(input: &[u8], split: usize) -> Result<(Vec<u8>, bool, usize), ()> {
-        let mut dec = Chunked::default();
-        let mut out = Vec::new();
-        let mut buf = BytesMut::new();
-        for piece in input.chunks(split) {
-            buf.extend_from_slice(piece);
-            while let Some(d) = dec.decode(&mut buf)? {
-                out.extend_from_slice(&d);
-            }
-        }
-        Ok((out, dec.state == ChunkState::Done, buf.len()))
-    }
-
-    #[test]
-    fn chunked_decoding_at_every_split() {
-        let cases: &[(&[u8], Result<(&[u8], bool, usize), ()>)] = &[
-            (b"5\r\nhello\r\n0\r\n\r\n", Ok((b"hello", true, 0))),
-            (
-                b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
-                Ok((b"hello world", true, 0)),
-            ),
-            (
-                b"A\r\n0123456789\r\n0\r\nx-trailer: 1\r\n\r\n",
-                Ok((b"0123456789", true, 0)),
-            ),
-            // Bytes after the end stay in the buffer (they make the connection unusable).
-            (b"0\r\n\r\nHTTP", Ok((b"", true, 4))),
-            (b"3\r\nabc\r\n", Ok((b"abc", false, 0))),
-            (b"g\r\n", Err(())),
-            (b"3\r\nabcX\r\n", Err(())),
-            (b"\r\n", Err(())),
-            (b"ffffffffffffffff1\r\n", Err(())),
-        ];
-        for (input, expected) in cases {
-            for split in 1..=input.len() {
-                let got = decode_all(input, split);
-                let want = expected.map(|(d, done, rest)| (d.to_vec(), done, rest));
-                assert_eq!(
-                    got,
-                    want,
-                    "{:?} split {split}",
-                    String::from_utf8_lossy(input)
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn endless_chunk_extensions_and_trailers_are_refused() {
-        let long = "x".repeat(MAX_CHUNK_LINE + 1);
-        for input in [
-            format!("5;{long}\r\nhello\r\n0\r\n\r\n"),
-            format!("0\r\nx-t: {long}\r\n\r\n"),
-        ] {
-            assert_eq!(decode_all(input.as_bytes(), 4096), Err(()));
-        }
-        let fine = "x".repeat(MAX_CHUNK_LINE - 10);
-        let input = format!("0\r\nx-t: {fine}\r\n\r\n");
-        assert_eq!(
-            decode_all(input.as_bytes(), 4096),
-            Ok((Vec::new(), true, 0))
-        );
-    }
-
-    #[test]
-    fn response_framing() {
-        let h = |pairs: &[(&str, &str)]| {
-            let mut m = HeaderMap::new();
-            for (k, v) in pairs {
-                m.append(
-                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                    HeaderValue::from_str(v).unwrap(),
-                );
-            }
-            m
-        };
-        let ok = StatusCode::OK;
-        assert_eq!(
-            framing(ok, false, &h(&[("content-length", "12")])),
-            Ok(Framing::Length(12))
-        );
-        assert_eq!(
-            framing(ok, true, &h(&[("content-length", "12")])),
-            Ok(Framing::Empty)
-        );
-        assert_eq!(
-            framing(
-                StatusCode::NOT_MODIFIED,
-                false,
-                &h(&[("content-length", "5")])
-            ),
-            Ok(Framing::Empty)
-        );
-        assert_eq!(
-            framing(StatusCode::NO_CONTENT, false, &h(&[])),
-            Ok(Framing::Empty)
-        );
-        assert_eq!(
-            framing(
-                ok,
-                false,
-                &h(&[
-                    ("transfer-encoding", "gzip, chunked"),
-                    ("content-length", "3")
-                ])
-            ),
-            Ok(Framing::Chunked(Chunked::default()))
-        );
-        assert_eq!(
-            framing(ok, false, &h(&[("transfer-encoding", "gzip")])),
-            Ok(Framing::UntilClose)
-        );
-        assert_eq!(framing(ok, false, &h(&[])), Ok(Framing::UntilClose));
-        assert_eq!(
-            framing(ok, false, &h(&[("content-length", "3, 3")])),
-            Ok(Framing::Length(3))
-        );
-        assert!(framing(
-            ok,
-            false,
-            &h(&[("content-length", "3"), ("content-length", "4")])
-        )
-        .is_err());
-        assert!(framing(ok, false, &h(&[("content-length", "-1")])).is_err());
-    }
 
     /// Runs one exchange against a scripted upstream that answers `reply`, and reads
     /// the body to the end; returns status, headers, body and whether the connection
@@ -960,18 +598,5 @@ mod tests {
         let body = head.into_response(conn, up.clone()).into_body();
         assert!(body.collect().await.is_err());
         assert!(up.checkout_raw().is_none());
-    }
-
-    #[test]
-    fn keep_alive_rules() {
-        let h = |v: &str| {
-            let mut m = HeaderMap::new();
-            m.insert(header::CONNECTION, HeaderValue::from_str(v).unwrap());
-            m
-        };
-        assert!(wants_keep_alive(1, &HeaderMap::new()));
-        assert!(!wants_keep_alive(1, &h("close")));
-        assert!(!wants_keep_alive(0, &HeaderMap::new()));
-        assert!(wants_keep_alive(0, &h("Keep-Alive")));
     }
 }

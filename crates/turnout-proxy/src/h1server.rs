@@ -35,36 +35,19 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::error::ProxyError;
-use crate::h1::{add_content_length, Chunked, LengthError, RawConn};
+use crate::h1::RawConn;
+use crate::http1::{
+    self, encode_chunk, insert_header, plan_request, relay_head, Chunked, Forwarding, Framing,
+    Refusal, Relayed, ReqBody, RequestPlan as Plan, MAX_HEAD,
+};
 use crate::mirror::Tap;
 use crate::server::ClientIo;
 use crate::service::ConnService;
-use crate::sessions::{SessionFacts, Sessions};
+use crate::sessions::SessionFacts;
 use crate::table::SlotPool;
 use crate::upstream::UpstreamRef;
 use crate::{tunnel, Inner};
 
-const MAX_HEAD: usize = 64 * 1024;
-const MAX_HEADERS: usize = 100;
-/// HTTP/2's header list limit (decoded, as HPACK counts it): four times [`MAX_HEAD`].
-const H2_HEADER_LIST_LIMIT: u32 = 4 * MAX_HEAD as u32;
-
-/// Whether an HTTP/2 request's header fields are over HTTP/1.1's limits ([`MAX_HEAD`]
-/// bytes of names and values, [`MAX_HEADERS`] fields), which the HTTP/2 path applies too.
-pub(crate) fn h2_headers_too_large(headers: &http::HeaderMap) -> bool {
-    if headers.len() > MAX_HEADERS {
-        return true;
-    }
-    let mut size = 0usize;
-    for (name, value) in headers {
-        // Name, ": ", value, CRLF: as the HTTP/1.1 head would be.
-        size += name.as_str().len() + value.len() + 4;
-        if size > MAX_HEAD {
-            return true;
-        }
-    }
-    false
-}
 /// How long an idle keep-alive connection is kept between requests.
 const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
 /// After this long without a request, a keep-alive connection frees its buffers.
@@ -169,35 +152,6 @@ struct Tunnel {
     websocket: bool,
 }
 
-/// What the request head says, once checked.
-#[derive(Clone, Copy)]
-struct Plan {
-    head_len: usize,
-    head_request: bool,
-    idempotent: bool,
-    minor: u8,
-    body: ReqBody,
-    /// The client asked to close after this request.
-    close: bool,
-    /// An `Upgrade` request; `true` for WebSocket.
-    upgrade: Option<bool>,
-    expect_continue: bool,
-    /// Where the client's `X-Request-Id` value is in the head (start, end), if it sent one.
-    request_id: Option<(usize, usize)>,
-    /// What its cookies say (`[sessions]` on; default otherwise).
-    session: SessionFacts,
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum ReqBody {
-    None,
-    Length(u64),
-    Chunked,
-}
-
-/// A request head that is refused.
-struct Refusal(u16, &'static str);
-
 /// Why sending to an upstream failed.
 struct SendFail {
     error: ProxyError,
@@ -218,27 +172,6 @@ impl SendFail {
             client_gone: false,
         }
     }
-}
-
-/// The upstream's response head, as relayed.
-struct RespPlan {
-    status: u16,
-    framing: Framing,
-    upstream_keep_alive: bool,
-    /// The body goes to the client in the chunked coding.
-    client_chunked: bool,
-    /// The client connection closes after this response.
-    close: bool,
-    /// The upstream's response has an `X-Request-Id` of its own.
-    has_request_id: bool,
-}
-
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum Framing {
-    Empty,
-    Length(u64),
-    Chunked,
-    UntilClose,
 }
 
 impl<S: ClientIo> ClientConn<S> {
@@ -281,7 +214,7 @@ impl<S: ClientIo> ClientConn<S> {
         builder.timer(TokioTimer::new());
         // Room above HTTP/1.1's limit, so that a request over it reaches `ConnService` and
         // gets the same 431 (past this, the stream is reset: a protocol limit).
-        builder.max_header_list_size(H2_HEADER_LIST_LIMIT);
+        builder.max_header_list_size(http1::H2_HEADER_LIST_LIMIT);
         let conn = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
         let stopping = async {
@@ -321,7 +254,7 @@ impl<S: ClientIo> ClientConn<S> {
                 // None from the client: one of turnout's, for the upstream and the client.
                 self.request_id
                     .extend_from_slice(&crate::access::new_request_id());
-                insert_line(&mut self.up_head, &self.request_id);
+                insert_header(&mut self.up_head, b"x-request-id: ", &self.request_id);
             }
         }
         self.buf.advance(plan.head_len);
@@ -345,9 +278,17 @@ impl<S: ClientIo> ClientConn<S> {
         }
 
         // Phase 1: route. Requests with no live slot are in no slot's statistics.
+        let session = match &self.inner.sessions {
+            None => SessionFacts::default(),
+            Some(s) => s.facts(
+                http1::head_lines(&self.up_head)
+                    .filter(|(name, _)| name.eq_ignore_ascii_case(b"cookie"))
+                    .map(|(_, value)| value),
+            ),
+        };
         let chosen = match &self.inner.sessions {
             None => self.inner.table.load().choose().cloned(),
-            Some(_) => crate::sessions::choose(&self.inner.table.load(), plan.session.pin).cloned(),
+            Some(_) => crate::sessions::choose(&self.inner.table.load(), session.pin).cloned(),
         };
         let Some(slot) = chosen else {
             return self.fail(&plan, &ProxyError::NoLiveSlot).await;
@@ -394,7 +335,7 @@ impl<S: ClientIo> ClientConn<S> {
         };
 
         if !resp.has_request_id {
-            insert_line(&mut self.out, &self.request_id);
+            insert_header(&mut self.out, b"x-request-id: ", &self.request_id);
         }
 
         // Phase 6: tunnel.
@@ -428,7 +369,7 @@ impl<S: ClientIo> ClientConn<S> {
         // After the tap took the head: a shadow compares what the version answered.
         if let Some(sessions) = &self.inner.sessions {
             let sets = sessions.head_sets_session(&self.out);
-            if plan.session.wants_pin(sets, slot.name) {
+            if session.wants_pin(sets, slot.name) {
                 let value = sessions.set_cookie(slot.name, S::TLS);
                 insert_header(&mut self.out, b"set-cookie: ", value.as_bytes());
             }
@@ -439,7 +380,7 @@ impl<S: ClientIo> ClientConn<S> {
         self.access_log(resp.status, Some(&slot), Some(&up), received);
         match relayed {
             Ok(()) => {
-                if resp.upstream_keep_alive && upstream.buf.is_empty() {
+                if resp.framing.upstream_keep_alive && upstream.buf.is_empty() {
                     up.checkin_raw(upstream);
                 }
                 if let Some(tap) = self.tap.take() {
@@ -454,7 +395,7 @@ impl<S: ClientIo> ClientConn<S> {
                         .inner
                         .keep_idle_on_stop
                         .load(std::sync::atomic::Ordering::Relaxed);
-                if resp.close || plan.close || stopping {
+                if resp.framing.close || plan.close || stopping {
                     Next::Close
                 } else {
                     Next::KeepAlive
@@ -502,7 +443,7 @@ impl<S: ClientIo> ClientConn<S> {
         &self,
         slot: &SlotPool,
         plan: &Plan,
-        sent: &Result<(RawConn, UpstreamRef, RespPlan), SendFail>,
+        sent: &Result<(RawConn, UpstreamRef, Relayed), SendFail>,
     ) -> Option<Arc<SlotPool>> {
         let failed = match sent {
             Ok((_, _, resp)) => resp.status >= 500,
@@ -525,9 +466,9 @@ impl<S: ClientIo> ClientConn<S> {
         slot: &SlotPool,
         standby: &SlotPool,
         plan: &Plan,
-        failed: Result<(RawConn, UpstreamRef, RespPlan), SendFail>,
+        failed: Result<(RawConn, UpstreamRef, Relayed), SendFail>,
         received: Instant,
-    ) -> Result<(RawConn, UpstreamRef, RespPlan), SendFail> {
+    ) -> Result<(RawConn, UpstreamRef, Relayed), SendFail> {
         let stats = self.inner.stats(slot.name);
         match failed {
             Ok((conn, up, resp)) => {
@@ -560,13 +501,12 @@ impl<S: ClientIo> ClientConn<S> {
                 // Only the first MAX_HEAD bytes may hold the head.
                 let window = &self.buf[..self.buf.len().min(MAX_HEAD)];
                 if parse {
-                    if let Some(plan) = plan_request_proto(
-                        window,
-                        &self.ip,
-                        S::TLS,
-                        self.inner.sessions.as_ref(),
-                        &mut self.up_head,
-                    )? {
+                    let fwd = Forwarding {
+                        client_ip: &self.ip,
+                        https: S::TLS,
+                        via: crate::access::via(),
+                    };
+                    if let Some(plan) = plan_request(window, &fwd, &mut self.up_head)? {
                         return Ok(Some(plan));
                     }
                 }
@@ -640,7 +580,7 @@ impl<S: ClientIo> ClientConn<S> {
         &mut self,
         slot: &SlotPool,
         plan: &Plan,
-    ) -> Result<(RawConn, UpstreamRef, RespPlan), SendFail> {
+    ) -> Result<(RawConn, UpstreamRef, Relayed), SendFail> {
         let first = slot.pick(None).cloned().ok_or(SendFail {
             error: ProxyError::NoHealthyUpstream { slot: slot.name },
             retry_elsewhere: false,
@@ -669,7 +609,7 @@ impl<S: ClientIo> ClientConn<S> {
         up: &UpstreamRef,
         plan: &Plan,
         may_resend: bool,
-    ) -> Result<(RawConn, RespPlan), SendFail> {
+    ) -> Result<(RawConn, Relayed), SendFail> {
         let connect_timeout = self.inner.opts.connect_timeout;
         let resendable = may_resend && plan.body == ReqBody::None && plan.idempotent;
         while let Some((mut conn, _)) = up.checkout_raw() {
@@ -712,7 +652,7 @@ impl<S: ClientIo> ClientConn<S> {
         conn: &mut RawConn,
         up: &UpstreamRef,
         plan: &Plan,
-    ) -> Result<RespPlan, (SendFail, bool)> {
+    ) -> Result<Relayed, (SendFail, bool)> {
         let idle = self.inner.opts.response_timeout;
         match plan.body {
             ReqBody::None => {
@@ -755,7 +695,7 @@ impl<S: ClientIo> ClientConn<S> {
         up: &UpstreamRef,
         plan: &Plan,
         sent: Result<(), (SendFail, bool)>,
-    ) -> Result<RespPlan, (SendFail, bool)> {
+    ) -> Result<Relayed, (SendFail, bool)> {
         match sent {
             Ok(()) => self.read_response(conn, up, plan).await,
             Err((f, r)) if f.client_gone || !matches!(f.error, ProxyError::UpstreamIo { .. }) => {
@@ -772,8 +712,8 @@ impl<S: ClientIo> ClientConn<S> {
                         .await;
                 match early {
                     Ok(Ok(mut resp)) => {
-                        resp.close = true;
-                        resp.upstream_keep_alive = false;
+                        resp.framing.close = true;
+                        resp.framing.upstream_keep_alive = false;
                         Ok(resp)
                     }
                     _ => Err((f, r)),
@@ -788,7 +728,7 @@ impl<S: ClientIo> ClientConn<S> {
         conn: &mut RawConn,
         up: &UpstreamRef,
         plan: &Plan,
-    ) -> Result<RespPlan, (SendFail, bool)> {
+    ) -> Result<Relayed, (SendFail, bool)> {
         let timeout = self.inner.opts.response_timeout;
         self.out.clear();
         let touched = plan.body != ReqBody::None;
@@ -796,7 +736,7 @@ impl<S: ClientIo> ClientConn<S> {
         let mut received = false;
         let read = async {
             loop {
-                match respond_head(&mut conn.buf, plan, &mut self.out) {
+                match relay_head(&mut conn.buf, plan, &mut self.out) {
                     Ok(Some(resp)) => return Ok(resp),
                     Ok(None) => {}
                     Err(detail) => {
@@ -913,7 +853,7 @@ impl<S: ClientIo> ClientConn<S> {
                         encode_chunk(&mut self.up_head, &data)
                     }
                     Ok(None) => break,
-                    Err(()) => return Err((bad_request_body(), false)),
+                    Err(_) => return Err((bad_request_body(), false)),
                 }
             }
             if dec.is_done() {
@@ -975,9 +915,9 @@ impl<S: ClientIo> ClientConn<S> {
 
     /// Relays the response body; `out` holds the response head already. Each wait for
     /// body data is bounded by `response_timeout`.
-    async fn relay_body(&mut self, conn: &mut RawConn, resp: &RespPlan) -> io::Result<()> {
+    async fn relay_body(&mut self, conn: &mut RawConn, resp: &Relayed) -> io::Result<()> {
         let idle = self.inner.opts.response_timeout;
-        match resp.framing {
+        match resp.framing.framing {
             Framing::Empty | Framing::Length(0) => self.flush().await,
             Framing::Length(n) => {
                 let mut left = n;
@@ -1007,9 +947,9 @@ impl<S: ClientIo> ClientConn<S> {
                 loop {
                     loop {
                         match dec.decode(&mut conn.buf) {
-                            Ok(Some(data)) => self.body_piece(&data, resp.client_chunked),
+                            Ok(Some(data)) => self.body_piece(&data, resp.framing.client_chunked),
                             Ok(None) => break,
-                            Err(()) => {
+                            Err(_) => {
                                 return Err(io::Error::new(
                                     io::ErrorKind::InvalidData,
                                     "invalid chunked coding from upstream",
@@ -1021,7 +961,7 @@ impl<S: ClientIo> ClientConn<S> {
                         }
                     }
                     if dec.is_done() {
-                        if resp.client_chunked {
+                        if resp.framing.client_chunked {
                             self.out.extend_from_slice(b"0\r\n\r\n");
                         }
                         return self.flush().await;
@@ -1038,11 +978,11 @@ impl<S: ClientIo> ClientConn<S> {
             Framing::UntilClose => loop {
                 if !conn.buf.is_empty() {
                     let data = conn.buf.split().freeze();
-                    self.body_piece(&data, resp.client_chunked);
+                    self.body_piece(&data, resp.framing.client_chunked);
                 }
                 self.flush().await?;
                 if fill_within(conn, idle).await? == 0 {
-                    if resp.client_chunked {
+                    if resp.framing.client_chunked {
                         self.out.extend_from_slice(b"0\r\n\r\n");
                     }
                     return self.flush().await;
@@ -1215,13 +1155,13 @@ pub(crate) fn log_failure(inner: &Inner, slot: turnout_core::SlotName, error: &P
 /// Drops a response that is not relayed (retry on standby). Its connection is reused
 /// only when the body is already read whole (no body, or exactly its length buffered);
 /// any other is closed, never pooled half-read.
-fn discard_response(mut conn: RawConn, up: &UpstreamRef, resp: &RespPlan) {
-    let whole = match resp.framing {
+fn discard_response(mut conn: RawConn, up: &UpstreamRef, resp: &Relayed) {
+    let whole = match resp.framing.framing {
         Framing::Empty => conn.buf.is_empty(),
         Framing::Length(n) => conn.buf.len() as u64 == n,
         Framing::Chunked | Framing::UntilClose => false,
     };
-    if whole && resp.upstream_keep_alive {
+    if whole && resp.framing.upstream_keep_alive {
         conn.buf.clear();
         up.checkin_raw(conn);
     }
@@ -1324,476 +1264,6 @@ fn bad_request_body() -> SendFail {
     }
 }
 
-fn encode_chunk(out: &mut Vec<u8>, data: &[u8]) {
-    if data.is_empty() {
-        return;
-    }
-    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
-}
-
-fn eq(a: &str, b: &str) -> bool {
-    a.eq_ignore_ascii_case(b)
-}
-
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|b| *b == b',')
-        .map(|t| t.trim_ascii())
-        .filter(|t| !t.is_empty())
-}
-
-/// Headers that never cross turnout (RFC 9110 §7.6.1), plus those turnout sets itself.
-fn hop_by_hop(name: &str) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ]
-    .iter()
-    .any(|h| eq(name, h))
-}
-
-/// `http://` or `https://` stripped, in any case.
-fn strip_scheme(target: &str) -> Option<&str> {
-    ["http://", "https://"].iter().find_map(|scheme| {
-        let n = scheme.len();
-        (target.len() >= n && target.as_bytes()[..n].eq_ignore_ascii_case(scheme.as_bytes()))
-            .then(|| &target[n..])
-    })
-}
-
-/// Headers turnout sets itself, in every spelling a framework may fold into the same
-/// variable (`X_Forwarded_For` is `HTTP_X_FORWARDED_FOR` to CGI, WSGI, Rack and PHP), and
-/// `Forwarded`, which turnout does not vouch for.
-fn set_by_turnout(name: &str) -> bool {
-    name.eq_ignore_ascii_case("forwarded")
-        || ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"]
-            .iter()
-            .any(|h| {
-                h.len() == name.len()
-                    && h.bytes()
-                        .zip(name.bytes())
-                        .all(|(a, b)| a == b.to_ascii_lowercase() || (a == b'-' && b == b'_'))
-            })
-}
-
-/// Whether a `Connection` field (any line) names `name` as hop-by-hop.
-fn listed_in_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
-    headers
-        .iter()
-        .filter(|h| eq(h.name, "connection"))
-        .flat_map(|h| tokens(h.value))
-        .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
-}
-
-/// Parses and checks a request head in `buf`, and writes the upstream's head into
-/// `up`. `Ok(None)`: the head is not complete yet.
-fn plan_request(buf: &[u8], ip: &[u8], up: &mut Vec<u8>) -> Result<Option<Plan>, Refusal> {
-    plan_request_proto(buf, ip, false, None, up)
-}
-
-/// [`plan_request`] for a client connection that is TLS (`https`) or not, reading the
-/// cookies when `sessions` are on.
-fn plan_request_proto(
-    buf: &[u8],
-    ip: &[u8],
-    https: bool,
-    sessions: Option<&Sessions>,
-    up: &mut Vec<u8>,
-) -> Result<Option<Plan>, Refusal> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut slots);
-    let head_len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(Refusal(431, "turnout: too many request header lines\n"))
-        }
-        Err(_) => return Err(Refusal(400, "turnout: malformed request head\n")),
-    };
-    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
-        return Err(Refusal(400, "turnout: malformed request line\n"));
-    };
-
-    // One pass for the facts that decide framing and routing.
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    let mut transfer_encoding = false;
-    let mut host: Option<&[u8]> = None;
-    let mut upgrade: Option<&[u8]> = None;
-    let (mut saw_close, mut saw_keep_alive, mut conn_upgrade) = (false, false, false);
-    // Whether `Connection` names other headers to drop (looked up again when copying).
-    let mut conn_names = false;
-    let mut expect_continue = false;
-    let mut request_id = None;
-    for h in req.headers.iter() {
-        let name = h.name;
-        if eq(name, "content-length") {
-            add_content_length(h.value, &mut length).map_err(|e| match e {
-                LengthError::Invalid => Refusal(400, "turnout: invalid Content-Length\n"),
-                LengthError::Conflict => {
-                    Refusal(400, "turnout: conflicting Content-Length values\n")
-                }
-            })?;
-        } else if eq(name, "transfer-encoding") {
-            for coding in tokens(h.value) {
-                if chunked {
-                    return Err(Refusal(
-                        400,
-                        "turnout: chunked must be the last transfer coding\n",
-                    ));
-                }
-                if coding.eq_ignore_ascii_case(b"chunked") {
-                    chunked = true;
-                } else {
-                    return Err(Refusal(501, "turnout: unsupported transfer coding\n"));
-                }
-            }
-            transfer_encoding = true;
-        } else if eq(name, "host") {
-            if host.is_some() {
-                return Err(Refusal(400, "turnout: more than one Host header\n"));
-            }
-            host = Some(h.value);
-        } else if eq(name, "connection") {
-            for t in tokens(h.value) {
-                if t.eq_ignore_ascii_case(b"close") {
-                    saw_close = true;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                    saw_keep_alive = true;
-                } else if t.eq_ignore_ascii_case(b"upgrade") {
-                    conn_upgrade = true;
-                } else {
-                    conn_names = true;
-                }
-            }
-        } else if eq(name, "upgrade") {
-            upgrade = Some(h.value);
-        } else if eq(name, "via") {
-            if crate::access::via_names_me(h.value) {
-                return Err(Refusal(
-                    508,
-                    "turnout: loop detected: this request already passed through this router (Via); an upstream points back at turnout\n",
-                ));
-            }
-        } else if eq(name, "x-request-id") {
-            // Where the value is in `buf` (httparse's slices point into it).
-            let from = h.value.as_ptr() as usize - buf.as_ptr() as usize;
-            request_id = Some((from, from + h.value.len()));
-        } else if eq(name, "expect") {
-            // HTTP/1.0 clients know no 100 Continue (RFC 9110 §10.1.1).
-            expect_continue =
-                minor == 1 && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
-        }
-    }
-    let session = match sessions {
-        None => SessionFacts::default(),
-        Some(s) => s.facts(
-            req.headers
-                .iter()
-                .filter(|h| eq(h.name, "cookie"))
-                .map(|h| h.value),
-        ),
-    };
-    // `close` wins over `keep-alive`; HTTP/1.0 closes unless it asks otherwise.
-    let close = saw_close || (minor == 0 && !saw_keep_alive);
-    if transfer_encoding && !chunked {
-        return Err(Refusal(400, "turnout: invalid Transfer-Encoding\n"));
-    }
-    if transfer_encoding && length.is_some() {
-        return Err(Refusal(
-            400,
-            "turnout: Content-Length together with Transfer-Encoding\n",
-        ));
-    }
-    if transfer_encoding && minor == 0 {
-        return Err(Refusal(
-            400,
-            "turnout: Transfer-Encoding in an HTTP/1.0 request\n",
-        ));
-    }
-    if method == "CONNECT" {
-        return Err(Refusal(405, "turnout: CONNECT is not supported\n"));
-    }
-    // Origin form, or absolute form whose authority replaces Host (RFC 9112 §3.2.2).
-    let (path, authority) = if target.starts_with('/') || target == "*" {
-        (target, None)
-    } else if let Some(rest) = strip_scheme(target) {
-        let split = rest.find(['/', '?']).unwrap_or(rest.len());
-        (&rest[split..], Some(&rest[..split]))
-    } else {
-        return Err(Refusal(400, "turnout: invalid request target\n"));
-    };
-    if minor == 1 && host.is_none() && authority.is_none() {
-        return Err(Refusal(400, "turnout: HTTP/1.1 request without Host\n"));
-    }
-    let host: &[u8] = match authority {
-        Some(a) => a.as_bytes(),
-        // An HTTP/1.0 request may have none; the upstream gets an empty Host (§3.2).
-        None => host.unwrap_or(b""),
-    };
-    let body = if chunked {
-        ReqBody::Chunked
-    } else {
-        match length {
-            Some(n) if n > 0 => ReqBody::Length(n),
-            _ => ReqBody::None,
-        }
-    };
-    // h2c by Upgrade is not passed on: turnout serves HTTP/2 itself, and a tunnel would
-    // take the connection out of its hands.
-    let upgrade = match upgrade {
-        Some(proto)
-            if conn_upgrade && minor == 1 && !proto.trim_ascii().eq_ignore_ascii_case(b"h2c") =>
-        {
-            Some(proto)
-        }
-        _ => None,
-    };
-
-    up.clear();
-    up.extend_from_slice(method.as_bytes());
-    up.push(b' ');
-    if !path.starts_with('/') && path != "*" {
-        // Absolute form with no path, or a query only.
-        up.push(b'/');
-    }
-    up.extend_from_slice(path.as_bytes());
-    up.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-    up.extend_from_slice(host);
-    up.extend_from_slice(b"\r\n");
-    // Earlier hops' addresses, in order; the client's is appended after them.
-    let mut forwarded_for: Vec<&[u8]> = Vec::new();
-    for h in req.headers.iter() {
-        let name = h.name;
-        if eq(name, "x-forwarded-for") {
-            forwarded_for.push(h.value);
-            continue;
-        }
-        if eq(name, "host")
-            || hop_by_hop(name)
-            || eq(name, "content-length")
-            || eq(name, "expect")
-            || set_by_turnout(name)
-            || (conn_names && listed_in_connection(req.headers, name))
-        {
-            continue;
-        }
-        up.extend_from_slice(name.as_bytes());
-        up.extend_from_slice(b": ");
-        up.extend_from_slice(h.value);
-        up.extend_from_slice(b"\r\n");
-    }
-    up.extend_from_slice(b"x-forwarded-for: ");
-    for value in forwarded_for.iter().filter(|v| !v.trim_ascii().is_empty()) {
-        up.extend_from_slice(value);
-        up.extend_from_slice(b", ");
-    }
-    up.extend_from_slice(ip);
-    up.extend_from_slice(b"\r\n");
-    up.extend_from_slice(if https {
-        b"x-forwarded-proto: https\r\n".as_slice()
-    } else {
-        b"x-forwarded-proto: http\r\n"
-    });
-    // turnout is the edge: the forwarded host is the one this client asked for, never a
-    // value the client made up.
-    if !host.is_empty() {
-        up.extend_from_slice(b"x-forwarded-host: ");
-        up.extend_from_slice(host);
-        up.extend_from_slice(b"\r\n");
-    }
-    // Marks the request as having passed here, so that a loop back is seen (RFC 9110
-    // §7.6.3; the client's own Via lines go on above).
-    up.extend_from_slice(b"via: ");
-    up.extend_from_slice(crate::access::via());
-    up.extend_from_slice(b"\r\n");
-    match body {
-        ReqBody::Length(n) => {
-            up.extend_from_slice(b"content-length: ");
-            up.extend_from_slice(n.to_string().as_bytes());
-            up.extend_from_slice(b"\r\n");
-        }
-        ReqBody::Chunked => up.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        ReqBody::None if length == Some(0) => up.extend_from_slice(b"content-length: 0\r\n"),
-        ReqBody::None => {}
-    }
-    if let Some(proto) = upgrade {
-        up.extend_from_slice(b"connection: upgrade\r\nupgrade: ");
-        up.extend_from_slice(proto);
-        up.extend_from_slice(b"\r\n");
-    }
-    up.extend_from_slice(b"\r\n");
-
-    Ok(Some(Plan {
-        head_len,
-        head_request: method == "HEAD",
-        idempotent: matches!(
-            method,
-            "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
-        ),
-        minor,
-        body,
-        close,
-        upgrade: upgrade.map(|p| p.trim_ascii().eq_ignore_ascii_case(b"websocket")),
-        expect_continue,
-        request_id,
-        session,
-    }))
-}
-
-/// Parses the upstream's response head in `buf` (skipping interim 1xx responses) and
-/// writes the client's response head into `out`. `Ok(None)`: not complete yet.
-fn respond_head(
-    buf: &mut BytesMut,
-    plan: &Plan,
-    out: &mut Vec<u8>,
-) -> Result<Option<RespPlan>, &'static str> {
-    loop {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut slots);
-        let len = match resp.parse(buf) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(_) => return Err("invalid response head"),
-        };
-        let status = resp.code.unwrap_or(0);
-        if (100..200).contains(&status) && status != 101 {
-            // Interim responses go on to HTTP/1.1 clients (103 Early Hints, say), except
-            // 100 Continue: turnout answered the client's Expect itself.
-            if status != 100 && plan.minor == 1 {
-                out.extend_from_slice(&buf[..len]);
-            }
-            buf.advance(len);
-            continue;
-        }
-        if !(101..=999).contains(&status) {
-            return Err("invalid status code");
-        }
-        let minor = resp.version.unwrap_or(1);
-        let mut length: Option<u64> = None;
-        let mut te: Option<bool> = None; // Some(chunked last)
-        let (mut saw_close, mut saw_keep_alive, mut conn_names) = (false, false, false);
-        let mut has_request_id = false;
-        for h in resp.headers.iter() {
-            if eq(h.name, "content-length") {
-                add_content_length(h.value, &mut length).map_err(LengthError::message)?;
-            } else if eq(h.name, "transfer-encoding") {
-                te = Some(
-                    tokens(h.value)
-                        .last()
-                        .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")),
-                );
-            } else if eq(h.name, "connection") {
-                for t in tokens(h.value) {
-                    if t.eq_ignore_ascii_case(b"close") {
-                        saw_close = true;
-                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                        saw_keep_alive = true;
-                    } else {
-                        conn_names = true;
-                    }
-                }
-            } else if eq(h.name, "x-request-id") {
-                has_request_id = true;
-            }
-        }
-        let up_close = saw_close || (minor == 0 && !saw_keep_alive);
-        let framing = if plan.head_request || status == 101 || status == 204 || status == 304 {
-            Framing::Empty
-        } else {
-            match (te, length) {
-                (Some(true), _) => Framing::Chunked,
-                (Some(false), _) | (None, None) => Framing::UntilClose,
-                (None, Some(n)) => Framing::Length(n),
-            }
-        };
-        let stream_body = matches!(framing, Framing::Chunked | Framing::UntilClose);
-        let client_chunked = stream_body && plan.minor == 1;
-        let close = plan.close || (stream_body && plan.minor == 0);
-
-        // `out` may hold interim responses already; the final head follows them.
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(itoa3(status).as_slice());
-        out.push(b' ');
-        out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
-        out.extend_from_slice(b"\r\n");
-        for h in resp.headers.iter() {
-            let name = h.name;
-            let keep_upgrade = status == 101 && eq(name, "upgrade");
-            if !keep_upgrade
-                && (hop_by_hop(name)
-                    || eq(name, "content-length")
-                    || (conn_names && listed_in_connection(resp.headers, name)))
-            {
-                continue;
-            }
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(h.value);
-            out.extend_from_slice(b"\r\n");
-        }
-        // One length line, turnout's: for a body it relays whole, and for HEAD and 304,
-        // where it describes the body not sent.
-        if let (Some(n), false) = (length, stream_body || status == 204 || status == 101) {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(n.to_string().as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        if client_chunked {
-            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        }
-        if status == 101 {
-            out.extend_from_slice(b"connection: upgrade\r\n");
-        } else if close {
-            out.extend_from_slice(b"connection: close\r\n");
-        } else if plan.minor == 0 {
-            out.extend_from_slice(b"connection: keep-alive\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        buf.advance(len);
-        return Ok(Some(RespPlan {
-            status,
-            framing,
-            upstream_keep_alive: !up_close && framing != Framing::UntilClose && status != 101,
-            client_chunked,
-            close,
-            has_request_id,
-        }));
-    }
-}
-
-/// Inserts `x-request-id: ID` as the last line of the HTTP head at the end of `head`
-/// (which ends with the empty line).
-fn insert_line(head: &mut Vec<u8>, id: &[u8]) {
-    insert_header(head, b"x-request-id: ", id);
-}
-
-/// Inserts `name` (with its `: `) and `value` as the last line of the HTTP head at the
-/// end of `head` (which ends with the empty line).
-fn insert_header(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    debug_assert!(head.ends_with(b"\r\n\r\n"));
-    head.truncate(head.len() - 2);
-    head.extend_from_slice(name);
-    head.extend_from_slice(value);
-    head.extend_from_slice(b"\r\n\r\n");
-}
-
-/// A three-digit status code as ASCII.
-fn itoa3(n: u16) -> [u8; 3] {
-    [
-        b'0' + (n / 100 % 10) as u8,
-        b'0' + (n / 10 % 10) as u8,
-        b'0' + (n % 10) as u8,
-    ]
-}
-
 /// A socket with some bytes already read from it, to be read again first.
 struct Prefixed<S> {
     pre: Bytes,
@@ -1854,327 +1324,4 @@ fn _assert_send(
     w: watch::Receiver<bool>,
 ) -> impl Future + Send {
     serve_conn(inner, s, p, w)
-}
-
-/// For the fuzz targets in `fuzz/` only: runs the request-head parser and planner
-/// (`plan_request`) on `bytes`, then, when the head is complete, feeds what follows it to
-/// the chunked decoder (whatever the head's framing) in pieces of every size up to 16.
-/// Panics on a broken invariant (a head longer than the input, a request id outside it).
-#[doc(hidden)]
-pub fn fuzz_request_head(bytes: &[u8]) {
-    let mut up = Vec::new();
-    let Ok(Some(plan)) = plan_request(bytes, b"192.0.2.1", &mut up) else {
-        return;
-    };
-    assert!(plan.head_len <= bytes.len(), "head longer than the input");
-    if let Some((from, to)) = plan.request_id {
-        assert!(
-            from <= to && to <= plan.head_len,
-            "request id outside the head"
-        );
-    }
-    assert!(up.ends_with(b"\r\n\r\n"), "upstream head not terminated");
-    let rest = &bytes[plan.head_len..];
-    for split in 1..=16.min(rest.len().max(1)) {
-        let mut dec = Chunked::default();
-        let mut buf = bytes::BytesMut::new();
-        let mut out = 0usize;
-        'feed: for piece in rest.chunks(split) {
-            buf.extend_from_slice(piece);
-            loop {
-                match dec.decode(&mut buf) {
-                    Ok(Some(data)) => out += data.len(),
-                    Ok(None) => break,
-                    Err(()) => break 'feed,
-                }
-            }
-        }
-        assert!(out <= rest.len(), "decoded more than the input");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn plan(head: &str) -> Result<(Plan, String), u16> {
-        let mut up = Vec::new();
-        match plan_request(head.as_bytes(), b"10.0.0.9", &mut up) {
-            Ok(Some(p)) => Ok((p, String::from_utf8(up).unwrap())),
-            Ok(None) => Err(0),
-            Err(Refusal(status, _)) => Err(status),
-        }
-    }
-
-    #[test]
-    fn hostile_and_malformed_heads_are_refused() {
-        let cases: &[(&str, &str, u16)] = &[
-            ("CL with TE", "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n", 400),
-            ("two lengths", "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n", 400),
-            ("list of lengths", "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3, 4\r\n\r\n", 400),
-            ("non-numeric length", "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3a\r\n\r\n", 400),
-            ("signed length", "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: +3\r\n\r\n", 400),
-            ("chunked not last", "POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked, gzip\r\n\r\n", 400),
-            ("unknown coding", "POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: gzip\r\n\r\n", 501),
-            ("TE in HTTP/1.0", "POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n", 400),
-            ("space before colon", "GET / HTTP/1.1\r\nhost : a\r\n\r\n", 400),
-            ("obs-fold", "GET / HTTP/1.1\r\nhost: a\r\nx-a: b\r\n c\r\n\r\n", 400),
-            ("NUL in value", "GET / HTTP/1.1\r\nhost: a\r\nx-a: b\0c\r\n\r\n", 400),
-            ("bare CR", "GET / HTTP/1.1\r\nhost: a\rx-a: b\r\n\r\n", 400),
-            ("no Host in 1.1", "GET / HTTP/1.1\r\nx-a: b\r\n\r\n", 400),
-            ("two Hosts", "GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n", 400),
-            ("bad target", "GET foo HTTP/1.1\r\nhost: a\r\n\r\n", 400),
-            ("CONNECT", "CONNECT a:443 HTTP/1.1\r\nhost: a:443\r\n\r\n", 405),
-        ];
-        for (what, head, status) in cases {
-            match plan(head) {
-                Err(got) => assert_eq!(got, *status, "{what}"),
-                Ok((_, up)) => panic!("{what}: accepted, would send {up:?}"),
-            }
-        }
-        let many = format!(
-            "GET / HTTP/1.1\r\nhost: a\r\n{}\r\n",
-            "x-a: 1\r\n".repeat(MAX_HEADERS)
-        );
-        assert_eq!(plan(&many).err(), Some(431));
-        assert_eq!(
-            plan("GET / HTTP/1.1\r\nhost: a\r\n").err(),
-            Some(0),
-            "incomplete head waits"
-        );
-    }
-
-    #[test]
-    fn connection_and_host_edge_cases() {
-        // `close` wins, whatever else the lines say.
-        assert!(
-            plan("GET / HTTP/1.1\r\nhost: a\r\nconnection: close, keep-alive\r\n\r\n")
-                .unwrap()
-                .0
-                .close
-        );
-        assert!(
-            plan(
-                "GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\nconnection: keep-alive\r\n\r\n"
-            )
-            .unwrap()
-            .0
-            .close
-        );
-        // Every header named in Connection is dropped, however many; Host never is.
-        let names: Vec<String> = (0..12).map(|i| format!("x-h{i}")).collect();
-        let head = format!(
-            "GET / HTTP/1.1\r\nhost: a\r\nconnection: host, {}\r\n{}\r\n",
-            names.join(", "),
-            names
-                .iter()
-                .map(|n| format!("{n}: 1\r\n"))
-                .collect::<String>()
-        );
-        let (_, up) = plan(&head).unwrap();
-        assert!(!up.contains("x-h"), "{up}");
-        assert!(up.contains("host: a\r\n"), "{up}");
-        // Absolute form: the authority replaces Host, the query survives, any case.
-        let (_, up) = plan("GET HTTP://api.example?q=1 HTTP/1.1\r\nhost: other\r\n\r\n").unwrap();
-        assert!(
-            up.starts_with("GET /?q=1 HTTP/1.1\r\nhost: api.example\r\n"),
-            "{up}"
-        );
-        assert!(!up.contains("other"), "{up}");
-        // HTTP/1.0 without Host: an empty Host upstream, not none.
-        let (_, up) = plan("GET / HTTP/1.0\r\n\r\n").unwrap();
-        assert!(up.starts_with("GET / HTTP/1.1\r\nhost: \r\n"), "{up}");
-        // HTTP/1.0 knows no 100 Continue.
-        assert!(
-            !plan("POST / HTTP/1.0\r\ncontent-length: 1\r\nexpect: 100-continue\r\n\r\n")
-                .unwrap()
-                .0
-                .expect_continue
-        );
-        // h2c is not tunnelled.
-        let (p, up) = plan("GET / HTTP/1.1\r\nhost: a\r\nconnection: upgrade, http2-settings\r\nupgrade: h2c\r\nhttp2-settings: x\r\n\r\n").unwrap();
-        assert_eq!(p.upgrade, None);
-        assert!(
-            !up.contains("upgrade") && !up.contains("http2-settings"),
-            "{up}"
-        );
-        // Spellings of the forwarding headers a framework would fold together, and
-        // Forwarded, do not get through.
-        let (_, up) = plan("GET / HTTP/1.1\r\nhost: a\r\nX_Forwarded_Host: evil\r\nx_forwarded_proto: https\r\nForwarded: host=evil\r\n\r\n").unwrap();
-        assert!(!up.contains("evil") && !up.contains("https"), "{up}");
-    }
-
-    #[test]
-    fn upstream_head_is_rewritten() {
-        let (p, up) = plan(
-            "GET /a?b=1 HTTP/1.1\r\nHost: shop.example\r\nConnection: keep-alive, x-hop\r\nx-hop: 1\r\n\
-             keep-alive: timeout=5\r\nTE: trailers\r\nProxy-Connection: x\r\nX-Forwarded-For: 1.2.3.4\r\n\
-             x-forwarded-for: 5.6.7.8\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\n\
-             accept: */*\r\n\r\n",
-        )
-        .unwrap();
-        assert!(!p.close && p.idempotent && p.body == ReqBody::None);
-        let via = String::from_utf8_lossy(crate::access::via()).into_owned();
-        assert_eq!(
-            up,
-            format!(
-                "GET /a?b=1 HTTP/1.1\r\nhost: shop.example\r\naccept: */*\r\n\
-                 x-forwarded-for: 1.2.3.4, 5.6.7.8, 10.0.0.9\r\nx-forwarded-proto: http\r\n\
-                 x-forwarded-host: shop.example\r\nvia: {via}\r\n\r\n"
-            )
-        );
-        // A request that already passed through this router is a loop: 508. Another
-        // proxy's Via goes on, beside this router's.
-        let looped = format!("GET / HTTP/1.1\r\nhost: a\r\nvia: 1.0 edge, {via}\r\n\r\n");
-        assert!(matches!(plan(&looped), Err(508)));
-        let (_, up) =
-            plan("GET / HTTP/1.1\r\nhost: a\r\nvia: 1.1 turnout-000000000000\r\n\r\n").unwrap();
-        assert!(
-            up.contains("via: 1.1 turnout-000000000000\r\n")
-                && up.contains(&format!("via: {via}\r\n")),
-            "{up}"
-        );
-        // Absolute form: the authority stands in for a missing Host.
-        let (_, up) = plan("GET http://api.example/x HTTP/1.1\r\n\r\n").unwrap();
-        assert!(up.starts_with("GET /x HTTP/1.1\r\n"), "{up}");
-        assert!(up.contains("host: api.example\r\n"), "{up}");
-        // Bodies: the framing upstream is turnout's own.
-        let (p, up) = plan("POST / HTTP/1.1\r\nhost: a\r\nTransfer-Encoding: chunked\r\nexpect: 100-continue\r\n\r\n").unwrap();
-        assert!(p.body == ReqBody::Chunked && p.expect_continue && !p.idempotent);
-        assert!(
-            up.contains("transfer-encoding: chunked\r\n") && !up.contains("expect"),
-            "{up}"
-        );
-        let (p, up) = plan("PUT / HTTP/1.1\r\nhost: a\r\ncontent-length: 12, 12\r\n\r\n").unwrap();
-        assert!(p.body == ReqBody::Length(12));
-        assert_eq!(up.matches("content-length").count(), 1, "{up}");
-        // HTTP/1.0 closes unless it asks for keep-alive.
-        assert!(plan("GET / HTTP/1.0\r\n\r\n").unwrap().0.close);
-        assert!(
-            !plan("GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
-                .unwrap()
-                .0
-                .close
-        );
-        assert!(
-            plan("GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
-                .unwrap()
-                .0
-                .close
-        );
-        // Upgrades keep their protocol.
-        let (p, up) = plan("GET /ws HTTP/1.1\r\nhost: a\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-key: k\r\n\r\n").unwrap();
-        assert_eq!(p.upgrade, Some(true));
-        assert!(
-            up.contains("connection: upgrade\r\nupgrade: websocket\r\n"),
-            "{up}"
-        );
-    }
-
-    fn respond(upstream: &str, request: &str) -> (Option<RespPlan>, String, usize) {
-        let (p, _) = plan(request).unwrap();
-        let mut buf = BytesMut::from(upstream.as_bytes());
-        let mut out = Vec::new();
-        let r = respond_head(&mut buf, &p, &mut out).unwrap();
-        (r, String::from_utf8(out).unwrap(), buf.len())
-    }
-
-    #[test]
-    fn early_hints_go_on_to_http_1_1_clients() {
-        let up = "HTTP/1.1 103 Early Hints\r\nlink: </s.css>; rel=preload\r\n\r\n\
-                  HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
-        let (_, out, _) = respond(up, "GET / HTTP/1.1\r\nhost: a\r\n\r\n");
-        assert_eq!(
-            out,
-            "HTTP/1.1 103 Early Hints\r\nlink: </s.css>; rel=preload\r\n\r\n\
-             HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
-        );
-        // HTTP/1.0 clients know no interim responses.
-        let (_, out, _) = respond(up, "GET / HTTP/1.0\r\n\r\n");
-        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
-    }
-
-    #[test]
-    fn response_connection_and_length_are_turnouts() {
-        let get11 = "GET / HTTP/1.1\r\nhost: a\r\n\r\n";
-        let (r, out, _) = respond(
-            "HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\nconnection: close, keep-alive\r\n\r\nabc",
-            get11,
-        );
-        assert!(!r.unwrap().upstream_keep_alive, "close wins");
-        assert_eq!(out, "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n");
-        let names: Vec<String> = (0..12).map(|i| format!("x-h{i}")).collect();
-        let up = format!(
-            "HTTP/1.1 200 OK\r\nconnection: {}\r\n{}content-length: 0\r\n\r\n",
-            names.join(", "),
-            names
-                .iter()
-                .map(|n| format!("{n}: 1\r\n"))
-                .collect::<String>()
-        );
-        let (_, out, _) = respond(&up, get11);
-        assert!(!out.contains("x-h"), "{out}");
-    }
-
-    #[test]
-    fn response_head_is_rewritten() {
-        let get11 = "GET / HTTP/1.1\r\nhost: a\r\n\r\n";
-        let (r, out, left) = respond("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: x-h\r\nx-h: 1\r\nkeep-alive: 5\r\nx-a: 1\r\n\r\nhi", get11);
-        let r = r.unwrap();
-        assert_eq!(
-            (r.status, r.framing, r.upstream_keep_alive, r.close),
-            (200, Framing::Length(2), true, false)
-        );
-        assert_eq!(
-            out,
-            "HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 2\r\n\r\n"
-        );
-        assert_eq!(left, 2, "the body stays in the buffer");
-        // Interim responses are skipped; chunked upstream, chunked to an HTTP/1.1 client
-        // with the length dropped.
-        let (r, out, _) = respond(
-            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 9\r\n\r\n",
-            get11,
-        );
-        let r = r.unwrap();
-        assert_eq!((r.framing, r.client_chunked), (Framing::Chunked, true));
-        assert_eq!(out, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
-        // To an HTTP/1.0 client a streamed body ends with the connection.
-        let (r, out, _) = respond(
-            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
-            "GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n",
-        );
-        let r = r.unwrap();
-        assert!(r.close && !r.client_chunked);
-        assert!(out.ends_with("connection: close\r\n\r\n"), "{out}");
-        // Upstream closes: not reused; HTTP/1.0 upstream: not reused.
-        let (r, _, _) = respond(
-            "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
-            get11,
-        );
-        assert!(!r.unwrap().upstream_keep_alive);
-        let (r, _, _) = respond("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n", get11);
-        assert!(!r.unwrap().upstream_keep_alive);
-        // 101 keeps Upgrade and says so.
-        let (r, out, _) = respond(
-            "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-accept: x\r\n\r\n",
-            "GET /ws HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
-        );
-        assert_eq!(r.unwrap().framing, Framing::Empty);
-        assert_eq!(out, "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nsec-websocket-accept: x\r\nconnection: upgrade\r\n\r\n");
-        // HEAD and 304 have no body whatever the headers say.
-        let (r, _, _) = respond(
-            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
-            "HEAD / HTTP/1.1\r\nhost: a\r\n\r\n",
-        );
-        assert_eq!(r.unwrap().framing, Framing::Empty);
-        let (r, _, _) = respond(
-            "HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n",
-            get11,
-        );
-        assert_eq!(r.unwrap().framing, Framing::Empty);
-        // Incomplete: wait.
-        let (r, out, _) = respond("HTTP/1.1 200 OK\r\ncontent-len", get11);
-        assert!(r.is_none() && out.is_empty());
-    }
 }

@@ -13,6 +13,7 @@ mod error;
 mod h1;
 mod h1server;
 mod health;
+pub mod http1;
 mod limits;
 mod mirror;
 #[cfg(test)]
@@ -38,8 +39,6 @@ use turnout_core::{RoutingState, SlotName};
 
 pub use body::{BodyError, ProxyBody, RequestBody};
 pub use error::ProxyError;
-#[doc(hidden)]
-pub use h1server::fuzz_request_head;
 pub use health::HealthCheck;
 pub use mirror::{
     lower_thread_priority, request_id, CaptureHandle, DelayHistogram, ShadowCounters, ShadowCounts,

@@ -40,7 +40,7 @@ use tokio::sync::{mpsc, Semaphore};
 use turnout_core::SlotName;
 use turnout_shadow::{Exchange, RequestCopy, ResponseCopy, Sample};
 
-use crate::h1::{Head, Home, RawConn};
+use crate::h1::{ConnHome, Head, RawConn};
 use crate::Inner;
 
 /// The header that marks a mirrored copy. Requests that carry it are never mirrored.
@@ -543,7 +543,7 @@ impl RespRec {
         limit: usize,
     ) -> RespRec {
         let headers = headers
-            .filter(|(n, _)| !(hop_by_hop(n) || (has_body && n == "content-length")))
+            .filter(|(n, _)| !(crate::http1::hop_by_hop(n) || (has_body && n == "content-length")))
             .collect();
         RespRec {
             status,
@@ -573,20 +573,6 @@ impl RespRec {
 
 fn content_length(n: u64) -> (String, Bytes) {
     ("content-length".to_owned(), Bytes::from(n.to_string()))
-}
-
-/// Headers that never cross a proxy (RFC 9110 §7.6.1), and the framing ones.
-fn hop_by_hop(name: &str) -> bool {
-    matches!(
-        name,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
 }
 
 /// One tapped request, from its head to the end of the live response.
@@ -917,6 +903,15 @@ pub(crate) struct MirrorRuntime {
     pub(crate) pool: Arc<MirrorPool>,
 }
 
+/// Where a copy's connection goes after its response: the mirror's own pool.
+pub(crate) struct MirrorHome(Arc<MirrorPool>, Arc<str>);
+
+impl ConnHome for MirrorHome {
+    fn checkin(&self, conn: RawConn) {
+        self.0.checkin(&self.1, conn)
+    }
+}
+
 /// Idle keep-alive connections of the mirror, by upstream address.
 #[derive(Default)]
 pub(crate) struct MirrorPool {
@@ -1213,7 +1208,7 @@ async fn send_copy(
     let max_body = opts.max_body;
     let rt = mirror_runtime(inner);
     let addr: Arc<str> = Arc::from(up.addr.as_str());
-    let home = || Home::Mirror(rt.pool.clone(), addr.clone());
+    let home = || MirrorHome(rt.pool.clone(), addr.clone());
     let attempt = async {
         while let Some(mut conn) = rt.pool.checkout(&addr) {
             if !conn.looks_alive() {
@@ -1257,7 +1252,7 @@ async fn send_copy(
 async fn read_copy(
     head: Head,
     conn: RawConn,
-    home: Home,
+    home: MirrorHome,
     sent: Instant,
     max_body: usize,
 ) -> Result<ResponseCopy, String> {
@@ -1269,7 +1264,7 @@ async fn read_copy(
         latency,
         max_body,
     );
-    let mut body = head.into_response_home(conn, home).into_body();
+    let mut body = head.into_response(conn, home).into_body();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| e.to_string())?;
         if let Ok(data) = frame.into_data() {

@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use turnout_core::SlotName;
 use turnout_shadow::Sample;
 
-use crate::h1::Chunked;
+use crate::http1::Chunked;
 use crate::proxy_tests::{start, state};
 use crate::{request_id, DelayHistogram, Proxy, ShadowCounts, ShadowHandle, ShadowOptions};
 

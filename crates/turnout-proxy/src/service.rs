@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -52,8 +52,6 @@ use crate::Inner;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// How long a request waits for a pooled hyper connection to become ready.
 const BUSY_WAIT: Duration = Duration::from_millis(50);
@@ -116,7 +114,7 @@ impl ConnService {
             }
         };
         // Header fields over HTTP/1.1's limits: the same 431.
-        if crate::h1server::h2_headers_too_large(req.headers()) {
+        if crate::http1::headers_too_large(req.headers()) {
             return with_id(error_response(&ProxyError::HeadersTooLarge), request_id);
         }
         // A request that came back through this router: refused at once.
@@ -234,7 +232,7 @@ impl ConnService {
             Ok(resp) => {
                 outcome.record(resp.status().as_u16());
                 let (mut parts, body) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
+                crate::http1::strip_hop_by_hop(&mut parts.headers);
                 if let Some(log) = self.inner.access.get() {
                     // HTTP/2: logged at the response head; `bytes` is its Content-Length
                     // (0 when the body is streamed without one).
@@ -418,7 +416,7 @@ impl ConnService {
         *req.version_mut() = Version::HTTP_11;
 
         let headers = req.headers_mut();
-        strip_hop_by_hop(headers);
+        crate::http1::strip_hop_by_hop(headers);
         let xff = if headers.contains_key(&X_FORWARDED_FOR) {
             // Keep every address of every line, then append the client's.
             let mut v = BytesMut::new();
@@ -580,36 +578,6 @@ impl Drop for Outcome<'_> {
     fn drop(&mut self) {
         if !self.done {
             self.stats.record_cancelled();
-        }
-    }
-}
-
-/// Removes the hop-by-hop headers of RFC 9110 §7.6.1: those named in `Connection`, and
-/// the fixed list.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        // Every `Connection` line counts, not just the first.
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.to_str().unwrap_or("").split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        headers.remove(header::CONNECTION);
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-    ] {
-        if headers.contains_key(name) {
-            headers.remove(name);
         }
     }
 }
