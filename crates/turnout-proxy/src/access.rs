@@ -1,7 +1,6 @@
-//! Request ids and the access log.
+//! The access log.
 //!
-//! A request without `X-Request-Id` gets one: a per-process random prefix and a counter,
-//! 24 hex digits, made without allocating. The access log (off unless
+//! The access log (off unless
 //! [`crate::Proxy::set_access_log`] turned it on) takes one entry per request through a
 //! bounded queue (`try_send`: full means dropped and counted) to a thread of its own that
 //! formats JSON lines and writes them, so a slow disk or pipe never holds up a request.
@@ -9,69 +8,11 @@
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Entries waiting for the writer thread at most.
 const QUEUE: usize = 8192;
-
-static PREFIX: OnceLock<u64> = OnceLock::new();
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// This router process's `Via` entry, `1.1 turnout-` and the 12 hex digits of its random
-/// prefix: a request that comes back carrying it has looped through this router.
-pub(crate) fn via() -> &'static [u8] {
-    static VIA: OnceLock<Vec<u8>> = OnceLock::new();
-    VIA.get_or_init(|| {
-        let mut v = b"1.1 turnout-".to_vec();
-        let mut tag = [0u8; 12];
-        hex_into(&mut tag, prefix());
-        v.extend_from_slice(&tag);
-        v
-    })
-}
-
-/// Whether a `Via` field value names this router process.
-pub(crate) fn via_names_me(value: &[u8]) -> bool {
-    // The tag part ("turnout-" and 12 hex digits) is what identifies the process.
-    let me = &via()[4..];
-    value.windows(me.len()).any(|w| w == me)
-}
-
-fn prefix() -> u64 {
-    *PREFIX.get_or_init(|| {
-        use std::hash::{BuildHasher, Hasher};
-        // RandomState is seeded from the OS; mix in the time and pid for good measure.
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos(),
-        );
-        h.write_u32(std::process::id());
-        h.finish()
-    })
-}
-
-/// A new request id: 12 hex digits of a random per-process prefix, then 12 of a counter.
-pub(crate) fn new_request_id() -> [u8; 24] {
-    let prefix = prefix();
-    let n = COUNTER.fetch_add(1, Relaxed);
-    let mut out = [0u8; 24];
-    hex_into(&mut out[..12], prefix);
-    hex_into(&mut out[12..], n);
-    out
-}
-
-/// The low `out.len()` hex digits of `v`.
-fn hex_into(out: &mut [u8], mut v: u64) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for b in out.iter_mut().rev() {
-        *b = HEX[(v & 0xf) as usize];
-        v >>= 4;
-    }
-}
 
 /// One request, as the access log tells it.
 pub(crate) struct Entry {
@@ -81,7 +22,7 @@ pub(crate) struct Entry {
     pub(crate) status: u16,
     pub(crate) slot: Option<turnout_core::SlotName>,
     pub(crate) version: Option<Arc<str>>,
-    pub(crate) upstream: Option<crate::UpstreamRef>,
+    pub(crate) upstream: Option<crate::upstream::UpstreamRef>,
     pub(crate) duration: Duration,
     pub(crate) bytes: u64,
     pub(crate) request_id: Vec<u8>,
@@ -235,14 +176,6 @@ mod tests {
             rfc3339(UNIX_EPOCH + Duration::from_secs(secs), &mut out);
             assert_eq!(String::from_utf8(out).unwrap(), want, "{secs}");
         }
-    }
-
-    #[test]
-    fn ids_are_distinct_hex() {
-        let (a, b) = (new_request_id(), new_request_id());
-        assert_ne!(a, b);
-        assert_eq!(a[..12], b[..12]);
-        assert!(a.iter().all(|c| c.is_ascii_hexdigit()));
     }
 
     #[test]

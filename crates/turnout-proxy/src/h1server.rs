@@ -34,19 +34,20 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::client::RawConn;
 use crate::error::ProxyError;
-use crate::h1::RawConn;
 use crate::http1::{
     self, encode_chunk, insert_header, plan_request, relay_head, Chunked, Forwarding, Framing,
     Refusal, Relayed, ReqBody, RequestPlan as Plan, MAX_HEAD,
 };
-use crate::mirror::Tap;
-use crate::server::ClientIo;
+use crate::io::ClientIo;
 use crate::service::ConnService;
 use crate::sessions::SessionFacts;
+use crate::shared::Inner;
 use crate::table::SlotPool;
+use crate::tap::Tap;
+use crate::tunnel;
 use crate::upstream::UpstreamRef;
-use crate::{tunnel, Inner};
 
 /// How long an idle keep-alive connection is kept between requests.
 const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
@@ -253,7 +254,7 @@ impl<S: ClientIo> ClientConn<S> {
             None => {
                 // None from the client: one of turnout's, for the upstream and the client.
                 self.request_id
-                    .extend_from_slice(&crate::access::new_request_id());
+                    .extend_from_slice(&crate::ids::new_request_id());
                 insert_header(&mut self.up_head, b"x-request-id: ", &self.request_id);
             }
         }
@@ -288,18 +289,18 @@ impl<S: ClientIo> ClientConn<S> {
         };
         let chosen = match &self.inner.sessions {
             None => self.inner.table.load().choose().cloned(),
-            Some(_) => crate::sessions::choose(&self.inner.table.load(), session.pin).cloned(),
+            Some(_) => self.inner.table.load().choose_pinned(session.pin).cloned(),
         };
         let Some(slot) = chosen else {
             return self.fail(&plan, &ProxyError::NoLiveSlot).await;
         };
         if self.inner.tap.is_on() && plan.upgrade.is_none() {
-            self.tap = crate::mirror::begin_h1(
-                &self.inner.tap,
-                &self.up_head,
-                slot.name,
-                plan.body != ReqBody::None,
-            );
+            if let Some(head) = crate::head::H1Request::new(&self.up_head) {
+                self.tap = self
+                    .inner
+                    .tap
+                    .begin(&head, slot.name, plan.body != ReqBody::None);
+            }
         }
 
         // Phases 3 and 4: pick and send.
@@ -364,7 +365,9 @@ impl<S: ClientIo> ClientConn<S> {
         stats.record(resp.status, started.elapsed());
         if let Some(tap) = self.tap.as_mut() {
             tap.set_slot(slot.name);
-            tap.response_head_h1(&self.out, plan.head_request, started.elapsed());
+            if let Some(head) = crate::head::H1Response::new(&self.out) {
+                tap.response_head(&head, started.elapsed());
+            }
         }
         // After the tap took the head: a shadow compares what the version answered.
         if let Some(sessions) = &self.inner.sessions {
@@ -504,7 +507,7 @@ impl<S: ClientIo> ClientConn<S> {
                     let fwd = Forwarding {
                         client_ip: &self.ip,
                         https: S::TLS,
-                        via: crate::access::via(),
+                        via: crate::ids::via(),
                     };
                     if let Some(plan) = plan_request(window, &fwd, &mut self.up_head)? {
                         return Ok(Some(plan));

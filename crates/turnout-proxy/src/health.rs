@@ -12,7 +12,19 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::broadcast;
 
 use crate::upstream::Upstream;
-use crate::HealthEvent;
+
+/// An upstream's health changed.
+#[derive(Clone, Debug)]
+pub struct HealthEvent {
+    /// Its slot.
+    pub slot: turnout_core::SlotName,
+    /// Its address.
+    pub addr: String,
+    /// The new state.
+    pub healthy: bool,
+    /// Why (the failed check, or "check passed").
+    pub reason: String,
+}
 
 /// How upstreams are checked.
 #[derive(Clone, Debug)]

@@ -8,221 +8,58 @@
 //! request one relaxed atomic load while none runs.
 
 mod access;
-mod body;
+mod client;
 mod error;
-mod h1;
 mod h1server;
+mod head;
 mod health;
 pub mod http1;
+mod ids;
+mod io;
 mod limits;
 mod mirror;
 #[cfg(test)]
 mod mirror_tests;
+mod options;
 #[cfg(test)]
 mod proxy_tests;
+mod request_body;
+mod response_body;
 mod server;
 mod service;
 mod sessions;
+mod shared;
 mod stats;
 mod table;
+mod tap;
 mod tls;
 mod tunnel;
 mod upstream;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::{broadcast, watch};
 use turnout_core::{RoutingState, SlotName};
 
-pub use body::{BodyError, ProxyBody, RequestBody};
+use shared::{Inner, LogLimiter, KEPT_VERSIONS};
+
 pub use error::ProxyError;
-pub use health::HealthCheck;
-pub use mirror::{
-    lower_thread_priority, request_id, CaptureHandle, DelayHistogram, ShadowCounters, ShadowCounts,
-    ShadowHandle, ShadowOptions, SHADOW_HEADER,
-};
+pub use health::{HealthCheck, HealthEvent};
+pub use mirror::lower_thread_priority;
+pub use options::ProxyOptions;
+pub use request_body::RequestBody;
+pub use response_body::{BodyError, ProxyBody};
 pub use sessions::{derive_key, key_from_hex, key_to_hex, random_key, SessionOptions, PIN_COOKIE};
 pub use stats::{Counts, SlotStats, StatsSnapshot, STATUS_CLASSES};
 pub use table::{SlotPool, Table};
+pub use tap::{
+    request_id, CaptureHandle, DelayHistogram, ShadowCounters, ShadowCounts, ShadowHandle,
+    ShadowOptions, SHADOW_HEADER,
+};
 pub use tls::{TlsCert, TlsClient, TlsError, UpstreamTls};
 pub use upstream::{Upstream, UpstreamRef};
-
-/// Data-plane settings (from `[listen]`, `[upstream]` and `[health]`).
-#[derive(Clone, Debug)]
-pub struct ProxyOptions {
-    /// An unfinished request head is cut off after this.
-    pub header_timeout: Duration,
-    /// How long an upgraded connection may go on once its slot is no longer live.
-    pub upgrade_drain: Duration,
-    /// Time to open a TCP connection to an upstream.
-    pub connect_timeout: Duration,
-    /// Time from sending a request to its response head.
-    pub response_timeout: Duration,
-    /// Idle pooled connections are closed after this.
-    pub idle_timeout: Duration,
-    /// Idle pooled connections kept per upstream.
-    pub max_idle: usize,
-    /// Active health checks.
-    pub health: HealthCheck,
-    /// On shutdown, how long requests in flight may take to finish.
-    pub shutdown_grace: Duration,
-    /// Open client connections at most (`0`: no limit). Past it a new connection is
-    /// answered `503` with `Connection: close` and closed; open ones are served on.
-    pub max_connections: usize,
-    /// A request body larger than this is answered `413` and its connection closed
-    /// (`None`: no limit). See `h1server.rs` and `service.rs`.
-    pub max_body: Option<u64>,
-    /// Failover (`[health] failover`): while every upstream of the live slot is
-    /// unhealthy and the standby has a healthy one, requests go to the standby. The
-    /// routing state is not changed.
-    pub failover: bool,
-    /// TLS to every upstream (`[upstream] tls`); `None`: plain TCP.
-    pub upstream_tls: Option<UpstreamTls>,
-    /// Session affinity through a cutover (`[sessions]`, see `sessions.rs`); `None`:
-    /// off, and a request pays one `Option` check for it.
-    pub sessions: Option<SessionOptions>,
-}
-
-impl Default for ProxyOptions {
-    fn default() -> Self {
-        ProxyOptions {
-            header_timeout: Duration::from_secs(10),
-            upgrade_drain: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(2),
-            response_timeout: Duration::from_secs(60),
-            idle_timeout: Duration::from_secs(60),
-            max_idle: 128,
-            health: HealthCheck::default(),
-            shutdown_grace: Duration::from_secs(30),
-            max_connections: 0,
-            max_body: None,
-            failover: false,
-            upstream_tls: None,
-            sessions: None,
-        }
-    }
-}
-
-/// An upstream's health changed.
-#[derive(Clone, Debug)]
-pub struct HealthEvent {
-    /// Its slot.
-    pub slot: SlotName,
-    /// Its address.
-    pub addr: String,
-    /// The new state.
-    pub healthy: bool,
-    /// Why (the failed check, or "check passed").
-    pub reason: String,
-}
-
-/// Lets one warning a second through, counting the ones it holds back: an outage must
-/// not turn into a log line per request.
-pub(crate) struct LogLimiter {
-    start: std::time::Instant,
-    last: std::sync::atomic::AtomicU64,
-    held: std::sync::atomic::AtomicU64,
-}
-
-impl LogLimiter {
-    fn new() -> LogLimiter {
-        LogLimiter {
-            start: std::time::Instant::now(),
-            last: std::sync::atomic::AtomicU64::new(0),
-            held: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(held back since the last one)` when this warning may be logged.
-    pub(crate) fn allow(&self) -> Option<u64> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let now = self.start.elapsed().as_secs() + 1;
-        let last = self.last.load(Relaxed);
-        if last != now
-            && self
-                .last
-                .compare_exchange(last, now, Relaxed, Relaxed)
-                .is_ok()
-        {
-            Some(self.held.swap(0, Relaxed))
-        } else {
-            self.held.fetch_add(1, Relaxed);
-            None
-        }
-    }
-}
-
-pub(crate) struct Inner {
-    pub(crate) errors: LogLimiter,
-    pub(crate) table: ArcSwap<Table>,
-    pub(crate) opts: ProxyOptions,
-    pub(crate) live_tx: watch::Sender<Option<SlotName>>,
-    pub(crate) live_rx: watch::Receiver<Option<SlotName>>,
-    pub(crate) health_tx: broadcast::Sender<HealthEvent>,
-    /// Request statistics per slot (by `SlotName::index`); they outlive every table.
-    pub(crate) stats: [SlotStats; 2],
-    /// Retry on standby: 0 off, else `1 + 2 × from + to` (slot indexes). Read only when a
-    /// request failed.
-    pub(crate) retry_on: AtomicU8,
-    /// Shadow and capture taps (see `mirror.rs`); one relaxed load per request when off.
-    pub(crate) tap: mirror::TapState,
-    /// The low-priority thread and runtime that mirror copies run on, started with the
-    /// first shadow.
-    pub(crate) mirror: std::sync::OnceLock<mirror::MirrorRuntime>,
-    /// Per slot, where each version's counts begin (for metrics by version); touched
-    /// only by [`Proxy::apply`] and [`Proxy::version_counts`], never by a request.
-    pub(crate) epochs: std::sync::Mutex<[Epochs; 2]>,
-    /// The access log, when one is on (set once, before serving).
-    pub(crate) access: std::sync::OnceLock<access::AccessLog>,
-    /// Set before a stop that hands over to a new router process: idle keep-alive
-    /// connections are not closed when the stop begins (a close races the client's next
-    /// request) but wait for that request, which is answered with `Connection: close`.
-    pub(crate) keep_idle_on_stop: std::sync::atomic::AtomicBool,
-    /// Connections refused because `max_connections` were open.
-    pub(crate) refused: std::sync::atomic::AtomicU64,
-    /// Logs the refusals, one line a second at most.
-    pub(crate) refusals: LogLimiter,
-    /// Open client connections, on every listener (see `limits.rs`).
-    pub(crate) connections: std::sync::atomic::AtomicUsize,
-    /// Refused connections being answered now.
-    pub(crate) refusing: std::sync::atomic::AtomicUsize,
-    /// `[sessions]`, made once from `opts.sessions`.
-    pub(crate) sessions: Option<sessions::Sessions>,
-}
-
-/// How many earlier versions per slot keep their counts for [`Proxy::version_counts`].
-const KEPT_VERSIONS: usize = 10;
-
-/// One slot's versions: the current one and where its counts began, and the final counts
-/// of the earlier ones (newest last, at most [`KEPT_VERSIONS`]).
-#[derive(Default)]
-pub(crate) struct Epochs {
-    current: Option<Arc<str>>,
-    start: Counts,
-    past: std::collections::VecDeque<(Option<Arc<str>>, Counts)>,
-}
-
-impl Inner {
-    /// The statistics of `slot`.
-    pub(crate) fn stats(&self, slot: SlotName) -> &SlotStats {
-        &self.stats[slot.index()]
-    }
-
-    /// The slot a failed request routed to `from` may be retried on, if any.
-    pub(crate) fn retry_target(&self, from: SlotName) -> Option<SlotName> {
-        match self.retry_on.load(Ordering::Relaxed) {
-            0 => None,
-            code => {
-                let code = code - 1;
-                let (f, t) = (usize::from(code / 2), usize::from(code % 2));
-                (f == from.index()).then(|| SlotName::ALL[t])
-            }
-        }
-    }
-}
 
 /// The data plane. Cheap to clone.
 #[derive(Clone)]
@@ -254,7 +91,7 @@ impl Proxy {
                 health_tx,
                 stats: [SlotStats::new(), SlotStats::new()],
                 retry_on: AtomicU8::new(0),
-                tap: mirror::TapState::new(),
+                tap: tap::TapState::new(),
                 mirror: std::sync::OnceLock::new(),
                 epochs: std::sync::Mutex::new(Default::default()),
                 access: std::sync::OnceLock::new(),
@@ -450,7 +287,7 @@ impl Proxy {
     /// Stops the running shadow, if any: no new copies; those queued are still sent, and
     /// then its samples channel ends.
     pub fn stop_shadow(&self) {
-        mirror::stop_shadow(&self.inner)
+        mirror::stop_shadow(&*self.inner)
     }
 
     /// Starts a capture of live exchanges: a `sample` share of the requests (by the same
@@ -460,7 +297,7 @@ impl Proxy {
     /// exchanges that failed (turnout's own error answers, broken-off bodies) are not
     /// captured.
     pub fn start_capture(&self, sample: f64, max_body: usize, queue: usize) -> CaptureHandle {
-        mirror::start_capture(&self.inner, sample, max_body, queue)
+        mirror::start_capture(&*self.inner, sample, max_body, queue)
     }
 
     /// Upstream health changes, as they happen.

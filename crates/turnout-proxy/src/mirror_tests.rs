@@ -540,7 +540,7 @@ async fn the_sample_is_drawn_from_the_request_id() {
     opts.sample = 0.5;
     let handle = e.proxy.start_shadow(opts);
     let chosen = (0..40)
-        .filter(|i| crate::mirror::hash_id(format!("r-{i}").as_bytes()).0 >> 11 < 1 << 52)
+        .filter(|i| crate::tap::hash_id(format!("r-{i}").as_bytes()).0 >> 11 < 1 << 52)
         .count() as u64;
     assert!((8..32).contains(&chosen), "{chosen}");
     for _ in 0..2 {

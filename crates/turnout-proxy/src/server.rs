@@ -10,56 +10,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::future::Future;
-use std::io;
-
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::tls::{TlsCert, TlsStream};
-use crate::Inner;
-
-/// A client connection as `h1server` serves it: a plain socket or a TLS stream.
-pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// The connection is TLS (`X-Forwarded-Proto: https`).
-    const TLS: bool;
-
-    /// Writes what fits without waiting; `WouldBlock` when nothing does (or when the
-    /// type cannot tell: the caller then writes and flushes as usual).
-    fn try_write(&self, data: &[u8]) -> io::Result<usize>;
-
-    /// Waits until the socket is readable, for a connection whose reads have all been
-    /// taken (a read returned pending since).
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_;
-}
-
-impl ClientIo for TcpStream {
-    const TLS: bool = false;
-
-    fn try_write(&self, data: &[u8]) -> io::Result<usize> {
-        TcpStream::try_write(self, data)
-    }
-
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
-        TcpStream::readable(self)
-    }
-}
-
-impl ClientIo for TlsStream {
-    const TLS: bool = true;
-
-    fn try_write(&self, _data: &[u8]) -> io::Result<usize> {
-        // Records must go through the session: never straight to the socket.
-        Err(io::ErrorKind::WouldBlock.into())
-    }
-
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
-        // A read that returned pending left no plaintext in the session, so new data
-        // can only come from the socket.
-        self.get_ref().0.readable()
-    }
-}
+use crate::shared::Inner;
+use crate::tls::TlsCert;
 
 pub(crate) async fn serve(
     inner: Arc<Inner>,

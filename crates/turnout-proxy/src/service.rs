@@ -41,13 +41,14 @@ use http::{Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
-use crate::body::{PoolReturn, ProxyBody, RequestBody};
+use crate::client::{RawBody, RawConn};
 use crate::error::ProxyError;
-use crate::h1::{RawBody, RawConn};
+use crate::request_body::RequestBody;
+use crate::response_body::{PoolReturn, ProxyBody};
+use crate::shared::Inner;
 use crate::stats::SlotStats;
 use crate::table::SlotPool;
 use crate::upstream::{Sender, UpstreamRef};
-use crate::Inner;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -107,7 +108,7 @@ impl ConnService {
         let request_id = match req.headers().get(X_REQUEST_ID) {
             Some(id) => id.clone(),
             None => {
-                let id = HeaderValue::from_bytes(&crate::access::new_request_id())
+                let id = HeaderValue::from_bytes(&crate::ids::new_request_id())
                     .unwrap_or(HeaderValue::from_static("-"));
                 req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
                 id
@@ -122,7 +123,7 @@ impl ConnService {
             .headers()
             .get_all(header::VIA)
             .iter()
-            .any(|v| crate::access::via_names_me(v.as_bytes()))
+            .any(|v| crate::ids::via_names_me(v.as_bytes()))
         {
             return with_id(error_response(&ProxyError::Loop), request_id);
         }
@@ -141,10 +142,7 @@ impl ConnService {
                 let cookies = req.headers().get_all(header::COOKIE).iter();
                 let facts = s.facts(cookies.map(HeaderValue::as_bytes));
                 let table = self.inner.table.load();
-                (
-                    crate::sessions::choose(&table, facts.pin).cloned(),
-                    Some(facts),
-                )
+                (table.choose_pinned(facts.pin).cloned(), Some(facts))
             }
         };
         let mut slot = match chosen {
@@ -170,7 +168,10 @@ impl ConnService {
         self.prepare(&mut req);
         let mut tap = if self.inner.tap.is_on() {
             let has_body = !req.body().is_end_stream();
-            crate::mirror::begin_h2(&self.inner.tap, &req, slot.name, has_body)
+            let (parts, body) = req.into_parts();
+            let tap = self.inner.tap.begin(&parts, slot.name, has_body);
+            req = Request::from_parts(parts, body);
+            tap
         } else {
             None
         };
@@ -202,7 +203,7 @@ impl ConnService {
             sent.map(|r| r.map(ProxyBody::Raw))
         } else {
             let body = |b| match tap.as_mut() {
-                Some(tap) => RequestBody::Tee(b, crate::body::TeeSink(tap.shared_body())),
+                Some(tap) => RequestBody::Tee(b, crate::request_body::TeeSink(tap.shared_body())),
                 None => RequestBody::Client(b),
             };
             let mut req = req.map(body);
@@ -211,7 +212,7 @@ impl ConnService {
             let mut over = None;
             let unannounced = req.body().size_hint().exact().is_none();
             if let Some(max) = self.inner.opts.max_body.filter(|_| unannounced) {
-                let cap = crate::body::Cap::new(max);
+                let cap = crate::request_body::Cap::new(max);
                 over = Some((cap.over.clone(), max));
                 req = req.map(|b| RequestBody::Capped(Box::new(b), cap));
             }
@@ -263,7 +264,7 @@ impl ConnService {
                     Some(mut tap) => {
                         tap.set_slot(slot.name);
                         let latency = outcome.since.elapsed();
-                        tap.response_head_h2(parts.status.as_u16(), &parts.headers, latency);
+                        tap.response_head(&parts, latency);
                         ProxyBody::tapped(body, tap)
                     }
                 };
@@ -318,7 +319,7 @@ impl ConnService {
         &self,
         slot: &SlotPool,
         parts: &http::request::Parts,
-    ) -> Result<Response<RawBody>, ProxyError> {
+    ) -> Result<Response<RawBody<UpstreamRef>>, ProxyError> {
         let first = slot
             .pick(None)
             .ok_or(ProxyError::NoHealthyUpstream { slot: slot.name })?
@@ -340,7 +341,7 @@ impl ConnService {
         &self,
         up: &UpstreamRef,
         parts: &http::request::Parts,
-    ) -> Result<Response<RawBody>, (ProxyError, bool)> {
+    ) -> Result<Response<RawBody<UpstreamRef>>, (ProxyError, bool)> {
         let opts = &self.inner.opts;
         let idempotent = is_idempotent(&parts.method);
         while let Some((mut conn, _)) = up.checkout_raw() {
@@ -431,7 +432,7 @@ impl ConnService {
         };
         headers.insert(X_FORWARDED_FOR.clone(), xff);
         headers.insert(X_FORWARDED_PROTO.clone(), self.proto.clone());
-        headers.append(header::VIA, via_header());
+        headers.append(header::VIA, crate::ids::via_header());
         // turnout is the edge: the forwarded host is the one this client asked for.
         match headers.get(header::HOST).cloned() {
             Some(host) => {
@@ -598,14 +599,4 @@ fn error_response(err: &ProxyError) -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
-}
-
-/// This process's `Via` entry as a header value, made once (a clone shares its bytes).
-fn via_header() -> HeaderValue {
-    static VIA: std::sync::OnceLock<HeaderValue> = std::sync::OnceLock::new();
-    VIA.get_or_init(|| {
-        HeaderValue::from_bytes(crate::access::via())
-            .unwrap_or(HeaderValue::from_static("1.1 turnout"))
-    })
-    .clone()
 }

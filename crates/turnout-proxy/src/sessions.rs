@@ -11,7 +11,7 @@
 //! slot than the one that served it. Requests without either cookie are neither routed
 //! nor marked by it. The `Cookie` header is forwarded as it came, pin included.
 //!
-//! Routing ([`choose`]): a request with a valid pin for slot P goes to P while P has a
+//! Routing (`Table::choose_pinned`): a request with a valid pin for slot P goes to P while P has a
 //! share of the traffic (a canary split is sticky per session), or while the table's
 //! drain (`RoutingState::drain`, set by the control plane at a switch) is P's and its
 //! window has not ended — in both cases only while P has a healthy upstream. Anything
@@ -22,14 +22,11 @@
 //! and signatures are made when the slots' versions change.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 use ring::hmac;
 use turnout_core::SlotName;
-
-use crate::table::{SlotPool, Table};
 
 /// The name of turnout's own cookie.
 pub const PIN_COOKIE: &str = "turnout_pin";
@@ -236,38 +233,6 @@ impl Sessions {
     }
 }
 
-/// The slot for a request with sessions on: its pin's slot when that one may take it
-/// (see the module doc), else the table's usual choice.
-pub(crate) fn choose(table: &Table, pin: Option<SlotName>) -> Option<&Arc<SlotPool>> {
-    choose_at(table, pin, now_unix_ms)
-}
-
-fn choose_at(
-    table: &Table,
-    pin: Option<SlotName>,
-    now_unix_ms: impl FnOnce() -> u64,
-) -> Option<&Arc<SlotPool>> {
-    if let Some(p) = pin {
-        let pool = table.slot(p);
-        // The clock is read only for a pin to a slot out of the rotation.
-        let pinned = table.weights.of(p) > 0
-            || table
-                .drain
-                .as_ref()
-                .is_some_and(|d| d.slot == p && now_unix_ms() < d.until_unix_ms);
-        if pinned && pool.upstreams.iter().any(|u| u.is_healthy()) {
-            return Some(pool);
-        }
-    }
-    table.choose()
-}
-
-fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// The `name=value` pairs of a `Cookie` header value (RFC 6265 §4.2: separated by `;`,
 /// whitespace around them allowed). A part with no `=` is skipped.
 fn pairs(value: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
@@ -306,10 +271,8 @@ fn unhex(text: &[u8], out: &mut [u8]) -> Option<()> {
 
 #[cfg(test)]
 mod tests {
-    use turnout_core::{Drain, Weights};
 
     use super::*;
-    use crate::upstream::Upstream;
 
     fn sessions() -> Sessions {
         Sessions::new(&SessionOptions {
@@ -531,69 +494,6 @@ mod tests {
         }
         assert_eq!(derive_key("s"), derive_key("s"));
         assert_ne!(derive_key("s"), derive_key("t"));
-    }
-
-    fn table(weights: Weights, drain: Option<Drain>) -> Table {
-        let pool = |name| {
-            let up = Arc::new(Upstream::new(name, "127.0.0.1:1".into(), 4));
-            Arc::new(SlotPool::new(name, None, vec![up]))
-        };
-        let mut t = Table::new(
-            1,
-            Some(SlotName::Green),
-            weights,
-            [pool(SlotName::Blue), pool(SlotName::Green)],
-        );
-        t.drain = drain;
-        t
-    }
-
-    #[test]
-    fn a_pin_holds_while_its_slot_has_traffic_or_is_draining() {
-        use SlotName::{Blue, Green};
-        let green = Weights::all_to(Some(Green));
-        let split = Weights {
-            blue: 90,
-            green: 10,
-        };
-        let drain = |slot, until_unix_ms| {
-            Some(Drain {
-                slot,
-                until_unix_ms,
-            })
-        };
-        // (weights, drain, pin, now) -> slot
-        let cases = [
-            (green, None, None, 0, Green),
-            (green, None, Some(Blue), 0, Green),
-            (green, None, Some(Green), 0, Green),
-            (green, drain(Blue, 100), Some(Blue), 99, Blue),
-            (green, drain(Blue, 100), Some(Blue), 100, Green),
-            (green, drain(Blue, 100), None, 0, Green),
-            (green, drain(Green, 100), Some(Blue), 0, Green),
-            // A canary split is sticky both ways.
-            (split, None, Some(Green), 0, Green),
-            (split, None, Some(Blue), 0, Blue),
-        ];
-        for (weights, drain, pin, now, want) in cases {
-            let t = table(weights, drain.clone());
-            for _ in 0..10 {
-                let got = choose_at(&t, pin, || now).map(|p| p.name);
-                assert_eq!(got, Some(want), "{weights:?} {drain:?} {pin:?} at {now}");
-            }
-        }
-        // A draining slot with no healthy upstream gives its sessions up.
-        let t = table(green, drain(Blue, 100));
-        t.slot(Blue).upstreams[0].eject();
-        assert_eq!(choose_at(&t, Some(Blue), || 0).map(|p| p.name), Some(Green));
-        // The clock is only read for a pin to a slot without traffic.
-        let t = table(green, drain(Blue, 100));
-        let got = choose_at(&t, Some(Green), || unreachable!("clock read"));
-        assert_eq!(got.map(|p| p.name), Some(Green));
-        assert_eq!(
-            choose_at(&t, None, || unreachable!("clock read")).map(|p| p.name),
-            Some(Green)
-        );
     }
 
     #[test]

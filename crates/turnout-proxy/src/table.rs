@@ -141,6 +141,38 @@ impl Table {
     pub fn slot(&self, slot: SlotName) -> &Arc<SlotPool> {
         &self.slots[slot.index()]
     }
+
+    /// The slot for a request whose session is pinned to `pin` (`[sessions]`, see
+    /// `sessions.rs`): the pin's slot when that one may take it, else [`Table::choose`].
+    pub(crate) fn choose_pinned(&self, pin: Option<SlotName>) -> Option<&Arc<SlotPool>> {
+        self.choose_pinned_at(pin, now_unix_ms)
+    }
+
+    fn choose_pinned_at(
+        &self,
+        pin: Option<SlotName>,
+        now_unix_ms: impl FnOnce() -> u64,
+    ) -> Option<&Arc<SlotPool>> {
+        if let Some(p) = pin {
+            let pool = self.slot(p);
+            // The clock is read only for a pin to a slot out of the rotation.
+            let pinned = self.weights.of(p) > 0
+                || self
+                    .drain
+                    .as_ref()
+                    .is_some_and(|d| d.slot == p && now_unix_ms() < d.until_unix_ms);
+            if pinned && pool.upstreams.iter().any(|u| u.is_healthy()) {
+                return Some(pool);
+            }
+        }
+        self.choose()
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
@@ -209,5 +241,72 @@ mod tests {
         t.slots[1].upstreams[0].eject();
         assert_eq!(chosen(&t), Some(SlotName::Blue), "no healthy standby");
         assert_eq!(t.failover_target(), None);
+    }
+
+    fn table(weights: Weights, drain: Option<Drain>) -> Table {
+        let pool = |name| {
+            let up = Arc::new(Upstream::new(name, "127.0.0.1:1".into(), 4));
+            Arc::new(SlotPool::new(name, None, vec![up]))
+        };
+        let mut t = Table::new(
+            1,
+            Some(SlotName::Green),
+            weights,
+            [pool(SlotName::Blue), pool(SlotName::Green)],
+        );
+        t.drain = drain;
+        t
+    }
+
+    #[test]
+    fn a_pin_holds_while_its_slot_has_traffic_or_is_draining() {
+        use SlotName::{Blue, Green};
+        let green = Weights::all_to(Some(Green));
+        let split = Weights {
+            blue: 90,
+            green: 10,
+        };
+        let drain = |slot, until_unix_ms| {
+            Some(Drain {
+                slot,
+                until_unix_ms,
+            })
+        };
+        // (weights, drain, pin, now) -> slot
+        let cases = [
+            (green, None, None, 0, Green),
+            (green, None, Some(Blue), 0, Green),
+            (green, None, Some(Green), 0, Green),
+            (green, drain(Blue, 100), Some(Blue), 99, Blue),
+            (green, drain(Blue, 100), Some(Blue), 100, Green),
+            (green, drain(Blue, 100), None, 0, Green),
+            (green, drain(Green, 100), Some(Blue), 0, Green),
+            // A canary split is sticky both ways.
+            (split, None, Some(Green), 0, Green),
+            (split, None, Some(Blue), 0, Blue),
+        ];
+        for (weights, drain, pin, now, want) in cases {
+            let t = table(weights, drain.clone());
+            for _ in 0..10 {
+                let got = t.choose_pinned_at(pin, || now).map(|p| p.name);
+                assert_eq!(got, Some(want), "{weights:?} {drain:?} {pin:?} at {now}");
+            }
+        }
+        // A draining slot with no healthy upstream gives its sessions up.
+        let t = table(green, drain(Blue, 100));
+        t.slot(Blue).upstreams[0].eject();
+        assert_eq!(
+            t.choose_pinned_at(Some(Blue), || 0).map(|p| p.name),
+            Some(Green)
+        );
+        // The clock is only read for a pin to a slot without traffic.
+        let t = table(green, drain(Blue, 100));
+        let got = t.choose_pinned_at(Some(Green), || unreachable!("clock read"));
+        assert_eq!(got.map(|p| p.name), Some(Green));
+        assert_eq!(
+            t.choose_pinned_at(None, || unreachable!("clock read"))
+                .map(|p| p.name),
+            Some(Green)
+        );
     }
 }

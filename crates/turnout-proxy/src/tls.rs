@@ -467,19 +467,3 @@ impl tokio::io::AsyncWrite for UpstreamStream {
         }
     }
 }
-
-impl crate::server::ClientIo for UpstreamStream {
-    const TLS: bool = false;
-
-    fn try_write(&self, data: &[u8]) -> io::Result<usize> {
-        match self {
-            UpstreamStream::Plain(s) => s.try_write(data),
-            // Records must go through the session: never straight to the socket.
-            UpstreamStream::Tls(_) => Err(io::ErrorKind::WouldBlock.into()),
-        }
-    }
-
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
-        self.tcp().readable()
-    }
-}

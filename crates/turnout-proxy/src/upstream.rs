@@ -11,12 +11,12 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use turnout_core::SlotName;
 
+use crate::client::{ConnHome, RawConn};
 use crate::error::ProxyError;
-use crate::h1::RawConn;
 use crate::tls::{UpstreamStream, UpstreamTls};
 
 /// A sender on a pooled HTTP/1.1 connection to an upstream.
-pub(crate) type Sender = http1::SendRequest<crate::body::RequestBody>;
+pub(crate) type Sender = http1::SendRequest<crate::request_body::RequestBody>;
 
 /// One upstream instance of a slot.
 pub struct Upstream {
@@ -269,6 +269,13 @@ impl std::fmt::Debug for Upstream {
 
 /// An upstream shared by the routing table, the health checker and in-flight requests.
 pub type UpstreamRef = Arc<Upstream>;
+
+/// A live response's connection goes back to its upstream's pool.
+impl ConnHome for UpstreamRef {
+    fn checkin(&self, conn: RawConn) {
+        self.checkin_raw(conn)
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -22,7 +22,6 @@ use tokio::io::AsyncWriteExt;
 use crate::error::ProxyError;
 use crate::http1::{self, Chunked, Framing, MAX_HEAD};
 use crate::tls::UpstreamStream;
-use crate::upstream::UpstreamRef;
 
 /// Read buffer growth step.
 const READ_CHUNK: usize = 16 * 1024;
@@ -321,14 +320,8 @@ pub trait ConnHome {
     fn checkin(&self, conn: RawConn);
 }
 
-impl ConnHome for UpstreamRef {
-    fn checkin(&self, conn: RawConn) {
-        self.checkin_raw(conn)
-    }
-}
-
 /// A response body read straight from the upstream connection.
-pub struct RawBody<H: ConnHome = UpstreamRef> {
+pub struct RawBody<H: ConnHome> {
     conn: Option<RawConn>,
     home: H,
     framing: Framing,

@@ -1,0 +1,69 @@
+//! The byte streams the data plane writes to, client side and upstream side alike: a
+//! plain socket, a TLS stream, or either towards an upstream. Writes that fit go out
+//! without waiting ([`ClientIo::try_write`]).
+
+use std::future::Future;
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::tls::{TlsStream, UpstreamStream};
+
+/// A connection the data plane writes to: a client's (plain socket or TLS stream) or an
+/// upstream's.
+pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The connection is TLS (`X-Forwarded-Proto: https`).
+    const TLS: bool;
+
+    /// Writes what fits without waiting; `WouldBlock` when nothing does (or when the
+    /// type cannot tell: the caller then writes and flushes as usual).
+    fn try_write(&self, data: &[u8]) -> io::Result<usize>;
+
+    /// Waits until the socket is readable, for a connection whose reads have all been
+    /// taken (a read returned pending since).
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_;
+}
+
+impl ClientIo for TcpStream {
+    const TLS: bool = false;
+
+    fn try_write(&self, data: &[u8]) -> io::Result<usize> {
+        TcpStream::try_write(self, data)
+    }
+
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        TcpStream::readable(self)
+    }
+}
+
+impl ClientIo for TlsStream {
+    const TLS: bool = true;
+
+    fn try_write(&self, _data: &[u8]) -> io::Result<usize> {
+        // Records must go through the session: never straight to the socket.
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        // A read that returned pending left no plaintext in the session, so new data
+        // can only come from the socket.
+        self.get_ref().0.readable()
+    }
+}
+
+impl ClientIo for UpstreamStream {
+    const TLS: bool = false;
+
+    fn try_write(&self, data: &[u8]) -> io::Result<usize> {
+        match self {
+            UpstreamStream::Plain(s) => s.try_write(data),
+            // Records must go through the session: never straight to the socket.
+            UpstreamStream::Tls(_) => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        self.tcp().readable()
+    }
+}
