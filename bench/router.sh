@@ -22,6 +22,9 @@
 #   BENCH_TARGETS      targets to run, in order      [direct nginx haproxy turnout]
 #   BENCH_TURNOUT      0 = leave turnout out          [1]
 #   TURNOUT_BIN        use this turnout binary, skip the cargo build
+#   TURNOUT_BASE_BIN   also measure this turnout binary (an earlier build, say),
+#                      as target `turnout-base`, interleaved with the others: a
+#                      change to the data plane beside what it replaces, in one run
 #   BENCH_BUILD        0 = don't build, use target/release/turnout as it is [1]
 #   BENCH_RUNS         measured runs per target       [3]
 #   BENCH_DURATION     seconds per measured run       [10]
@@ -264,10 +267,15 @@ if (( ! want_turnout )) && [[ " $TARGETS " == *" turnout "* ]]; then
 fi
 [[ -z $TURNOUT_NOTE && ${BENCH_TURNOUT:-1} == 0 ]] && TURNOUT_NOTE="left out (BENCH_TURNOUT=0)"
 
+if [[ -n ${TURNOUT_BASE_BIN:-} ]]; then
+    [[ -x $TURNOUT_BASE_BIN ]] || die "TURNOUT_BASE_BIN=$TURNOUT_BASE_BIN is not an executable"
+    [[ " $TARGETS " == *" turnout-base "* ]] || TARGETS="$TARGETS turnout-base"
+fi
+
 # From here on this shell and its helpers (curl, samplers) stay off the proxy core.
 taskset -cp "$LOAD_CPU" $$ >/dev/null
 
-read -r BACKEND_PORT NGINX_PORT HAPROXY_PORT TURNOUT_PORT TURNOUT_ADMIN_PORT <<<"$(free_ports 5)"
+read -r BACKEND_PORT NGINX_PORT HAPROXY_PORT TURNOUT_PORT TURNOUT_ADMIN_PORT TURNOUT_BASE_PORT TURNOUT_BASE_ADMIN_PORT <<<"$(free_ports 7)"
 
 # --------------------------------------------------------------- backend
 mkdir -p "$OUT/backend"
@@ -306,11 +314,17 @@ start_target() {
         start_pinned "$PROXY_CPU" "$dir/stderr.log" \
             env TURNOUT_ADMIN_TOKEN=bench TURNOUT_WORKER_THREADS=1 "$TURNOUT_BIN" serve --config "$dir/turnout.toml"
         PORT[$t]=$TURNOUT_PORT ;;
-    *) die "unknown target '$t' (known: direct nginx haproxy turnout)" ;;
+    turnout-base)
+        render "$TEMPLATES/turnout.toml.in" "$dir/turnout.toml" DIR="$dir" PORT="$TURNOUT_BASE_PORT" \
+            ADMIN_PORT="$TURNOUT_BASE_ADMIN_PORT" BACKEND_PORT="$BACKEND_PORT"
+        start_pinned "$PROXY_CPU" "$dir/stderr.log" \
+            env TURNOUT_ADMIN_TOKEN=bench TURNOUT_WORKER_THREADS=1 "$TURNOUT_BASE_BIN" serve --config "$dir/turnout.toml"
+        PORT[$t]=$TURNOUT_BASE_PORT ;;
+    *) die "unknown target '$t' (known: direct nginx haproxy turnout turnout-base)" ;;
     esac
     PID[$t]=$STARTED_PID
     if ! wait_ready "$t" "${PORT[$t]}" "${PID[$t]}" "$dir/stderr.log"; then
-        [[ $t == turnout ]] || die "$t did not start"
+        [[ $t == turnout* ]] || die "$t did not start"
         TURNOUT_NOTE="started but did not answer 200 within ${READY_DEADLINE}s (see $dir/stderr.log)"
         kill -TERM "${PID[$t]}" 2>/dev/null || true
         return 1
@@ -439,10 +453,11 @@ git_rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "none (no co
     echo "- backend: nginx $(nginx -v 2>&1 | sed 's|.*nginx/||'), 1 worker, \`return 200 \"hello world\\n\"\`"
     echo "- versions: nginx $(nginx -v 2>&1 | sed 's|.*nginx/||'), haproxy $(haproxy -v 2>&1 | awk 'NR==1 {print $3}'), $(wrk --version 2>&1 | awk 'NR==1 {print $1, $2}'), turnout commit $git_rev"
     [[ -n $TURNOUT_NOTE ]] && echo "- turnout: not measured — $TURNOUT_NOTE"
+    [[ -n ${TURNOUT_BASE_BIN:-} ]] && echo "- turnout-base: $TURNOUT_BASE_BIN ($(cat "$TURNOUT_BASE_BIN.rev" 2>/dev/null || echo "an earlier build"))"
     echo
     echo "| target | requests/s | p50 | p99 | req/s vs nginx | RSS idle | RSS max under load |"
     echo "|---|---:|---:|---:|---:|---:|---:|"
-    for t in direct nginx haproxy turnout; do
+    for t in direct nginx haproxy turnout turnout-base; do
         if [[ " ${ACTIVE[*]} " != *" $t "* ]]; then
             [[ " $TARGETS ${BENCH_TARGETS:-direct nginx haproxy turnout} " == *" $t "* ]] &&
                 echo "| $t | not measured | | | | | |"

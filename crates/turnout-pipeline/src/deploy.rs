@@ -9,7 +9,7 @@
 //! | `provision` | retire a leftover standby in the target slot; start instances / run `up` / take `--upstream`; place them as candidate; `post_provision` hook | `failed` |
 //! | `health` | every candidate upstream passes its health check, within `health_timeout` | `failed` |
 //! | `verify` | `[verify]` checks and command against every candidate upstream | `failed` |
-//! | `shadow` | (the shadowing issue) | — |
+//! | `shadow` | `[shadow]` on: mirror live traffic to the candidate for `duration` and compare its answers (`shadow_stage`) | mismatch rate over `max_mismatch_rate` or p99 latency ratio over `max_latency_ratio_p99` (too few compared: passes, the bake still watches): `failed` |
 //! | `gate` | manual mode or `deploy --manual`: wait for `promote` | — (`abort` ends it) |
 //! | `switch` | `pre_switch` hook; canary steps with analysis at each, or one switch; `post_switch` hook | before traffic moved: `failed`; after: rollback |
 //! | `bake` | the rules every `interval` over a sliding `window`; `post_bake` hook | rollback |
@@ -183,7 +183,7 @@ impl Run {
         let event = Event {
             id: 0,
             at: now(),
-            kind: "deployment".into(),
+            kind: crate::EventKind::Deployment,
             deployment: Some(self.d.id.clone()),
             version: Some(self.d.version.clone()),
             slot: Some(self.d.slot),
@@ -213,7 +213,7 @@ impl Run {
     /// `fail`), with the numbers behind it.
     fn gate(&self, gate: &str, verdict: &str, reason: String, data: serde_json::Value) {
         let mut event = Event::new(
-            "gate",
+            crate::EventKind::Gate,
             format!("{} {gate}: {verdict}: {reason}", self.d.version),
         );
         event.deployment = Some(self.d.id.clone());
@@ -226,7 +226,7 @@ impl Run {
     }
 
     /// Why this deployment changes the routing.
-    fn why(&self, kind: &'static str, reason: impl Into<String>) -> Why {
+    fn why(&self, kind: crate::EventKind, reason: impl Into<String>) -> Why {
         Why::deployment(kind, &self.d.id, &self.d.version, reason)
     }
 
@@ -510,7 +510,7 @@ impl Run {
         self.d.upstreams = upstreams.clone();
         let (slot, version) = (self.d.slot, self.d.version.clone());
         let why = self.why(
-            "switch",
+            crate::EventKind::Switch,
             format!("deployment {} placed in {slot}", self.d.id),
         );
         let placed = self
@@ -756,7 +756,7 @@ impl Run {
             let step_duration = self.opts().promote.step_duration;
             for step in steps.into_iter().filter(|s| *s < 100) {
                 let why = self.why(
-                    "switch",
+                    crate::EventKind::Switch,
                     format!("deployment {} canary step {step}%", self.d.id),
                 );
                 let moved = self
@@ -795,7 +795,7 @@ impl Run {
         // and the post_switch hook has run.
         let from = self.inner.snapshot(slot);
         let why = self.why(
-            "switch",
+            crate::EventKind::Switch,
             format!("deployment {} switch to {slot}", self.d.id),
         );
         let switched = self
@@ -1166,7 +1166,11 @@ impl Run {
             // The standby it displaced goes back: users never saw this deployment, and a
             // rollback works as before it.
             let slot = self.d.slot;
-            let why = Why::operator("switch", format!("{slot}'s standby restored")).by_leader();
+            let why = Why::operator(
+                crate::EventKind::Switch,
+                format!("{slot}'s standby restored"),
+            )
+            .by_leader();
             let restored = self
                 .inner
                 .change(why, move |s: &RoutingState, _| {
@@ -1210,7 +1214,7 @@ impl Run {
                 let moved = self
                     .inner
                     .change(
-                        self.why("rollback", why.clone()),
+                        self.why(crate::EventKind::Rollback, why.clone()),
                         move |s: &RoutingState, p| {
                             if s.live == Some(slot) {
                                 s.switch(prev, p.healthy_count(prev), true)
@@ -1325,7 +1329,7 @@ impl Run {
                 let moved = self
                     .inner
                     .change(
-                        self.why("rollback", why.clone()),
+                        self.why(crate::EventKind::Rollback, why.clone()),
                         move |s: &RoutingState, p| {
                             if s.live == Some(slot) {
                                 s.switch(prev, p.healthy_count(prev), false)

@@ -72,7 +72,7 @@ impl Bus {
 #[derive(Clone, Debug)]
 pub(crate) struct Why {
     /// `switch` or `rollback`.
-    pub(crate) kind: &'static str,
+    pub(crate) kind: crate::EventKind,
     /// In words: "operator switch", "deployment d-1 canary step 25%", ...
     pub(crate) reason: String,
     /// The deployment making the change: its id and version.
@@ -84,7 +84,7 @@ pub(crate) struct Why {
 
 impl Why {
     /// A change an operator asked for directly.
-    pub(crate) fn operator(kind: &'static str, reason: impl Into<String>) -> Why {
+    pub(crate) fn operator(kind: crate::EventKind, reason: impl Into<String>) -> Why {
         Why {
             kind,
             reason: reason.into(),
@@ -101,7 +101,7 @@ impl Why {
 
     /// A change made by deployment `id` of `version`.
     pub(crate) fn deployment(
-        kind: &'static str,
+        kind: crate::EventKind,
         id: &str,
         version: &str,
         reason: impl Into<String>,
@@ -125,7 +125,7 @@ impl Why {
             self.kind,
             format!(
                 "{} from {} to {} (revision {}): {}",
-                if self.kind == "rollback" {
+                if self.kind == crate::EventKind::Rollback {
                     "rolled back"
                 } else {
                     "switched"
@@ -156,7 +156,7 @@ impl Why {
 /// The event for an upstream's health change.
 pub(crate) fn health_event(h: &turnout_proxy::HealthEvent) -> Event {
     let mut event = Event::new(
-        "health",
+        crate::EventKind::Health,
         format!(
             "{} upstream {} is {}: {}",
             h.slot,
@@ -192,7 +192,7 @@ pub(crate) fn failover_event(
             before,
         ),
     };
-    let mut event = Event::new("failover", message);
+    let mut event = Event::new(crate::EventKind::Failover, message);
     event.slot = live;
     event.reason = Some(
         if now.is_some() {

@@ -218,8 +218,7 @@ async fn lead(weak: Weak<Inner>) {
                 Ok(()) => {
                     inner.fleet_state().leader.store(true, Ordering::SeqCst);
                     let me = inner.me().map(|m| m.replica.clone()).unwrap_or_default();
-                    inner.events.publish(Event::new(
-                        "leader",
+                    inner.events.publish(Event::new(crate::EventKind::Leader,
                         format!("this router (replica {me}) is the fleet's leader: it runs the deployments"),
                     ));
                     break;
@@ -286,7 +285,10 @@ impl Inner {
             self.switches.fetch_add(1, Ordering::Relaxed);
         }
         tracing::info!(live = ?next.live, from = ?state.live, revision = next.revision, "routing changed by another router of the fleet");
-        let why = events::Why::operator("switch", "made on another router of the fleet");
+        let why = events::Why::operator(
+            crate::EventKind::Switch,
+            "made on another router of the fleet",
+        );
         if let Some(mut event) = why.event(&state, &next) {
             event.echo = true;
             self.events.publish(event);
@@ -359,7 +361,7 @@ impl Inner {
         if changed {
             let stage = d.current_stage().map_or("start", |s| s.stage.as_str());
             let mut event = Event::new(
-                "deployment",
+                crate::EventKind::Deployment,
                 format!(
                     "deployment {} of {} (on the leader): {stage}, {}",
                     d.id, d.version, d.verdict
@@ -419,8 +421,7 @@ impl Inner {
         self.proxy.stop_shadow();
         let me = self.me().map(|m| m.replica.clone()).unwrap_or_default();
         tracing::warn!("this router (replica {me}) is no longer the fleet's leader");
-        self.events.publish(Event::new(
-            "leader",
+        self.events.publish(Event::new(crate::EventKind::Leader,
             format!("this router (replica {me}) is no longer the fleet's leader; a deployment it ran goes on on the next leader"),
         ));
     }

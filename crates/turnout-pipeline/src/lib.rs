@@ -305,11 +305,8 @@ pub struct Event {
     pub id: u64,
     /// RFC 3339 time.
     pub at: String,
-    /// `deployment` (a stage started or ended, a verdict), `switch` (the live slot or the
-    /// weights changed), `rollback` (the same, going back), `health` (an upstream's
-    /// health changed), `gate` (a shadow gate's or a bake's verdict) or `failover`
-    /// (requests started or stopped going to the standby, `[health] failover`).
-    pub kind: String,
+    /// What kind of thing happened (the SSE `event:` name).
+    pub kind: EventKind,
     /// The deployment's id.
     pub deployment: Option<String>,
     /// Its version.
@@ -338,13 +335,54 @@ pub struct Event {
     pub echo: bool,
 }
 
+/// The kinds of [`Event`], as the API and the SSE stream name them.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A deployment's stage started or ended, or its verdict.
+    Deployment,
+    /// The live slot or the weights changed.
+    Switch,
+    /// The same, going back.
+    Rollback,
+    /// An upstream's health changed.
+    Health,
+    /// A shadow gate's or a bake's verdict.
+    Gate,
+    /// Requests started or stopped going to the standby (`[health] failover`).
+    Failover,
+    /// A fleet replica became or stopped being the leader.
+    Leader,
+}
+
+impl EventKind {
+    /// The name, as in JSON and the SSE `event:` line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Deployment => "deployment",
+            EventKind::Switch => "switch",
+            EventKind::Rollback => "rollback",
+            EventKind::Health => "health",
+            EventKind::Gate => "gate",
+            EventKind::Failover => "failover",
+            EventKind::Leader => "leader",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Event {
     /// An event of `kind` happening now, with only its message set.
-    pub fn new(kind: &str, message: String) -> Event {
+    pub fn new(kind: EventKind, message: String) -> Event {
         Event {
             id: 0,
             at: deploy::now(),
-            kind: kind.to_owned(),
+            kind,
             deployment: None,
             version: None,
             slot: None,
@@ -589,7 +627,7 @@ impl Controller {
             }
             let next = state.switch(to, inner.proxy.healthy_count(to), force)?;
             let why = events::Why::operator(
-                "switch",
+                crate::EventKind::Switch,
                 if force {
                     "operator switch (forced)"
                 } else {
@@ -623,7 +661,7 @@ impl Controller {
             let mut state = inner.state.lock().await;
             let healthy = state.standby().map_or(0, |s| inner.proxy.healthy_count(s));
             let next = state.rollback(healthy)?;
-            let why = events::Why::operator("rollback", "operator rollback");
+            let why = events::Why::operator(crate::EventKind::Rollback, "operator rollback");
             inner.commit(&mut state, next, why).await
         })
         .await
@@ -1324,7 +1362,8 @@ impl Inner {
     async fn retire(self: &Arc<Inner>, slot: SlotName) -> Result<(), ControlError> {
         let has = !self.state.lock().await.slot(slot).upstreams.is_empty();
         if has {
-            let why = events::Why::operator("switch", format!("{slot} retired")).by_leader();
+            let why = events::Why::operator(crate::EventKind::Switch, format!("{slot} retired"))
+                .by_leader();
             self.change(why, move |s: &RoutingState, _| s.clear_slot(slot))
                 .await?;
         }
@@ -1465,7 +1504,7 @@ impl Inner {
                         rt.instances = Some(taken);
                         if addrs != upstreams {
                             let why = events::Why::operator(
-                                "switch",
+                                crate::EventKind::Switch,
                                 format!("{slot}'s instances restarted"),
                             );
                             self.change(why, move |s: &RoutingState, _| {
@@ -1656,7 +1695,7 @@ impl Inner {
         // waited (a switch's wait for health checks, a deployment's step).
         self.not_handing_over()?;
         if let Some(drain) = self.pipeline.session_drain {
-            if why.kind == "rollback" {
+            if why.kind == EventKind::Rollback {
                 next.drain = None;
             } else if let (Some(from), Some(to)) = (state.live, next.live) {
                 if from != to {

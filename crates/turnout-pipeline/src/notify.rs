@@ -331,7 +331,10 @@ mod tests {
 
     #[test]
     fn the_body_has_the_event_and_a_text_line() {
-        let mut e = Event::new("rollback", "rolled back from green to blue".into());
+        let mut e = Event::new(
+            crate::EventKind::Rollback,
+            "rolled back from green to blue".into(),
+        );
         e.reason = Some("operator rollback".into());
         let v: serde_json::Value = serde_json::from_slice(&body(&e)).unwrap();
         assert_eq!(v["kind"], "rollback");

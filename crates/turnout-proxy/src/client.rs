@@ -19,7 +19,7 @@ use http::{Method, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 
-use crate::error::ProxyError;
+use crate::error::{Failed, ProxyError, Sent};
 use crate::http1::{self, Chunked, Framing, MAX_HEAD};
 use crate::tls::UpstreamStream;
 
@@ -31,13 +31,6 @@ pub struct RawConn {
     pub(crate) stream: UpstreamStream,
     pub(crate) buf: BytesMut,
     wbuf: Vec<u8>,
-}
-
-/// How a failed exchange ended, for the retry decision.
-pub(crate) struct ExchangeError {
-    pub(crate) error: ProxyError,
-    /// Nothing at all came back: a pooled connection the upstream had closed, say.
-    pub(crate) nothing_received: bool,
 }
 
 impl RawConn {
@@ -65,7 +58,7 @@ impl RawConn {
         addr: &str,
         parts: &http::request::Parts,
         timeout: Duration,
-    ) -> Result<Head, ExchangeError> {
+    ) -> Result<Head, Failed> {
         encode_head(&mut self.wbuf, parts);
         if let Err(e) = self.stream.write_all(&self.wbuf).await {
             return Err(io_error(addr, e, true));
@@ -82,17 +75,17 @@ impl RawConn {
         request: &[u8],
         head_request: bool,
         timeout: Duration,
-    ) -> Result<Head, ExchangeError> {
+    ) -> Result<Head, Failed> {
         match tokio::time::timeout(timeout, self.stream.write_all(request)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(io_error(addr, e, true)),
             Err(_) => {
-                return Err(ExchangeError {
+                return Err(Failed {
                     error: ProxyError::ResponseTimeout {
                         addr: addr.to_owned(),
                         timeout_ms: timeout.as_millis(),
                     },
-                    nothing_received: false,
+                    sent: Sent::Maybe,
                 })
             }
         }
@@ -105,7 +98,7 @@ impl RawConn {
         addr: &str,
         head_request: bool,
         timeout: Duration,
-    ) -> Result<Head, ExchangeError> {
+    ) -> Result<Head, Failed> {
         let io_err =
             |source: io::Error, nothing_received: bool| io_error(addr, source, nothing_received);
         // Anything at all from the upstream (an interim 1xx too) proves it got the request.
@@ -116,12 +109,12 @@ impl RawConn {
                     return Ok(head);
                 }
                 if self.buf.len() >= MAX_HEAD {
-                    return Err(ExchangeError {
+                    return Err(Failed {
                         error: ProxyError::UpstreamProtocol {
                             addr: addr.to_owned(),
                             detail: format!("response head larger than {MAX_HEAD} bytes"),
                         },
-                        nothing_received: false,
+                        sent: Sent::Maybe,
                     });
                 }
                 let nothing_yet = !received;
@@ -142,12 +135,12 @@ impl RawConn {
         };
         match tokio::time::timeout(timeout, read).await {
             Ok(r) => r,
-            Err(_) => Err(ExchangeError {
+            Err(_) => Err(Failed {
                 error: ProxyError::ResponseTimeout {
                     addr: addr.to_owned(),
                     timeout_ms: timeout.as_millis(),
                 },
-                nothing_received: false,
+                sent: Sent::Maybe,
             }),
         }
     }
@@ -186,17 +179,13 @@ impl RawConn {
     }
 
     /// Parses a complete response head from the buffer, skipping interim (1xx) responses.
-    fn parse_head(
-        &mut self,
-        addr: &str,
-        head_request: bool,
-    ) -> Result<Option<Head>, ExchangeError> {
-        let bad = |detail: String| ExchangeError {
+    fn parse_head(&mut self, addr: &str, head_request: bool) -> Result<Option<Head>, Failed> {
+        let bad = |detail: String| Failed {
             error: ProxyError::UpstreamProtocol {
                 addr: addr.to_owned(),
                 detail,
             },
-            nothing_received: false,
+            sent: Sent::Maybe,
         };
         loop {
             let mut slots = [httparse::EMPTY_HEADER; http1::MAX_HEADERS];
@@ -250,13 +239,18 @@ impl RawConn {
     }
 }
 
-fn io_error(addr: &str, source: io::Error, nothing_received: bool) -> ExchangeError {
-    ExchangeError {
+/// An IO failure on the connection; `nothing_received`: nothing at all came back.
+fn io_error(addr: &str, source: io::Error, nothing_received: bool) -> Failed {
+    Failed {
         error: ProxyError::UpstreamIo {
             addr: addr.to_owned(),
             source,
         },
-        nothing_received,
+        sent: if nothing_received {
+            Sent::NoAnswer
+        } else {
+            Sent::Maybe
+        },
     }
 }
 

@@ -94,6 +94,10 @@ pub enum ProxyError {
     /// at turnout itself, directly or through another hop.
     #[error("loop detected: the request already passed through this router (Via); an upstream points back at turnout")]
     Loop,
+    /// The client went away (or broke its request off) before its response: there is
+    /// nobody to answer.
+    #[error("the client went away")]
+    ClientGone,
     /// The upstream sent no response head within the response timeout.
     #[error("upstream {addr} did not answer within {timeout_ms} ms")]
     ResponseTimeout {
@@ -129,8 +133,8 @@ impl ProxyError {
         matches!(self, ProxyError::Connect { source, .. } if source.kind() == std::io::ErrorKind::ConnectionRefused)
     }
 
-    /// Whether nothing of the request reached the upstream, so that any request may be
-    /// sent again elsewhere.
+    /// Whether nothing of the request reached the upstream (no connection was made), so
+    /// that any request may be sent again elsewhere.
     pub fn nothing_sent(&self) -> bool {
         matches!(
             self,
@@ -162,5 +166,42 @@ impl ProxyError {
             }
             _ => "turnout: the upstream failed\n",
         }
+    }
+}
+
+/// A failed attempt to get a response from an upstream, and how far the request got:
+/// the one answer, for both protocols and the mirror, to "may it go elsewhere?".
+#[derive(Debug)]
+pub(crate) struct Failed {
+    /// What went wrong.
+    pub(crate) error: ProxyError,
+    /// How far the request got.
+    pub(crate) sent: Sent,
+}
+
+/// How far a failed request got.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Sent {
+    /// Nothing of it left turnout (no connection was made): any request may go to
+    /// another upstream.
+    Nothing,
+    /// Written on a pooled keep-alive connection that gave nothing back (the upstream had
+    /// closed it meanwhile): a body-less idempotent request may be sent once more, on a
+    /// new connection.
+    NoAnswer,
+    /// The upstream may have acted on it.
+    Maybe,
+}
+
+impl From<ProxyError> for Failed {
+    /// Nothing sent when no connection was made ([`ProxyError::nothing_sent`]), else
+    /// maybe.
+    fn from(error: ProxyError) -> Failed {
+        let sent = if error.nothing_sent() {
+            Sent::Nothing
+        } else {
+            Sent::Maybe
+        };
+        Failed { error, sent }
     }
 }

@@ -79,7 +79,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// What a request is, once its head is checked.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct RequestPlan {
     /// Bytes of the head in the input.
     pub head_len: usize,
@@ -103,9 +103,10 @@ pub struct RequestPlan {
 }
 
 /// How a request body is framed.
-#[derive(Clone, Copy, PartialEq, Debug)]
+#[derive(Clone, Copy, PartialEq, Debug, Default)]
 pub enum ReqBody {
     /// No body (or `Content-Length: 0`).
+    #[default]
     None,
     /// `Content-Length`.
     Length(u64),

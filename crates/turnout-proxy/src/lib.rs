@@ -10,7 +10,9 @@
 mod access;
 mod client;
 mod error;
-mod h1server;
+mod forward;
+mod h1conn;
+mod h2;
 mod head;
 mod health;
 pub mod http1;
@@ -26,7 +28,6 @@ mod proxy_tests;
 mod request_body;
 mod response_body;
 mod server;
-mod service;
 mod sessions;
 mod shared;
 mod stats;

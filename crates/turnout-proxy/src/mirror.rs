@@ -371,7 +371,7 @@ async fn send_copy<H: MirrorHost>(
             {
                 Ok(head) => return read_copy(head, conn, home(), sent, max_body).await,
                 // Closed by the upstream meanwhile: once more on a new connection.
-                Err(e) if e.nothing_received && resend => break,
+                Err(e) if e.sent == crate::error::Sent::NoAnswer && resend => break,
                 Err(e) => return Err(e.error.to_string()),
             }
         }

@@ -263,3 +263,66 @@ async fn counts_stay_with_the_version_they_were_made_under() {
     assert_eq!(v1.1.classes, [0, 4, 0, 0, 0]);
     assert_eq!(v1.1.buckets.iter().sum::<u64>(), 4);
 }
+
+/// A writer into shared memory, for the access log.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn access_log_lines_have_the_same_fields_on_both_protocols() {
+    // A chunked response: its length is known only once it has been relayed.
+    const CHUNKED: &str =
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n";
+    let (blue, _) = upstream(CHUNKED).await;
+    let (green, _) = upstream(OK).await;
+    let (proxy, addr) = start(&state(SlotName::Blue, &blue, &green)).await;
+    let log = Captured::default();
+    proxy.set_access_log(Box::new(log.clone()));
+    assert_eq!(
+        h1(&addr, GET).await,
+        (200, "3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n".into())
+    );
+    assert_eq!(h2(&addr, "GET").await, (200, "abcdefg".into()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let lines = loop {
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= 2 || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for line in &lines {
+        // Real values on both: the upstream that answered, the body bytes relayed.
+        assert_eq!(line["method"], "GET", "{line}");
+        assert_eq!(line["path"], "/", "{line}");
+        assert_eq!(line["status"], 200, "{line}");
+        assert_eq!(line["slot"], "blue", "{line}");
+        assert_eq!(line["version"], "blue", "{line}");
+        assert_eq!(line["upstream"], blue.as_str(), "{line}");
+        assert_eq!(line["bytes"], 7, "{line}");
+        assert_eq!(
+            line["request_id"].as_str().map(str::len),
+            Some(24),
+            "{line}"
+        );
+        assert!(line["duration_ms"].as_f64().is_some(), "{line}");
+    }
+    let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&lines[0]), keys(&lines[1]));
+}

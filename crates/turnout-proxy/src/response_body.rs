@@ -37,13 +37,26 @@ pub enum ProxyBody {
     Raw(crate::client::RawBody<UpstreamRef>),
     /// A body made by turnout (errors).
     Full(Option<Bytes>),
-    /// Any of the above, copied on its way for a shadow or capture tap.
-    Tapped(TappedBody),
+    /// Any of the above, watched on its way: copied for a shadow or capture tap, its
+    /// bytes counted for the access log.
+    Watched(WatchedBody),
 }
 
-/// A response body whose bytes a tap copies as they go to the client; the tap finishes
-/// when the body has ended (a body dropped before its end leaves it unfinished).
-pub struct TappedBody(Box<(ProxyBody, Option<Box<Tap>>)>);
+/// What is called with the body bytes relayed once a watched body has ended or was
+/// dropped before its end (the access log line).
+pub(crate) type OnEnd = Box<dyn FnOnce(u64) + Send>;
+
+/// A response body watched as it goes to the client: a tap copies its bytes and
+/// finishes when it has ended (a body dropped before its end leaves the tap unfinished);
+/// `on_end` gets the byte count at the end, or when the body is dropped.
+pub struct WatchedBody(Box<Watch>);
+
+struct Watch {
+    body: ProxyBody,
+    tap: Option<Box<Tap>>,
+    on_end: Option<OnEnd>,
+    bytes: u64,
+}
 
 /// Opaque holder for a pooled connection awaiting the end of its response.
 pub struct PoolReturnSlot(pub(crate) PoolReturn);
@@ -59,13 +72,26 @@ impl ProxyBody {
         ProxyBody::Upstream { inner, ret }
     }
 
-    pub(crate) fn tapped(body: ProxyBody, tap: Box<Tap>) -> ProxyBody {
-        let done = body.is_end_stream();
-        let mut tapped = TappedBody(Box::new((body, Some(tap))));
-        if done {
-            tapped.finish();
+    /// `body` watched by `tap` and `on_end`; `body` itself when there is neither.
+    pub(crate) fn watched(
+        body: ProxyBody,
+        tap: Option<Box<Tap>>,
+        on_end: Option<OnEnd>,
+    ) -> ProxyBody {
+        if tap.is_none() && on_end.is_none() {
+            return body;
         }
-        ProxyBody::Tapped(tapped)
+        let done = body.is_end_stream();
+        let mut watched = WatchedBody(Box::new(Watch {
+            body,
+            tap,
+            on_end,
+            bytes: 0,
+        }));
+        if done {
+            watched.finish();
+        }
+        ProxyBody::Watched(watched)
     }
 
     pub(crate) fn text(s: &'static str) -> ProxyBody {
@@ -109,21 +135,24 @@ impl Body for ProxyBody {
                 polled.map_err(Into::into)
             }
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ProxyBody::Tapped(tapped) => {
-                let (body, tap) = &mut *tapped.0;
-                let polled = Pin::new(&mut *body).poll_frame(cx);
+            ProxyBody::Watched(watched) => {
+                let w = &mut *watched.0;
+                let polled = Pin::new(&mut w.body).poll_frame(cx);
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
-                        if let (Some(data), Some(tap)) = (frame.data_ref(), tap.as_mut()) {
-                            tap.response_body(data);
+                        if let Some(data) = frame.data_ref() {
+                            w.bytes += data.len() as u64;
+                            if let Some(tap) = w.tap.as_mut() {
+                                tap.response_body(data);
+                            }
                         }
-                        if body.is_end_stream() {
-                            tapped.finish();
+                        if w.body.is_end_stream() {
+                            watched.finish();
                         }
                     }
-                    Poll::Ready(None) => tapped.finish(),
+                    Poll::Ready(None) => watched.finish(),
                     // Broken off: the tap is dropped unfinished.
-                    Poll::Ready(Some(Err(_))) => drop(tap.take()),
+                    Poll::Ready(Some(Err(_))) => drop(w.tap.take()),
                     Poll::Pending => {}
                 }
                 polled
@@ -136,7 +165,7 @@ impl Body for ProxyBody {
             ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
             ProxyBody::Raw(raw) => raw.is_end_stream(),
             ProxyBody::Full(data) => data.is_none(),
-            ProxyBody::Tapped(tapped) => tapped.0 .0.is_end_stream(),
+            ProxyBody::Watched(watched) => watched.0.body.is_end_stream(),
         }
     }
 
@@ -146,15 +175,30 @@ impl Body for ProxyBody {
             ProxyBody::Raw(raw) => raw.size_hint(),
             ProxyBody::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
-            ProxyBody::Tapped(tapped) => tapped.0 .0.size_hint(),
+            ProxyBody::Watched(watched) => watched.0.body.size_hint(),
         }
     }
 }
 
-impl TappedBody {
+impl WatchedBody {
+    /// The body has ended: the tap finishes, the byte count goes to `on_end`.
     fn finish(&mut self) {
-        if let Some(tap) = self.0 .1.take() {
+        if let Some(tap) = self.0.tap.take() {
             tap.finish();
+        }
+        if let Some(on_end) = self.0.on_end.take() {
+            on_end(self.0.bytes);
+        }
+    }
+}
+
+impl Drop for WatchedBody {
+    /// Dropped before its end (the client went away, or the body broke off): the tap is
+    /// left unfinished, the bytes so far are reported.
+    fn drop(&mut self) {
+        drop(self.0.tap.take());
+        if let Some(on_end) = self.0.on_end.take() {
+            on_end(self.0.bytes);
         }
     }
 }

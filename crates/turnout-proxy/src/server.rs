@@ -2,18 +2,25 @@
 //! requests in flight (keep-alive connections close after their current request, HTTP/2
 //! ones get a GOAWAY) for up to `shutdown_grace`.
 //!
-//! Each connection is served by `h1server::serve_conn`, which speaks HTTP/1.1 itself and
-//! hands HTTP/2 (prior knowledge) connections to hyper. On the TLS listener the handshake
-//! comes first (within `header_timeout`), in the connection's own task.
+//! Each connection starts in its own task: on the TLS listener the handshake first
+//! (within `header_timeout`), then the first bytes say the protocol — the HTTP/2 preface
+//! goes to `h2.rs` (hyper's server), anything else to `h1conn.rs`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::shared::Inner;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Read buffer growth step while detecting the protocol.
+const READ_CHUNK: usize = 16 * 1024;
+use crate::io::{ClientIo, Prefixed};
 use crate::tls::TlsCert;
 
 pub(crate) async fn serve(
@@ -49,7 +56,7 @@ pub(crate) async fn serve(
         let (inner, stop) = (inner.clone(), stop_rx.clone());
         match &tls {
             None => {
-                let conn = crate::h1server::serve_conn(inner, stream, peer, stop);
+                let conn = serve_conn(inner, stream, peer, stop);
                 tokio::spawn(async move {
                     conn.await;
                     drop(guard);
@@ -61,7 +68,7 @@ pub(crate) async fn serve(
                     let limit = inner.opts.header_timeout;
                     match tokio::time::timeout(limit, handshake).await {
                         Ok(Ok(stream)) => {
-                            crate::h1server::serve_conn(inner, stream, peer, stop).await;
+                            serve_conn(inner, stream, peer, stop).await;
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
@@ -89,6 +96,61 @@ pub(crate) async fn serve(
             open = open.load(Ordering::Relaxed),
             "grace period over; closing the remaining connections"
         );
+    }
+}
+
+/// Serves one client connection: HTTP/2 when it starts with the prior-knowledge
+/// preface (or, on TLS, when ALPN chose `h2`: its first bytes are the preface too),
+/// HTTP/1.x otherwise.
+async fn serve_conn<S: ClientIo>(
+    inner: Arc<Inner>,
+    mut stream: S,
+    peer: std::net::SocketAddr,
+    stop: watch::Receiver<bool>,
+) {
+    let first_deadline = crate::h1conn::deadline_after(inner.opts.header_timeout);
+    let mut buf = BytesMut::new();
+    match detect(&mut stream, &mut buf, first_deadline).await {
+        Some(Protocol::Http2) => {
+            let io = Prefixed {
+                pre: buf.freeze(),
+                io: stream,
+            };
+            crate::h2::serve(inner, io, peer, S::TLS, stop).await
+        }
+        Some(Protocol::Http1) => {
+            crate::h1conn::serve(inner, stream, buf, peer, stop, first_deadline).await
+        }
+        None => {}
+    }
+}
+
+/// The protocol a client connection speaks.
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Reads the first bytes into `buf`: HTTP/2 when they are its preface, HTTP/1.x for
+/// anything else; `None` when the client went away or sent nothing in time.
+async fn detect<S: ClientIo>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    deadline: std::time::Instant,
+) -> Option<Protocol> {
+    loop {
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf[..n] != H2_PREFACE[..n] {
+            return Some(Protocol::Http1);
+        }
+        if n == H2_PREFACE.len() {
+            return Some(Protocol::Http2);
+        }
+        buf.reserve(READ_CHUNK);
+        match tokio::time::timeout_at(deadline.into(), stream.read_buf(buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+            Ok(Ok(_)) => {}
+        }
     }
 }
 

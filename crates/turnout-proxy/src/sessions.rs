@@ -28,6 +28,8 @@ use http::HeaderValue;
 use ring::hmac;
 use turnout_core::SlotName;
 
+use crate::head::ResponseHead;
+
 /// The name of turnout's own cookie.
 pub const PIN_COOKIE: &str = "turnout_pin";
 
@@ -216,14 +218,11 @@ impl Sessions {
         pairs(first).any(|(name, value)| name == &*self.cookie && !value.is_empty())
     }
 
-    /// Whether an HTTP/1 response head (as turnout writes it: `name: value` lines) sets
-    /// the application's session cookie.
-    pub(crate) fn head_sets_session(&self, head: &[u8]) -> bool {
-        const NAME: &[u8] = b"set-cookie:";
-        head.split(|&b| b == b'\n').any(|line| {
-            line.len() > NAME.len()
-                && line[..NAME.len()].eq_ignore_ascii_case(NAME)
-                && self.sets_session(&line[NAME.len()..])
+    /// Whether a response head (either protocol's) sets the application's session
+    /// cookie.
+    pub(crate) fn response_sets_session(&self, resp: &impl ResponseHead) -> bool {
+        resp.headers().any(|(name, value)| {
+            name.eq_ignore_ascii_case(b"set-cookie") && self.sets_session(value)
         })
     }
 
@@ -474,11 +473,9 @@ mod tests {
             ("x-set-cookie: sid=2\r\n", false),
             ("set-cookie: a=1; sid=2\r\n", false),
         ] {
-            assert_eq!(
-                s.head_sets_session(head(lines).as_bytes()),
-                want,
-                "{lines:?}"
-            );
+            let head = head(lines);
+            let view = crate::head::H1Response::new(head.as_bytes());
+            assert_eq!(s.response_sets_session(&view), want, "{lines:?}");
         }
     }
 

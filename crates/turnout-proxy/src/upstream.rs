@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use turnout_core::SlotName;
 
 use crate::client::{ConnHome, RawConn};
-use crate::error::ProxyError;
+use crate::error::{Failed, ProxyError};
 use crate::tls::{UpstreamStream, UpstreamTls};
 
 /// A sender on a pooled HTTP/1.1 connection to an upstream.
@@ -239,16 +239,33 @@ impl Upstream {
         }
     }
 
-    /// Opens a new HTTP/1.1 connection for hyper's client; its driver runs on its own
-    /// task.
-    pub(crate) async fn connect(&self, timeout: Duration) -> Result<Sender, ProxyError> {
-        let stream = self.connect_stream(timeout).await?;
+    /// Opens a connection for a live request ([`Upstream::connect_stream`]); a refused
+    /// connection ejects the upstream until its health check passes — the one failure
+    /// that does (local trouble such as running out of file descriptors must not).
+    pub(crate) async fn open(&self, timeout: Duration) -> Result<UpstreamStream, Failed> {
+        match self.connect_stream(timeout).await {
+            Ok(stream) => Ok(stream),
+            Err(e) => {
+                if e.is_refused() && self.eject() {
+                    tracing::warn!(slot = %self.slot, upstream = %self.addr, error = %e, "upstream ejected until its health check passes");
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Opens a new HTTP/1.1 connection for hyper's client ([`Upstream::open`]); its driver
+    /// runs on its own task.
+    pub(crate) async fn connect(&self, timeout: Duration) -> Result<Sender, Failed> {
+        let stream = self.open(timeout).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|source| ProxyError::Handshake {
-                addr: self.addr.clone(),
-                source,
+            .map_err(|source| {
+                Failed::from(ProxyError::Handshake {
+                    addr: self.addr.clone(),
+                    source,
+                })
             })?;
         tokio::spawn(async move {
             let _ = conn.await;

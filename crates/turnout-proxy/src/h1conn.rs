@@ -1,50 +1,40 @@
-//! The HTTP/1.1 side of the listener, hand-written: one task per client connection that
-//! parses request heads with `httparse`, writes the upstream request head straight from
-//! the client's bytes, and relays the response with as few copies and system calls as the
-//! protocol allows (a small response goes out in one write). HTTP/2 connections (the
-//! prior-knowledge preface) are handed to hyper on the same socket.
+//! HTTP/1.x clients, hand-written: one task per client connection that parses request
+//! heads with the codec (`http1.rs`), writes the upstream request head straight from the
+//! client's bytes, and relays the response with as few copies and system calls as the
+//! protocol allows (a small response goes out in one write).
 //!
 //! Why not hyper's server: it costs about 3 µs of CPU per proxied request more than this
 //! loop on the benchmark machine (BENCHMARKS.md), which is the difference between
 //! trailing nginx and passing it.
 //!
-//! The phases of `service.rs` apply here too: route, prepare, pick, send, respond,
-//! tunnel; so do the statistics and the retry on standby. What this file adds is the
-//! HTTP/1.1 framing, done strictly:
-//! - a request with both `Content-Length` and `Transfer-Encoding`, differing or invalid
-//!   lengths, `chunked` not last, several `Host` lines, or no `Host` in HTTP/1.1 is
-//!   refused with 400 (an unknown transfer coding with 501), and nothing reaches an
-//!   upstream;
-//! - a head over 64 KiB or 100 lines is refused with 431;
-//! - a head not complete within `header_timeout` closes the connection;
-//! - request and response bodies are streamed, chunked ones decoded and encoded anew,
-//!   so the framing an upstream sees is always one turnout produced.
+//! The request path is `forward.rs`'s, as for HTTP/2; this file is its HTTP/1.1 side:
+//! the connection loop (keep-alive, idle buffers given back, the stop), the upstream leg
+//! ([`Leg`] for [`ClientConn`]: the head and a streamed body written on the hand-written
+//! client's connections, `100 Continue`, an upstream's early answer), the response
+//! relay, and the tunnel after a `101`. The framing is strict: a head not complete
+//! within `header_timeout` closes the connection; request and response bodies are
+//! streamed, chunked ones decoded and encoded anew, so the framing an upstream sees is
+//! always one turnout produced.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::client::RawConn;
-use crate::error::ProxyError;
+use crate::error::{Failed, ProxyError, Sent};
+use crate::forward::{self, Attempt, Facts, Leg, LogLine};
+use crate::head::{H1Request, H1Response};
 use crate::http1::{
-    self, encode_chunk, insert_header, plan_request, relay_head, Chunked, Forwarding, Framing,
-    Refusal, Relayed, ReqBody, RequestPlan as Plan, MAX_HEAD,
+    encode_chunk, insert_header, plan_request, relay_head, Chunked, Forwarding, Framing, Refusal,
+    Relayed, ReqBody, RequestPlan as Plan, MAX_HEAD,
 };
 use crate::io::ClientIo;
-use crate::service::ConnService;
-use crate::sessions::SessionFacts;
 use crate::shared::Inner;
-use crate::table::SlotPool;
 use crate::tap::Tap;
 use crate::tunnel;
 use crate::upstream::UpstreamRef;
@@ -53,7 +43,6 @@ use crate::upstream::UpstreamRef;
 const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
 /// After this long without a request, a keep-alive connection frees its buffers.
 const IDLE_SHRINK: Duration = Duration::from_secs(1);
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Flush the client write buffer once it holds this much.
 const FLUSH_AT: usize = 32 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
@@ -77,35 +66,37 @@ async fn idle_stop(stop: &mut watch::Receiver<bool>, inner: &Inner) {
     }
 }
 
-/// Serves one client connection until it closes, the router stops, or it is upgraded.
-pub(crate) async fn serve_conn<S: ClientIo>(
+/// Serves one HTTP/1.x client connection until it closes, the router stops, or it is
+/// upgraded. `pre`: bytes already read from it; `first_deadline`: when its first request
+/// head must be complete.
+pub(crate) async fn serve<S: ClientIo>(
     inner: Arc<Inner>,
     stream: S,
+    pre: BytesMut,
     peer: SocketAddr,
     stop: watch::Receiver<bool>,
+    first_deadline: Instant,
 ) {
-    let inner_header_timeout = inner.opts.header_timeout;
+    let mut buf = pre;
+    buf.reserve(8 * 1024);
     let mut conn = ClientConn {
         ip: Bytes::from(peer.ip().to_canonical().to_string()),
-        inner,
         stream,
-        buf: BytesMut::with_capacity(8 * 1024),
+        buf,
         out: Vec::with_capacity(8 * 1024),
         up_head: Vec::with_capacity(2 * 1024),
-        first_deadline: deadline_after(inner_header_timeout),
+        first_deadline,
         stop,
         tap: None,
         request_id: Vec::new(),
         body_bytes: 0,
+        plan: Plan::default(),
+        response_timeout: inner.opts.response_timeout,
+        max_body: inner.opts.max_body,
     };
-    match conn.detect_h2().await {
-        Some(true) => return conn.serve_h2(peer).await,
-        Some(false) => {}
-        None => return,
-    }
     let mut first = true;
     loop {
-        let next = conn.one_request(first).await;
+        let next = conn.one_request(&inner, first).await;
         if conn.tap.is_some() {
             // Not finished: the exchange failed (counted as skipped).
             conn.tap = None;
@@ -113,14 +104,14 @@ pub(crate) async fn serve_conn<S: ClientIo>(
         match next {
             Next::KeepAlive => first = false,
             Next::Close => break,
-            Next::Upgrade(tunnel) => return conn.tunnel(tunnel).await,
+            Next::Upgrade(tunnel) => return conn.tunnel(&inner, tunnel).await,
         }
     }
     conn.linger().await;
 }
 
-struct ClientConn<S> {
-    inner: Arc<Inner>,
+/// One client connection, and the request in flight on it.
+pub(crate) struct ClientConn<S> {
     stream: S,
     /// Bytes read from the client and not yet used.
     buf: BytesMut,
@@ -136,8 +127,16 @@ struct ClientConn<S> {
     tap: Option<Box<Tap>>,
     /// The request id of the request in flight (the client's, or one turnout made).
     request_id: Vec<u8>,
-    /// Response body bytes relayed for the request in flight (for the access log).
+    /// Response body bytes sent to the client for the request in flight (for the access
+    /// log).
     body_bytes: u64,
+    /// The request in flight.
+    plan: Plan,
+    /// `[upstream] response_timeout`: the longest wait for an upstream's answer, and for
+    /// either side to take or give body bytes.
+    response_timeout: Duration,
+    /// `[listen] max_body`.
+    max_body: Option<u64>,
 }
 
 /// What happens after a request.
@@ -153,93 +152,13 @@ struct Tunnel {
     websocket: bool,
 }
 
-/// Why sending to an upstream failed.
-struct SendFail {
-    error: ProxyError,
-    /// Nothing was sent and the request body is untouched: another upstream may take it.
-    retry_elsewhere: bool,
-    /// The client connection cannot go on (its body was partly read, or it is gone).
-    close: bool,
-    /// The client went away: no response to write.
-    client_gone: bool,
-}
-
-impl SendFail {
-    fn upstream(error: ProxyError, body_touched: bool) -> SendFail {
-        SendFail {
-            error,
-            retry_elsewhere: false,
-            close: body_touched,
-            client_gone: false,
-        }
-    }
-}
-
 impl<S: ClientIo> ClientConn<S> {
-    /// Reads the first bytes: `Some(true)` for the HTTP/2 preface, `Some(false)` for
-    /// anything else, `None` when the client went away or sent nothing in time.
-    async fn detect_h2(&mut self) -> Option<bool> {
-        let deadline = self.first_deadline;
-        loop {
-            let n = self.buf.len().min(H2_PREFACE.len());
-            if self.buf[..n] != H2_PREFACE[..n] {
-                return Some(false);
-            }
-            if n == H2_PREFACE.len() {
-                return Some(true);
-            }
-            self.buf.reserve(READ_CHUNK);
-            match tokio::time::timeout_at(deadline.into(), self.stream.read_buf(&mut self.buf))
-                .await
-            {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
-                Ok(Ok(_)) => {}
-            }
-        }
-    }
-
-    async fn serve_h2(self, peer: SocketAddr) {
-        let ClientConn {
-            inner,
-            stream,
-            buf,
-            mut stop,
-            ..
-        } = self;
-        let io = Prefixed {
-            pre: buf.freeze(),
-            io: stream,
-        };
-        let service = ConnService::new(inner, peer.ip(), S::TLS);
-        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        builder.timer(TokioTimer::new());
-        // Room above HTTP/1.1's limit, so that a request over it reaches `ConnService` and
-        // gets the same 431 (past this, the stream is reset: a protocol limit).
-        builder.max_header_list_size(http1::H2_HEADER_LIST_LIMIT);
-        let conn = builder.serve_connection(TokioIo::new(io), service);
-        tokio::pin!(conn);
-        let stopping = async {
-            let _ = stop.wait_for(|s| *s).await;
-        };
-        let result = tokio::select! {
-            r = conn.as_mut() => r,
-            () = stopping => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        };
-        if let Err(e) = result {
-            tracing::debug!(peer = %peer, error = %e, "HTTP/2 client connection ended with an error");
-        }
-    }
-
-    /// Serves one request: head, route, send, respond.
-    async fn one_request(&mut self, first: bool) -> Next {
-        // Phase 2 (prepare) comes first here: the head is checked and the upstream head
-        // written from it before routing.
+    /// Serves one request: the phases of `forward.rs`.
+    async fn one_request(&mut self, inner: &Arc<Inner>, first: bool) -> Next {
+        // Phase 1, begin: the head is checked and the upstream head written from it.
         self.request_id.clear();
         self.body_bytes = 0;
-        let plan = match self.read_head(first).await {
+        let mut plan = match self.read_head(inner, first).await {
             Ok(Some(plan)) => plan,
             Ok(None) => return Next::Close,
             Err(Refusal(status, message)) => {
@@ -259,87 +178,79 @@ impl<S: ClientIo> ClientConn<S> {
             }
         }
         self.buf.advance(plan.head_len);
-        let mut plan = plan;
         // A stopping router says so in the response, so the client does not reuse the
         // connection.
         plan.close |= *self.stop.borrow();
+        self.plan = plan;
+        let head = H1Request::new(&self.up_head);
+        let log = LogLine::begin(inner, &head, &self.request_id, received);
+        let session = forward::session_facts(inner, &head);
         // A body over max_body with its length announced: refused before routing, so
         // nothing reaches an upstream. The body is not read: the connection closes.
         if let ReqBody::Length(n) = plan.body {
-            if crate::limits::body_too_large(&self.inner, n) {
+            if crate::limits::body_too_large(inner, n) {
                 let error = ProxyError::BodyTooLarge {
-                    max: self.inner.opts.max_body.unwrap_or(0),
+                    max: self.max_body.unwrap_or(0),
                 };
                 let message = error.client_message();
                 self.write_error(413, message, true, plan.head_request)
                     .await;
-                self.access_log(413, None, None, received);
+                if let Some(log) = log {
+                    log.write(inner, 413, None, None, self.body_bytes);
+                }
                 return Next::Close;
             }
         }
 
-        // Phase 1: route. Requests with no live slot are in no slot's statistics.
-        let session = match &self.inner.sessions {
-            None => SessionFacts::default(),
-            Some(s) => s.facts(
-                http1::head_lines(&self.up_head)
-                    .filter(|(name, _)| name.eq_ignore_ascii_case(b"cookie"))
-                    .map(|(_, value)| value),
-            ),
+        // Phase 2, route.
+        let Some(slot) = forward::route(inner, &session) else {
+            return self.fail(inner, &ProxyError::NoLiveSlot, log).await;
         };
-        let chosen = match &self.inner.sessions {
-            None => self.inner.table.load().choose().cloned(),
-            Some(_) => self.inner.table.load().choose_pinned(session.pin).cloned(),
-        };
-        let Some(slot) = chosen else {
-            return self.fail(&plan, &ProxyError::NoLiveSlot).await;
-        };
-        if self.inner.tap.is_on() && plan.upgrade.is_none() {
-            if let Some(head) = crate::head::H1Request::new(&self.up_head) {
-                self.tap = self
-                    .inner
-                    .tap
-                    .begin(&head, slot.name, plan.body != ReqBody::None);
-            }
+
+        // Phase 3, tap (not for upgrades).
+        let has_body = plan.body != ReqBody::None;
+        if inner.tap.is_on() && plan.upgrade.is_none() {
+            let head = H1Request::new(&self.up_head);
+            self.tap = inner.tap.begin(&head, slot.name, has_body);
         }
 
-        // Phases 3 and 4: pick and send.
-        let mut sent = self.send(&slot, &plan).await;
-        let (slot, started) = match self.standby_for(&slot, &plan, &sent) {
-            None => (slot, received),
-            Some(standby) => {
-                // The retried attempt's latency is the standby's own.
-                let retried = Instant::now();
-                sent = self
-                    .retry_on_standby(&slot, &standby, &plan, sent, received)
-                    .await;
-                (standby, retried)
-            }
+        // Phase 4, attempt.
+        let facts = Facts {
+            idempotent: plan.idempotent,
+            has_body,
+            upgrade: plan.upgrade.is_some(),
         };
-        let stats = self.inner.stats(slot.name);
-        let (mut upstream, up, resp) = match sent {
-            Ok(r) => r,
+        let Attempt {
+            slot,
+            mut outcome,
+            result,
+        } = forward::attempt(inner, self, slot, facts, received).await;
+        let ((mut upstream, resp), up) = match result {
+            Ok(answer) => answer,
             Err(f) => {
-                if f.client_gone {
-                    stats.record_cancelled();
+                if matches!(f.error, ProxyError::ClientGone) {
+                    // Nobody to answer: counted as cancelled (`Outcome`'s drop).
                     return Next::Close;
                 }
-                log_failure(&self.inner, slot.name, &f.error);
-                let close = f.close || plan.close || plan.body != ReqBody::None;
+                forward::log_failure(inner, slot.name, &f.error);
+                // A body partly read cannot be followed by another request.
+                let close = plan.close || has_body;
                 let (status, message) = (f.error.status().as_u16(), f.error.client_message());
-                stats.record(status, started.elapsed());
+                outcome.record(status);
                 self.write_error(status, message, close, plan.head_request)
                     .await;
-                self.access_log(status, Some(&slot), None, received);
+                if let Some(log) = log {
+                    log.write(inner, status, Some(&slot), None, self.body_bytes);
+                }
                 return if close { Next::Close } else { Next::KeepAlive };
             }
         };
 
+        // Phase 5, finish.
         if !resp.has_request_id {
             insert_header(&mut self.out, b"x-request-id: ", &self.request_id);
         }
-
-        // Phase 6: tunnel.
+        // The tunnel after a 101.
         if resp.status == 101 {
             let Some(websocket) = plan.upgrade else {
                 // A switch of protocols nobody asked for: the connection is the
@@ -348,39 +259,36 @@ impl<S: ClientIo> ClientConn<S> {
                     addr: up.addr.clone(),
                     detail: "101 Switching Protocols to a request without Upgrade".into(),
                 };
-                stats.record(error.status().as_u16(), started.elapsed());
-                return self.fail(&plan, &error).await;
+                outcome.record(error.status().as_u16());
+                return self.fail(inner, &error, log).await;
             };
-            stats.record(101, started.elapsed());
+            outcome.record(101);
             if self.flush().await.is_err() {
                 return Next::Close;
             }
-            self.access_log(101, Some(&slot), Some(&up), received);
+            if let Some(log) = log {
+                log.write(inner, 101, Some(&slot), Some(&up), 0);
+            }
             return Next::Upgrade(Tunnel {
                 upstream,
                 slot: slot.name,
                 websocket,
             });
         }
-        stats.record(resp.status, started.elapsed());
+        outcome.record(resp.status);
+        let view = H1Response::new(&self.out);
         if let Some(tap) = self.tap.as_mut() {
             tap.set_slot(slot.name);
-            if let Some(head) = crate::head::H1Response::new(&self.out) {
-                tap.response_head(&head, started.elapsed());
-            }
+            tap.response_head(&view, outcome.since().elapsed());
         }
-        // After the tap took the head: a shadow compares what the version answered.
-        if let Some(sessions) = &self.inner.sessions {
-            let sets = sessions.head_sets_session(&self.out);
-            if session.wants_pin(sets, slot.name) {
-                let value = sessions.set_cookie(slot.name, S::TLS);
-                insert_header(&mut self.out, b"set-cookie: ", value.as_bytes());
-            }
+        if let Some(pin) = forward::pin(inner, &session, &view, slot.name, S::TLS) {
+            insert_header(&mut self.out, b"set-cookie: ", pin.as_bytes());
         }
 
-        // Phase 5: respond.
         let relayed = self.relay_body(&mut upstream, &resp).await;
-        self.access_log(resp.status, Some(&slot), Some(&up), received);
+        if let Some(log) = log {
+            log.write(inner, resp.status, Some(&slot), Some(&up), self.body_bytes);
+        }
         match relayed {
             Ok(()) => {
                 if resp.framing.upstream_keep_alive && upstream.buf.is_empty() {
@@ -394,8 +302,7 @@ impl<S: ClientIo> ClientConn<S> {
                 // On a handover the connection waits for that request (answered with
                 // `Connection: close`); on a plain stop it closes.
                 let stopping = *self.stop.borrow()
-                    && !self
-                        .inner
+                    && !inner
                         .keep_idle_on_stop
                         .load(std::sync::atomic::Ordering::Relaxed);
                 if resp.framing.close || plan.close || stopping {
@@ -411,7 +318,7 @@ impl<S: ClientIo> ClientConn<S> {
                     e.kind(),
                     io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData
                 ) {
-                    self.inner.stats(slot.name).record_broken();
+                    inner.stats(slot.name).record_broken();
                 }
                 tracing::debug!(slot = %slot.name, upstream = %up.addr, error = %e, "response relay broke off");
                 // The response is cut short: closing is how the client learns it.
@@ -420,16 +327,20 @@ impl<S: ClientIo> ClientConn<S> {
         }
     }
 
-    async fn fail(&mut self, plan: &Plan, error: &ProxyError) -> Next {
-        let close = plan.close || plan.body != ReqBody::None;
+    /// Answers a request that got no upstream's response with turnout's own.
+    async fn fail(&mut self, inner: &Inner, error: &ProxyError, log: Option<Box<LogLine>>) -> Next {
+        let close = self.plan.close || self.plan.body != ReqBody::None;
+        let status = error.status().as_u16();
         self.write_error(
-            error.status().as_u16(),
+            status,
             error.client_message(),
             close,
-            plan.head_request,
+            self.plan.head_request,
         )
         .await;
-        self.access_log(error.status().as_u16(), None, None, Instant::now());
+        if let Some(log) = log {
+            log.write(inner, status, None, None, self.body_bytes);
+        }
         if close {
             Next::Close
         } else {
@@ -437,62 +348,10 @@ impl<S: ClientIo> ClientConn<S> {
         }
     }
 
-    /// Whether a failed attempt on `slot` goes once more to the standby (retry on
-    /// standby, see `Proxy::set_retry_on`): a body-less idempotent request, not an
-    /// upgrade, that got no response or a 5xx head — nothing of which has reached the
-    /// client yet (interim responses included: they are only flushed with the body).
-    /// Only then is the setting read, so a request that went well pays nothing.
-    fn standby_for(
-        &self,
-        slot: &SlotPool,
-        plan: &Plan,
-        sent: &Result<(RawConn, UpstreamRef, Relayed), SendFail>,
-    ) -> Option<Arc<SlotPool>> {
-        let failed = match sent {
-            Ok((_, _, resp)) => resp.status >= 500,
-            Err(f) => !f.client_gone,
-        };
-        if !failed || plan.body != ReqBody::None || !plan.idempotent || plan.upgrade.is_some() {
-            return None;
-        }
-        let to = self.inner.retry_target(slot.name)?;
-        let standby = self.inner.table.load().slot(to).clone();
-        // A standby with nothing healthy would only turn one error into another.
-        (standby.healthy_count() > 0).then_some(standby)
-    }
-
-    /// Counts the failed attempt on `slot` and sends the request to `standby`. A 5xx
-    /// response head is dropped unseen; its connection goes back to the pool only when
-    /// the whole body is already here, and is closed otherwise.
-    async fn retry_on_standby(
-        &mut self,
-        slot: &SlotPool,
-        standby: &SlotPool,
-        plan: &Plan,
-        failed: Result<(RawConn, UpstreamRef, Relayed), SendFail>,
-        received: Instant,
-    ) -> Result<(RawConn, UpstreamRef, Relayed), SendFail> {
-        let stats = self.inner.stats(slot.name);
-        match failed {
-            Ok((conn, up, resp)) => {
-                stats.record(resp.status, received.elapsed());
-                tracing::debug!(slot = %slot.name, upstream = %up.addr, status = resp.status, to = %standby.name, "retrying on the standby slot");
-                discard_response(conn, &up, &resp);
-                self.out.clear();
-            }
-            Err(f) => {
-                stats.record(f.error.status().as_u16(), received.elapsed());
-                log_failure(&self.inner, slot.name, &f.error);
-                tracing::debug!(slot = %slot.name, error = %f.error, to = %standby.name, "retrying on the standby slot");
-            }
-        }
-        self.send(standby, plan).await
-    }
-
     /// Waits for a complete request head and checks it. `Ok(None)`: the client closed,
     /// stayed idle too long, or the router is stopping.
-    async fn read_head(&mut self, first: bool) -> Result<Option<Plan>, Refusal> {
-        let header_timeout = self.inner.opts.header_timeout;
+    async fn read_head(&mut self, inner: &Inner, first: bool) -> Result<Option<Plan>, Refusal> {
+        let header_timeout = inner.opts.header_timeout;
         // The first head's clock started at accept; later ones at their first byte.
         let mut deadline = first.then_some(self.first_deadline);
         let mut parse = true;
@@ -531,7 +390,7 @@ impl<S: ClientIo> ClientConn<S> {
                         Ok(Ok(())) => shrunk = false,
                         _ => return Ok(None),
                     },
-                    () = idle_stop(stop, &self.inner) => return Ok(None),
+                    () = idle_stop(stop, inner) => return Ok(None),
                 }
                 continue;
             }
@@ -545,7 +404,6 @@ impl<S: ClientIo> ClientConn<S> {
             let before = self.buf.len();
             let read = tokio::time::timeout_at(wake.into(), self.stream.read_buf(&mut self.buf));
             let stop = &mut self.stop;
-            let inner = &self.inner;
             let stopping = async {
                 if idle {
                     idle_stop(stop, inner).await;
@@ -578,42 +436,16 @@ impl<S: ClientIo> ClientConn<S> {
         }
     }
 
-    /// Picks an upstream and sends; once more on another upstream when nothing was sent.
-    async fn send(
-        &mut self,
-        slot: &SlotPool,
-        plan: &Plan,
-    ) -> Result<(RawConn, UpstreamRef, Relayed), SendFail> {
-        let first = slot.pick(None).cloned().ok_or(SendFail {
-            error: ProxyError::NoHealthyUpstream { slot: slot.name },
-            retry_elsewhere: false,
-            close: false,
-            client_gone: false,
-        })?;
-        let fail = match self.send_to(&first, plan, true).await {
-            Ok((conn, resp)) => return Ok((conn, first, resp)),
-            Err(f) if f.retry_elsewhere => f,
-            Err(f) => return Err(f),
-        };
-        let Some(second) = slot.pick(Some(&first)).cloned() else {
-            return Err(fail);
-        };
-        tracing::debug!(slot = %slot.name, from = %first.addr, to = %second.addr, error = %fail.error, "retrying on another upstream");
-        // The resend (if any) was spent on the first upstream.
-        let (conn, resp) = self.send_to(&second, plan, false).await?;
-        Ok((conn, second, resp))
-    }
-
-    /// Sends on a pooled connection (or a new one). `may_resend`: a body-less idempotent
-    /// request that got nothing back on a pooled connection is sent once more, on a new
-    /// one.
+    /// The upstream leg ([`Leg::send_to`]): sends on a pooled connection (or a new
+    /// one). `may_resend`: a body-less idempotent request that got nothing back on a
+    /// pooled connection is sent once more, on a new one.
     async fn send_to(
         &mut self,
+        inner: &Inner,
         up: &UpstreamRef,
-        plan: &Plan,
         may_resend: bool,
-    ) -> Result<(RawConn, Relayed), SendFail> {
-        let connect_timeout = self.inner.opts.connect_timeout;
+    ) -> Result<(RawConn, Relayed), Failed> {
+        let plan = self.plan;
         let resendable = may_resend && plan.body == ReqBody::None && plan.idempotent;
         while let Some((mut conn, _)) = up.checkout_raw() {
             // A connection the upstream closed, or sent stray bytes on, meanwhile. The
@@ -621,46 +453,30 @@ impl<S: ClientIo> ClientConn<S> {
             if !conn.looks_alive() {
                 continue;
             }
-            match self.exchange(&mut conn, up, plan).await {
+            match self.exchange(&mut conn, up, &plan).await {
                 Ok(resp) => return Ok((conn, resp)),
-                Err((_, true)) if resendable => break,
-                Err((f, _)) => return Err(f),
+                Err(f) if f.sent == Sent::NoAnswer && resendable => break,
+                Err(f) => return Err(f),
             }
         }
-        let stream = match up.connect_stream(connect_timeout).await {
-            Ok(s) => s,
-            Err(e) => {
-                if e.is_refused() && up.eject() {
-                    tracing::warn!(slot = %up.slot, upstream = %up.addr, error = %e, "upstream ejected until its health check passes");
-                }
-                return Err(SendFail {
-                    error: e,
-                    retry_elsewhere: true,
-                    close: false,
-                    client_gone: false,
-                });
-            }
-        };
-        let mut conn = RawConn::new(stream);
-        match self.exchange(&mut conn, up, plan).await {
-            Ok(resp) => Ok((conn, resp)),
-            Err((f, _)) => Err(f),
-        }
+        let mut conn = RawConn::new(up.open(inner.opts.connect_timeout).await?);
+        let resp = self.exchange(&mut conn, up, &plan).await?;
+        Ok((conn, resp))
     }
 
-    /// Writes the request (head and body) and reads the response head into `out`. On
-    /// failure, also says whether nothing at all came back.
+    /// Writes the request (head and body) and reads the response head into `out`. A
+    /// failure says whether nothing at all came back ([`Sent::NoAnswer`]).
     async fn exchange(
         &mut self,
         conn: &mut RawConn,
         up: &UpstreamRef,
         plan: &Plan,
-    ) -> Result<Relayed, (SendFail, bool)> {
-        let idle = self.inner.opts.response_timeout;
+    ) -> Result<Relayed, Failed> {
+        let idle = self.response_timeout;
         match plan.body {
             ReqBody::None => {
                 if let Err(e) = write_within(&mut conn.stream, &self.up_head, idle).await {
-                    return Err(upstream_io(up, e, false));
+                    return Err(io_failed(up, e, Sent::NoAnswer));
                 }
             }
             ReqBody::Length(n) => {
@@ -668,7 +484,7 @@ impl<S: ClientIo> ClientConn<S> {
                     self.out.clear();
                     self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
                     if self.flush().await.is_err() {
-                        return Err((client_gone(), false));
+                        return Err(ProxyError::ClientGone.into());
                     }
                 }
                 let sent = self.send_length_body(conn, up, n).await;
@@ -679,7 +495,7 @@ impl<S: ClientIo> ClientConn<S> {
                     self.out.clear();
                     self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
                     if self.flush().await.is_err() {
-                        return Err((client_gone(), false));
+                        return Err(ProxyError::ClientGone.into());
                     }
                 }
                 let sent = self.send_chunked_body(conn, up).await;
@@ -697,14 +513,12 @@ impl<S: ClientIo> ClientConn<S> {
         conn: &mut RawConn,
         up: &UpstreamRef,
         plan: &Plan,
-        sent: Result<(), (SendFail, bool)>,
-    ) -> Result<Relayed, (SendFail, bool)> {
+        sent: Result<(), Failed>,
+    ) -> Result<Relayed, Failed> {
         match sent {
             Ok(()) => self.read_response(conn, up, plan).await,
-            Err((f, r)) if f.client_gone || !matches!(f.error, ProxyError::UpstreamIo { .. }) => {
-                Err((f, r))
-            }
-            Err((f, r)) => {
+            Err(f) if !matches!(f.error, ProxyError::UpstreamIo { .. }) => Err(f),
+            Err(f) => {
                 // The client's body was not read to its end: this connection closes.
                 let closing = Plan {
                     close: true,
@@ -719,7 +533,7 @@ impl<S: ClientIo> ClientConn<S> {
                         resp.framing.upstream_keep_alive = false;
                         Ok(resp)
                     }
-                    _ => Err((f, r)),
+                    _ => Err(f),
                 }
             }
         }
@@ -731,10 +545,9 @@ impl<S: ClientIo> ClientConn<S> {
         conn: &mut RawConn,
         up: &UpstreamRef,
         plan: &Plan,
-    ) -> Result<Relayed, (SendFail, bool)> {
-        let timeout = self.inner.opts.response_timeout;
+    ) -> Result<Relayed, Failed> {
+        let timeout = self.response_timeout;
         self.out.clear();
-        let touched = plan.body != ReqBody::None;
         // Anything at all from the upstream (an interim 1xx too) proves it got the request.
         let mut received = false;
         let read = async {
@@ -747,7 +560,7 @@ impl<S: ClientIo> ClientConn<S> {
                             addr: up.addr.clone(),
                             detail: detail.to_owned(),
                         };
-                        return Err((SendFail::upstream(error, touched), false));
+                        return Err(error.into());
                     }
                 }
                 if conn.buf.len() > MAX_HEAD {
@@ -755,7 +568,7 @@ impl<S: ClientIo> ClientConn<S> {
                         addr: up.addr.clone(),
                         detail: format!("response head larger than {MAX_HEAD} bytes"),
                     };
-                    return Err((SendFail::upstream(error, touched), false));
+                    return Err(error.into());
                 }
                 let nothing_yet = !received;
                 let filled = conn.fill().await;
@@ -766,13 +579,11 @@ impl<S: ClientIo> ClientConn<S> {
                             io::ErrorKind::UnexpectedEof,
                             "connection closed before a response",
                         );
-                        let (f, _) = upstream_io(up, e, touched);
-                        return Err((f, nothing_yet));
+                        return Err(io_failed(up, e, answer_so_far(nothing_yet)));
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        let (f, _) = upstream_io(up, e, touched);
-                        return Err((f, nothing_yet));
+                        return Err(io_failed(up, e, answer_so_far(nothing_yet)));
                     }
                 }
             }
@@ -784,7 +595,7 @@ impl<S: ClientIo> ClientConn<S> {
                     addr: up.addr.clone(),
                     timeout_ms: timeout.as_millis(),
                 };
-                Err((SendFail::upstream(error, touched), false))
+                Err(error.into())
             }
         }
     }
@@ -795,8 +606,8 @@ impl<S: ClientIo> ClientConn<S> {
         conn: &mut RawConn,
         up: &UpstreamRef,
         n: u64,
-    ) -> Result<(), (SendFail, bool)> {
-        let idle = self.inner.opts.response_timeout;
+    ) -> Result<(), Failed> {
+        let idle = self.response_timeout;
         let mut left = n;
         // What is already here goes out with the head, in one write.
         let now = body_part(left, self.buf.len());
@@ -810,13 +621,13 @@ impl<S: ClientIo> ClientConn<S> {
         if let Err(e) = sent {
             // Nothing of the body was read beyond what is buffered: still, the head
             // may have gone out, so no resend.
-            return Err((upstream_io(up, e, true).0, false));
+            return Err(io_failed(up, e, Sent::Maybe));
         }
         while left > 0 {
             self.read_body_more(conn, up).await?;
             let take = body_part(left, self.buf.len());
             if let Err(e) = write_within(&mut conn.stream, &self.buf[..take], idle).await {
-                return Err((upstream_io(up, e, true).0, false));
+                return Err(io_failed(up, e, Sent::Maybe));
             }
             if let Some(tap) = self.tap.as_mut() {
                 tap.request_body(&self.buf[..take]);
@@ -835,8 +646,8 @@ impl<S: ClientIo> ClientConn<S> {
         &mut self,
         conn: &mut RawConn,
         up: &UpstreamRef,
-    ) -> Result<(), (SendFail, bool)> {
-        let idle = self.inner.opts.response_timeout;
+    ) -> Result<(), Failed> {
+        let idle = self.response_timeout;
         let mut dec = Chunked::default();
         // Decoded body bytes so far, against max_body: past it, the request goes no
         // further (this upstream connection is dropped, never pooled) and the client
@@ -847,8 +658,9 @@ impl<S: ClientIo> ClientConn<S> {
                 match dec.decode(&mut self.buf) {
                     Ok(Some(data)) => {
                         total += data.len() as u64;
-                        if crate::limits::body_too_large(&self.inner, total) {
-                            return Err((body_too_large(&self.inner), false));
+                        if self.max_body.is_some_and(|max| total > max) {
+                            let max = self.max_body.unwrap_or(0);
+                            return Err(ProxyError::BodyTooLarge { max }.into());
                         }
                         if let Some(tap) = self.tap.as_mut() {
                             tap.request_body(&data);
@@ -856,7 +668,7 @@ impl<S: ClientIo> ClientConn<S> {
                         encode_chunk(&mut self.up_head, &data)
                     }
                     Ok(None) => break,
-                    Err(_) => return Err((bad_request_body(), false)),
+                    Err(_) => return Err(ProxyError::BadRequestBody.into()),
                 }
             }
             if dec.is_done() {
@@ -864,7 +676,7 @@ impl<S: ClientIo> ClientConn<S> {
             }
             if !self.up_head.is_empty() {
                 if let Err(e) = write_within(&mut conn.stream, &self.up_head, idle).await {
-                    return Err((upstream_io(up, e, true).0, false));
+                    return Err(io_failed(up, e, Sent::Maybe));
                 }
                 self.up_head.clear();
             }
@@ -882,12 +694,8 @@ impl<S: ClientIo> ClientConn<S> {
     /// meanwhile: one that answers (or closes) before the body is complete ends the wait
     /// — its early answer is then relayed, on a connection that closes (`after_body`) —
     /// and a body that stops arriving for `response_timeout` ends the request with 408.
-    async fn read_body_more(
-        &mut self,
-        conn: &mut RawConn,
-        up: &UpstreamRef,
-    ) -> Result<(), (SendFail, bool)> {
-        let idle = self.inner.opts.response_timeout;
+    async fn read_body_more(&mut self, conn: &mut RawConn, up: &UpstreamRef) -> Result<(), Failed> {
+        let idle = self.response_timeout;
         self.buf.reserve(READ_CHUNK);
         conn.buf.reserve(READ_CHUNK);
         let client = tokio::time::timeout(idle, self.stream.read_buf(&mut self.buf));
@@ -896,8 +704,8 @@ impl<S: ClientIo> ClientConn<S> {
         tokio::select! {
             biased;
             r = client => match r {
-                Ok(Ok(0)) | Ok(Err(_)) => Err((client_gone(), false)),
-                Err(_) => Err((body_stalled(), false)),
+                Ok(Ok(0)) | Ok(Err(_)) => Err(ProxyError::ClientGone.into()),
+                Err(_) => Err(ProxyError::RequestBodyStalled.into()),
                 Ok(Ok(_)) => Ok(()),
             },
             r = upstream => {
@@ -911,7 +719,7 @@ impl<S: ClientIo> ClientConn<S> {
                     ),
                     Err(e) => e,
                 };
-                Err((upstream_io(up, e, true).0, false))
+                Err(io_failed(up, e, Sent::Maybe))
             }
         }
     }
@@ -919,7 +727,7 @@ impl<S: ClientIo> ClientConn<S> {
     /// Relays the response body; `out` holds the response head already. Each wait for
     /// body data is bounded by `response_timeout`.
     async fn relay_body(&mut self, conn: &mut RawConn, resp: &Relayed) -> io::Result<()> {
-        let idle = self.inner.opts.response_timeout;
+        let idle = self.response_timeout;
         match resp.framing.framing {
             Framing::Empty | Framing::Length(0) => self.flush().await,
             Framing::Length(n) => {
@@ -1010,12 +818,7 @@ impl<S: ClientIo> ClientConn<S> {
     /// is given up on.
     async fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
-            write_within(
-                &mut self.stream,
-                &self.out,
-                self.inner.opts.response_timeout,
-            )
-            .await?;
+            write_within(&mut self.stream, &self.out, self.response_timeout).await?;
             self.out.clear();
         }
         Ok(())
@@ -1067,40 +870,12 @@ impl<S: ClientIo> ClientConn<S> {
         self.out.extend_from_slice(b"\r\n");
         if !head_request {
             self.out.extend_from_slice(message.as_bytes());
+            self.body_bytes = message.len() as u64;
         }
         let _ = self.flush().await;
     }
 
-    /// Queues the access log line of the request just answered, when the log is on.
-    fn access_log(
-        &self,
-        status: u16,
-        slot: Option<&SlotPool>,
-        up: Option<&UpstreamRef>,
-        received: Instant,
-    ) {
-        let Some(log) = self.inner.access.get() else {
-            return;
-        };
-        let line_end = self.up_head.iter().position(|&b| b == b'\r');
-        // "METHOD PATH" of the upstream head's request line, without " HTTP/1.1".
-        let request_line = line_end
-            .and_then(|end| self.up_head[..end].strip_suffix(b" HTTP/1.1"))
-            .unwrap_or_default();
-        log.log(crate::access::Entry {
-            time: std::time::SystemTime::now(),
-            request_line: request_line.to_vec(),
-            status,
-            slot: slot.map(|s| s.name),
-            version: slot.and_then(|s| s.version.clone()),
-            upstream: up.cloned(),
-            duration: received.elapsed(),
-            bytes: self.body_bytes,
-            request_id: self.request_id.clone(),
-        });
-    }
-
-    async fn tunnel(self, t: Tunnel) {
+    async fn tunnel(self, inner: &Arc<Inner>, t: Tunnel) {
         let Tunnel {
             mut upstream,
             slot,
@@ -1113,11 +888,11 @@ impl<S: ClientIo> ClientConn<S> {
         let early = upstream.buf.split().freeze();
         let when = tunnel::DrainWhen {
             slot,
-            live: self.inner.live_rx.clone(),
-            after: self.inner.opts.upgrade_drain,
+            live: inner.live_rx.clone(),
+            after: inner.opts.upgrade_drain,
             stop: self.stop.clone(),
             on_stop: {
-                let inner = self.inner.clone();
+                let inner = inner.clone();
                 std::sync::Arc::new(move || {
                     if inner
                         .keep_idle_on_stop
@@ -1140,21 +915,6 @@ impl<S: ClientIo> ClientConn<S> {
     }
 }
 
-/// Logs a failed request: at most one warning a second (with the count held back), so
-/// that an outage does not become a log line per request.
-pub(crate) fn log_failure(inner: &Inner, slot: turnout_core::SlotName, error: &ProxyError) {
-    if matches!(
-        error,
-        ProxyError::NoHealthyUpstream { .. }
-            | ProxyError::NoLiveSlot
-            | ProxyError::BodyTooLarge { .. }
-    ) {
-        tracing::debug!(slot = %slot, error = %error, "request failed");
-    } else if let Some(held_back) = inner.errors.allow() {
-        tracing::warn!(slot = %slot, error = %error, similar_not_logged = held_back, "request failed");
-    }
-}
-
 /// Drops a response that is not relayed (retry on standby). Its connection is reused
 /// only when the body is already read whole (no body, or exactly its length buffered);
 /// any other is closed, never pooled half-read.
@@ -1170,26 +930,30 @@ fn discard_response(mut conn: RawConn, up: &UpstreamRef, resp: &Relayed) {
     }
 }
 
-/// An IO failure on the upstream connection; `touched`: the client's body was (partly)
-/// read. The second value says "nothing came back" (for the resend decision).
-fn upstream_io(up: &UpstreamRef, source: io::Error, touched: bool) -> (SendFail, bool) {
-    let error = ProxyError::UpstreamIo {
-        addr: up.addr.clone(),
-        source,
-    };
-    (SendFail::upstream(error, touched), true)
+/// An IO failure on the upstream connection, and how far the request got.
+fn io_failed(up: &UpstreamRef, source: io::Error, sent: Sent) -> Failed {
+    Failed {
+        error: ProxyError::UpstreamIo {
+            addr: up.addr.clone(),
+            source,
+        },
+        sent,
+    }
+}
+
+/// How far a request got whose upstream failed while its response head was awaited:
+/// nothing back at all, or part of an answer.
+fn answer_so_far(nothing_yet: bool) -> Sent {
+    if nothing_yet {
+        Sent::NoAnswer
+    } else {
+        Sent::Maybe
+    }
 }
 
 /// How much of `avail` bytes belongs to a body with `left` bytes still to come.
 fn body_part(left: u64, avail: usize) -> usize {
     usize::try_from(left).unwrap_or(usize::MAX).min(avail)
-}
-
-/// `now + d`, or far in the future when that overflows (an absurd configured timeout).
-fn deadline_after(d: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(d)
-        .unwrap_or(now + Duration::from_secs(86400 * 365))
 }
 
 /// Writes all of `data`, failing when the peer takes nothing for `idle`. The common
@@ -1228,103 +992,42 @@ async fn fill_within(conn: &mut RawConn, idle: Duration) -> io::Result<usize> {
     }
 }
 
-/// The client's request body stopped arriving before its end (408).
-fn body_stalled() -> SendFail {
-    SendFail {
-        error: ProxyError::RequestBodyStalled,
-        retry_elsewhere: false,
-        close: true,
-        client_gone: false,
-    }
-}
+impl<S: ClientIo> Leg for ClientConn<S> {
+    type Answer = (RawConn, Relayed);
 
-fn client_gone() -> SendFail {
-    SendFail {
-        error: ProxyError::NoLiveSlot,
-        retry_elsewhere: false,
-        close: true,
-        client_gone: true,
-    }
-}
-
-fn body_too_large(inner: &Inner) -> SendFail {
-    SendFail {
-        error: ProxyError::BodyTooLarge {
-            max: inner.opts.max_body.unwrap_or(0),
-        },
-        retry_elsewhere: false,
-        close: true,
-        client_gone: false,
-    }
-}
-
-fn bad_request_body() -> SendFail {
-    SendFail {
-        error: ProxyError::BadRequestBody,
-        retry_elsewhere: false,
-        close: true,
-        client_gone: false,
-    }
-}
-
-/// A socket with some bytes already read from it, to be read again first.
-struct Prefixed<S> {
-    pre: Bytes,
-    io: S,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.pre.is_empty() {
-            let n = self.pre.len().min(buf.remaining());
-            buf.put_slice(&self.pre[..n]);
-            self.pre.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+    fn status(answer: &Self::Answer) -> u16 {
+        answer.1.status
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+    async fn send_to(
+        &mut self,
+        inner: &Inner,
+        up: &UpstreamRef,
+        may_resend: bool,
+    ) -> Result<Self::Answer, Failed> {
+        ClientConn::send_to(self, inner, up, may_resend).await
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+    fn discard(&mut self, (conn, resp): Self::Answer, up: &UpstreamRef) {
+        discard_response(conn, up, &resp);
+        // The head it wrote for the client goes with it.
+        self.out.clear();
     }
 }
 
 #[allow(dead_code)]
 fn _assert_send(
     inner: Arc<Inner>,
-    s: TcpStream,
+    s: tokio::net::TcpStream,
     p: SocketAddr,
     w: watch::Receiver<bool>,
-) -> impl Future + Send {
-    serve_conn(inner, s, p, w)
+) -> impl std::future::Future + Send {
+    serve(inner, s, BytesMut::new(), p, w, Instant::now())
+}
+
+/// `now + d`, or far in the future when that overflows (an absurd configured timeout).
+pub(crate) fn deadline_after(d: Duration) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    now.checked_add(d)
+        .unwrap_or(now + Duration::from_secs(86400 * 365))
 }
