@@ -45,32 +45,31 @@ pub(crate) trait ResponseHead {
     fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])>;
 }
 
-/// An HTTP/1.1 request head turnout wrote for the upstream.
+/// An HTTP/1.1 request head turnout wrote for the upstream. Made for every request and
+/// read only by what needs it (a tap, the pin, the access log), so the request line is
+/// parsed only then.
 pub(crate) struct H1Request<'a> {
     head: &'a [u8],
-    method: &'a str,
-    target: &'a str,
 }
 
 impl<'a> H1Request<'a> {
     /// The view of `head` (a head turnout wrote: its request line always reads).
     pub(crate) fn new(head: &'a [u8]) -> H1Request<'a> {
-        let (method, target) = http1::request_line(head).unwrap_or(("-", "-"));
-        H1Request {
-            head,
-            method,
-            target,
-        }
+        H1Request { head }
+    }
+
+    fn line(&self) -> (&'a str, &'a str) {
+        http1::request_line(self.head).unwrap_or(("-", "-"))
     }
 }
 
 impl RequestHead for H1Request<'_> {
     fn method(&self) -> &str {
-        self.method
+        self.line().0
     }
 
     fn target(&self) -> &str {
-        self.target
+        self.line().1
     }
 
     fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {

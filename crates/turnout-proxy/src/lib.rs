@@ -1,11 +1,12 @@
 //! turnout's data plane: the listener, the routing table swapped atomically at each switch,
 //! upstream connection pools, active and passive health, and upgraded-connection drain.
 //!
-//! The request path is described phase by phase in `service.rs`. The control plane talks to
-//! the data plane only through [`Proxy::apply`] (a new routing state) and the read-only
-//! views ([`Proxy::table`], [`Proxy::health_events`]), and the taps on live traffic
-//! ([`Proxy::start_shadow`], [`Proxy::start_capture`]; see `mirror.rs`), which cost a
-//! request one relaxed atomic load while none runs.
+//! The request path is described phase by phase in `forward.rs`, and the modules' layers
+//! in ARCHITECTURE.md (no module imports one above it, none imports this root). The
+//! control plane talks to the data plane only through [`Proxy::apply`] (a new routing
+//! state) and the read-only views ([`Proxy::table`], [`Proxy::health_events`]), and the
+//! taps on live traffic ([`Proxy::start_shadow`], [`Proxy::start_capture`]; see `tap.rs`
+//! and `mirror.rs`), which cost a request one relaxed atomic load while none runs.
 
 mod access;
 mod client;

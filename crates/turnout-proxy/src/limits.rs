@@ -1,7 +1,7 @@
 //! Connection and body limits: `max_connections` (a slot per open client connection,
 //! taken at accept; past the limit a new connection gets a short `503` and is closed
-//! while the open ones are served on) and `max_body` (checked in `h1server.rs` and
-//! `service.rs`).
+//! while the open ones are served on) and `max_body` (checked by both drivers before
+//! routing, `h1conn.rs` and `h2.rs`, and as bodies stream).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

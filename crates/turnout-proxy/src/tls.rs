@@ -3,9 +3,9 @@
 //! SIGHUP) without touching open connections: the resolver hands each new handshake the
 //! certificate current at that moment.
 //!
-//! After the handshake a connection is served like a plain one (`h1server::serve_conn`):
-//! the HTTP/2 preface (which a client that negotiated `h2` sends) goes to hyper, anything
-//! else is HTTP/1.1; `X-Forwarded-Proto` is `https`.
+//! After the handshake a connection is served like a plain one (`server.rs`): the HTTP/2
+//! preface (which a client that negotiated `h2` sends) goes to `h2.rs`, anything else to
+//! `h1conn.rs`; `X-Forwarded-Proto` is `https`.
 
 use std::fmt;
 use std::future::Future;
