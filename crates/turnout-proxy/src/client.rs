@@ -201,6 +201,9 @@ impl RawConn {
                 continue;
             }
             let framing = parsed.framing(head_request);
+            parsed
+                .check_length(framing)
+                .map_err(|detail| bad(detail.to_owned()))?;
             let keep_alive = parsed.reusable(framing);
             let drop_length = matches!(framing, Framing::Chunked | Framing::UntilClose);
             // Header positions as offsets, so that the head can be frozen and sliced

@@ -5,6 +5,7 @@ use http::StatusCode;
 /// Why the proxy could not get a response from an upstream. Each variant knows which
 /// status the client gets and whether the request may be retried on another upstream.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProxyError {
     /// No slot is live.
     #[error("no slot is live")]

@@ -276,13 +276,16 @@ impl<S: ClientIo> ClientConn<S> {
             });
         }
         outcome.record(resp.status);
-        let view = H1Response::new(&self.out);
-        if let Some(tap) = self.tap.as_mut() {
-            tap.set_slot(slot.name);
-            tap.response_head(&view, outcome.since().elapsed());
-        }
-        if let Some(pin) = forward::pin(inner, &session, &view, slot.name, S::TLS) {
-            insert_header(&mut self.out, b"set-cookie: ", pin.as_bytes());
+        // The head as the client gets it, read only when a tap or the pin wants it.
+        if self.tap.is_some() || inner.sessions.is_some() {
+            let view = H1Response::new(&self.out);
+            if let Some(tap) = self.tap.as_mut() {
+                tap.set_slot(slot.name);
+                tap.response_head(&view, outcome.since().elapsed());
+            }
+            if let Some(pin) = forward::pin(inner, &session, &view, slot.name, S::TLS) {
+                insert_header(&mut self.out, b"set-cookie: ", pin.as_bytes());
+            }
         }
 
         let relayed = self.relay_body(&mut upstream, &resp).await;

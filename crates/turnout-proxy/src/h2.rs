@@ -145,12 +145,13 @@ impl ConnService {
             let max = inner.opts.max_body.unwrap_or(0);
             let error = ProxyError::BodyTooLarge { max };
             if let Some(log) = LogLine::begin(inner, &parts, request_id.as_bytes(), received) {
-                let len = error.client_message().len() as u64;
-                log.write(inner, error.status().as_u16(), None, None, len);
+                let bytes = message_bytes(&error, parts.method == http::Method::HEAD);
+                log.write(inner, error.status().as_u16(), None, None, bytes);
             }
             return with_id(error_response(&error), request_id);
         }
         let client_version = parts.version;
+        let head_request = parts.method == http::Method::HEAD;
         self.prepare(&mut parts);
         let log = LogLine::begin(inner, &parts, request_id.as_bytes(), received);
 
@@ -159,8 +160,8 @@ impl ConnService {
         let Some(slot) = forward::route(inner, &session) else {
             let error = ProxyError::NoLiveSlot;
             if let Some(log) = log {
-                let len = error.client_message().len() as u64;
-                log.write(inner, error.status().as_u16(), None, None, len);
+                let bytes = message_bytes(&error, head_request);
+                log.write(inner, error.status().as_u16(), None, None, bytes);
             }
             return with_id(error_response(&error), request_id);
         };
@@ -238,9 +239,9 @@ impl ConnService {
                 let status = f.error.status().as_u16();
                 outcome.record(status);
                 forward::log_failure(inner, slot.name, &f.error);
-                let message = f.error.client_message();
                 if let Some(log) = log {
-                    log.write(inner, status, Some(&slot), None, message.len() as u64);
+                    let bytes = message_bytes(&f.error, head_request);
+                    log.write(inner, status, Some(&slot), None, bytes);
                 }
                 with_id(error_response(&f.error), request_id)
             }
@@ -477,8 +478,14 @@ impl Leg for BodyLeg {
         _may_resend: bool,
     ) -> Result<Self::Answer, Failed> {
         let Some(mut req) = self.req.take() else {
-            // Spent on an earlier attempt (which then said it may have been sent).
-            return Err(ProxyError::NoHealthyUpstream { slot: up.slot }.into());
+            // Not reached: an attempt that did not give the request back said it may have
+            // been sent, and such a request goes to no other upstream.
+            debug_assert!(false, "a request body sent twice");
+            return Err(ProxyError::UpstreamProtocol {
+                addr: up.addr.clone(),
+                detail: "the request was already sent to another upstream".into(),
+            }
+            .into());
         };
         while let Some(mut sender) = up.checkout() {
             // A connection still busy (say, writing an upload the upstream already
@@ -521,6 +528,15 @@ impl Leg for BodyLeg {
     fn discard(&mut self, answer: Self::Answer, _up: &UpstreamRef) {
         // Never reached: a request with a body is not retried on the standby.
         drop(answer);
+    }
+}
+
+/// The body bytes of turnout's own answer to `error` (none to a HEAD request).
+fn message_bytes(error: &ProxyError, head_request: bool) -> u64 {
+    if head_request {
+        0
+    } else {
+        error.client_message().len() as u64
     }
 }
 

@@ -43,6 +43,32 @@ pub(crate) trait ResponseHead {
     fn status(&self) -> u16;
     /// The header lines as `(name, value)`, names in any case.
     fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])>;
+
+    /// The header lines as owned pairs, names in lower case (for a tap's copy).
+    fn header_pairs(&self) -> Vec<(String, Bytes)> {
+        self.headers()
+            .map(|(n, v)| {
+                (
+                    String::from_utf8_lossy(n).to_ascii_lowercase(),
+                    Bytes::copy_from_slice(v),
+                )
+            })
+            .collect()
+    }
+}
+
+/// The lines of a head turnout wrote as owned pairs, from one copy of the head.
+fn pairs_of_written(head: &[u8]) -> Vec<(String, Bytes)> {
+    let whole = Bytes::copy_from_slice(head);
+    http1::head_lines(head)
+        .map(|(n, v)| {
+            let start = v.as_ptr() as usize - head.as_ptr() as usize;
+            (
+                String::from_utf8_lossy(n).to_ascii_lowercase(),
+                whole.slice(start..start + v.len()),
+            )
+        })
+        .collect()
 }
 
 /// An HTTP/1.1 request head turnout wrote for the upstream. Made for every request and
@@ -78,16 +104,7 @@ impl RequestHead for H1Request<'_> {
 
     fn header_pairs(&self) -> Vec<(String, Bytes)> {
         // One copy of the head; the values are slices of it.
-        let whole = Bytes::copy_from_slice(self.head);
-        http1::head_lines(self.head)
-            .map(|(n, v)| {
-                let start = v.as_ptr() as usize - self.head.as_ptr() as usize;
-                (
-                    String::from_utf8_lossy(n).to_ascii_lowercase(),
-                    whole.slice(start..start + v.len()),
-                )
-            })
-            .collect()
+        pairs_of_written(self.head)
     }
 }
 
@@ -132,6 +149,11 @@ impl ResponseHead for H1Response<'_> {
 
     fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         http1::head_lines(self.head)
+    }
+
+    fn header_pairs(&self) -> Vec<(String, Bytes)> {
+        // One copy of the head; the values are slices of it.
+        pairs_of_written(self.head)
     }
 }
 

@@ -389,6 +389,19 @@ pub fn is_idempotent(method: &str) -> bool {
     )
 }
 
+/// What is wrong with a head httparse refused.
+fn head_error(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "invalid response head: invalid header name",
+        httparse::Error::HeaderValue => "invalid response head: invalid header value",
+        httparse::Error::NewLine => "invalid response head: invalid new line",
+        httparse::Error::Status => "invalid response head: invalid status",
+        httparse::Error::Token => "invalid response head: invalid token",
+        httparse::Error::TooManyHeaders => "invalid response head: too many header lines",
+        httparse::Error::Version => "invalid response head: invalid HTTP version",
+    }
+}
+
 /// How a response body ends (RFC 9112 §6.3).
 #[derive(Clone, Copy, PartialEq, Debug)]
 pub enum Framing {
@@ -414,8 +427,13 @@ pub struct ResponseHead<'b, 'h> {
     pub minor: u8,
     /// The header lines, as sent.
     pub headers: &'h [httparse::Header<'b>],
-    /// `Content-Length`, when one was sent.
+    /// `Content-Length`, when one was sent (and valid).
     pub length: Option<u64>,
+    /// What was wrong with its `Content-Length`, if anything. Not an error by itself: a
+    /// length that does not frame the body (HEAD, 1xx, 204, 304, or with
+    /// `Transfer-Encoding`) is ignored by a client, so each reader decides
+    /// ([`ResponseHead::check_length`]).
+    pub length_error: Option<&'static str>,
     /// `Transfer-Encoding` was sent; `Some(true)` when its last coding is chunked.
     pub transfer_encoding: Option<bool>,
     /// `Connection: close`, or HTTP/1.0 without `keep-alive`.
@@ -437,7 +455,7 @@ pub fn parse_response<'b, 'h>(
     let len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err("invalid response head"),
+        Err(e) => return Err(head_error(e)),
     };
     let status = resp.code.unwrap_or(0);
     if !(100..=999).contains(&status) {
@@ -447,12 +465,15 @@ pub fn parse_response<'b, 'h>(
     let reason = resp.reason.unwrap_or("");
     let headers: &'h [httparse::Header<'b>] = resp.headers;
     let mut length: Option<u64> = None;
+    let mut length_error = None;
     let mut transfer_encoding: Option<bool> = None;
     let (mut saw_close, mut saw_keep_alive, mut connection_names) = (false, false, false);
     let mut has_request_id = false;
     for h in headers {
         if eq(h.name, "content-length") {
-            add_content_length(h.value, &mut length).map_err(LengthError::message)?;
+            if let Err(e) = add_content_length(h.value, &mut length) {
+                length_error.get_or_insert(e.message());
+            }
         } else if eq(h.name, "transfer-encoding") {
             transfer_encoding = Some(
                 tokens(h.value)
@@ -479,7 +500,8 @@ pub fn parse_response<'b, 'h>(
         reason,
         minor,
         headers,
-        length,
+        length: length.filter(|_| length_error.is_none()),
+        length_error,
         transfer_encoding,
         close: saw_close || (minor == 0 && !saw_keep_alive),
         connection_names,
@@ -504,6 +526,15 @@ impl ResponseHead<'_, '_> {
             (Some(true), _) => Framing::Chunked,
             (Some(false), _) | (None, None) => Framing::UntilClose,
             (None, Some(n)) => Framing::Length(n),
+        }
+    }
+
+    /// The `Content-Length` problem, when the length would frame the body (a final
+    /// response with a body and no `Transfer-Encoding`).
+    pub fn check_length(&self, framing: Framing) -> Result<(), &'static str> {
+        match self.length_error {
+            Some(e) if framing != Framing::Empty && self.transfer_encoding.is_none() => Err(e),
+            _ => Ok(()),
         }
     }
 
@@ -636,6 +667,11 @@ pub fn relay_head(
             }
             buf.advance(len);
             continue;
+        }
+        // The live path is strict: a final head with a bad length is refused whatever
+        // its framing (an interim head's headers are not read).
+        if let Some(e) = head.length_error {
+            return Err(e);
         }
         let framing = write_client_head(&head, plan, out);
         let relayed = Relayed {

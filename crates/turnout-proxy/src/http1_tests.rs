@@ -436,6 +436,7 @@ fn parsed(head: &str, head_request: bool) -> Result<(Framing, bool), &'static st
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let h = parse_response(head.as_bytes(), &mut slots)?.expect("complete head");
     let framing = h.framing(head_request);
+    h.check_length(framing)?;
     Ok((framing, h.reusable(framing)))
 }
 
@@ -488,7 +489,10 @@ fn response_framing() {
         f("HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n", false),
         Err("invalid content-length")
     );
-    assert_eq!(f("SMTP ready\r\n\r\n", false), Err("invalid response head"));
+    assert_eq!(
+        f("SMTP ready\r\n\r\n", false),
+        Err("invalid response head: invalid HTTP version")
+    );
 }
 
 #[test]
@@ -551,5 +555,61 @@ fn one_hop_by_hop_list_for_header_maps() {
     assert_eq!(
         h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
         vec!["x-b"]
+    );
+}
+
+#[test]
+fn a_bad_length_that_frames_nothing_is_ignored_by_a_reader_and_refused_by_the_live_path() {
+    let f = |head: &str, head_request| parsed(head, head_request).map(|(f, _)| f);
+    // The raw client and the mirror (what a client would do): ignored where the length
+    // does not frame the body.
+    assert_eq!(
+        f("HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n", true),
+        Ok(Framing::Empty)
+    );
+    assert_eq!(
+        f(
+            "HTTP/1.1 304 Not Modified\r\ncontent-length: 1, 2\r\n\r\n",
+            false
+        ),
+        Ok(Framing::Empty)
+    );
+    assert_eq!(
+        f(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: x\r\n\r\n",
+            false
+        ),
+        Ok(Framing::Chunked)
+    );
+    assert_eq!(
+        f("HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n", false),
+        Err("invalid content-length")
+    );
+    // The live path: an interim head's headers are not read; a final head with a bad
+    // length is refused whatever its framing.
+    let (r, out, _) = respond(
+        "HTTP/1.1 103 Early Hints\r\ncontent-length: x\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+        "GET / HTTP/1.1\r\nhost: a\r\n\r\n",
+    );
+    assert_eq!(r.map(|r| r.status), Some(204), "{out}");
+    let fwd = Forwarding {
+        client_ip: b"10.0.0.9",
+        https: false,
+        via: VIA,
+    };
+    let mut up = Vec::new();
+    let plan = plan_request(b"HEAD / HTTP/1.1\r\nhost: a\r\n\r\n", &fwd, &mut up)
+        .unwrap()
+        .unwrap();
+    let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: 1, 2\r\n\r\n"[..]);
+    assert_eq!(
+        relay_head(&mut buf, &plan, &mut Vec::new()),
+        Err("conflicting content-length values")
+    );
+    // httparse's reason is kept.
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    assert_eq!(
+        parse_response(b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n", &mut slots).err(),
+        Some("invalid response head: invalid header name")
     );
 }

@@ -647,15 +647,9 @@ impl Tap {
     pub(crate) fn response_head(&mut self, resp: &impl ResponseHead, latency: Duration) {
         let head_request = self.method == "HEAD";
         let status = resp.status();
-        let headers = resp.headers().map(|(n, v)| {
-            (
-                String::from_utf8_lossy(n).to_ascii_lowercase(),
-                Bytes::copy_from_slice(v),
-            )
-        });
         self.response = Some(RespRec::new(
             status,
-            headers,
+            resp.header_pairs().into_iter(),
             response_has_body(head_request, status),
             latency,
             self.limit,
