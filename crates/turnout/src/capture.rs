@@ -11,7 +11,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use hyper::Method;
@@ -20,55 +19,8 @@ use turnout_shadow::goreplay::{self, FileSink, Reader, Record, RecordType, Write
 
 use crate::cli::CaptureArgs;
 use crate::client::{AdminClient, StreamFrame};
-use crate::commands::{out, UsageError};
-
-/// A duration as typed on the command line: `30s`, `500ms`, `5m`, `1h 30m`.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    // As in the config: at most 10 years, far from what would overflow a clock.
-    const MAX: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-    let d = humantime::parse_duration(text.trim())
-        .map_err(|e| format!("{e}; expected e.g. \"30s\", \"500ms\", \"5m\""))?;
-    if d > MAX {
-        return Err("longer than 87600h (10 years), the longest a duration may be".into());
-    }
-    Ok(d)
-}
-
-/// A share: more than 0, at most 1.
-pub(crate) fn parse_share(text: &str) -> Result<f64, String> {
-    let v: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number; expected a share like 0.1"))?;
-    if v > 0.0 && v <= 1.0 {
-        Ok(v)
-    } else {
-        Err(format!(
-            "{text} is not a share: it must be more than 0 and at most 1 (1 is every request)"
-        ))
-    }
-}
-
-/// A size: a whole number of bytes with an optional unit `B`, `KB`, `MB`, `GB` (powers
-/// of 1024; `K`, `KiB`, `k`... are the same).
-pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let form =
-        "expected a number of bytes with an optional unit, e.g. \"500KB\", \"100MB\", \"1GB\"";
-    let n: u64 = t[..digits]
-        .parse()
-        .map_err(|_| format!("invalid size {text:?}: {form}"))?;
-    let shift = match t[digits..].trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        _ => return Err(format!("invalid size {text:?}: {form}")),
-    };
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("size {text:?} is too large"))
-}
+use crate::error::UsageError;
+use crate::out::out;
 
 /// A size for people: `1MB`, `64KB`, `1000 bytes`.
 fn show_size(n: u64) -> String {
@@ -462,32 +414,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_shares_and_names() {
-        for (text, want) in [
-            ("500", Some(500)),
-            ("1KB", Some(1024)),
-            ("64k", Some(65536)),
-            ("100MB", Some(100 << 20)),
-            ("1 GiB", Some(1 << 30)),
-            ("1.5MB", None),
-            ("MB", None),
-            ("10TB", None),
-            ("", None),
-        ] {
-            assert_eq!(parse_size(text).ok(), want, "{text:?}");
-        }
+    fn sizes_shown_and_names() {
         assert_eq!(show_size(1 << 20), "1MB");
         assert_eq!(show_size(1000), "1000 bytes");
-        for (text, ok) in [
-            ("1", true),
-            ("0.25", true),
-            ("0", false),
-            ("1.1", false),
-            ("x", false),
-            ("NaN", false),
-        ] {
-            assert_eq!(parse_share(text).is_ok(), ok, "{text:?}");
-        }
         for (path, n, want) in [
             ("dir/c.gor.gz", 0, "dir/c.gor.gz"),
             ("dir/c.gor.gz", 1, "dir/c_1.gor.gz"),

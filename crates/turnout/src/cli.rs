@@ -1,7 +1,7 @@
-//! Command-line arguments (names fixed by SPEC.md).
+//! Command-line arguments (names fixed by SPEC.md) and the parsers of their values. A
+//! leaf: it uses no other module of this crate.
 
 use std::path::PathBuf;
-
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -169,19 +169,19 @@ pub struct CaptureArgs {
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
     /// How long to capture, e.g. `30s`, `5m` (default: until Ctrl-C).
-    #[arg(long, value_name = "D", value_parser = crate::capture::parse_duration)]
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
     pub duration: Option<Duration>,
     /// Share of the requests to capture, more than 0 and at most 1 (by request id).
-    #[arg(long, value_name = "F", default_value_t = 1.0, value_parser = crate::capture::parse_share)]
+    #[arg(long, value_name = "F", default_value_t = 1.0, value_parser = parse_share)]
     pub sample: f64,
     /// Start a new file when the current one would grow over SIZE (e.g. `100MB`; KB, MB,
     /// GB are powers of 1024; counted before compression). A record is never split: one
     /// larger than SIZE gets a file of its own.
-    #[arg(long, value_name = "SIZE", value_parser = crate::capture::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub rotate_size: Option<u64>,
     /// Bytes of each request and response body kept (e.g. `64KB`, at most 16MB); longer
     /// bodies are recorded truncated (and replay does not send such requests).
-    #[arg(long, value_name = "SIZE", default_value = "1MB", value_parser = crate::capture::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "1MB", value_parser = parse_size)]
     pub max_body: u64,
 }
 
@@ -197,10 +197,10 @@ pub struct ReplayArgs {
     pub target: String,
     /// Replay speed: 2 halves the recorded gaps between requests; `0` or `max` sends
     /// without waiting.
-    #[arg(long, value_name = "X", default_value = "1", value_parser = crate::replay::parse_speed)]
-    pub speed: crate::replay::Speed,
+    #[arg(long, value_name = "X", default_value = "1", value_parser = parse_speed)]
+    pub speed: Speed,
     /// The longest wait between two requests, whatever the recording says.
-    #[arg(long, value_name = "D", default_value = "1s", value_parser = crate::capture::parse_duration)]
+    #[arg(long, value_name = "D", default_value = "1s", value_parser = parse_duration)]
     pub max_gap: Duration,
     /// Also send every request there and compare the target's responses with its
     /// responses instead of the recorded ones.
@@ -218,10 +218,10 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub concurrency: u32,
     /// Time allowed per request: connect, send, the whole response.
-    #[arg(long, value_name = "D", default_value = "10s", value_parser = crate::capture::parse_duration)]
+    #[arg(long, value_name = "D", default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
     /// Bytes of each response body read and compared (longer ones compare as truncated).
-    #[arg(long, value_name = "SIZE", default_value = "1MB", value_parser = crate::capture::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "1MB", value_parser = parse_size)]
     pub max_body: u64,
     /// Send `Host: host:port` of the target instead of the recorded `Host`.
     #[arg(long)]
@@ -250,11 +250,113 @@ pub enum ShadowCommand {
     },
 }
 
+/// A duration as typed on the command line: `30s`, `500ms`, `5m`, `1h 30m`.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    // As in the config: at most 10 years, far from what would overflow a clock.
+    const MAX: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e}; expected e.g. \"30s\", \"500ms\", \"5m\""))?;
+    if d > MAX {
+        return Err("longer than 87600h (10 years), the longest a duration may be".into());
+    }
+    Ok(d)
+}
+
+/// A share: more than 0, at most 1.
+pub(crate) fn parse_share(text: &str) -> Result<f64, String> {
+    let v: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number; expected a share like 0.1"))?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{text} is not a share: it must be more than 0 and at most 1 (1 is every request)"
+        ))
+    }
+}
+
+/// A size: a whole number of bytes with an optional unit `B`, `KB`, `MB`, `GB` (powers
+/// of 1024; `K`, `KiB`, `k`... are the same).
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let form =
+        "expected a number of bytes with an optional unit, e.g. \"500KB\", \"100MB\", \"1GB\"";
+    let n: u64 = t[..digits]
+        .parse()
+        .map_err(|_| format!("invalid size {text:?}: {form}"))?;
+    let shift = match t[digits..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("invalid size {text:?}: {form}")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+/// How fast to replay.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Speed {
+    /// Without waiting between requests.
+    Max,
+    /// The recorded gaps divided by this.
+    Times(f64),
+}
+
+/// `--speed`: a positive number, or `0` / `max` for no waits.
+pub(crate) fn parse_speed(text: &str) -> Result<Speed, String> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("max") {
+        return Ok(Speed::Max);
+    }
+    match t.trim_end_matches(['x', 'X']).parse::<f64>() {
+        Ok(0.0) => Ok(Speed::Max),
+        // From a thousandth of the recorded pace to a million times it: beyond, the
+        // waits would overflow a clock or round to nothing.
+        Ok(v) if v.is_finite() && (0.001..=1_000_000.0).contains(&v) => Ok(Speed::Times(v)),
+        _ => Err(format!(
+            "invalid speed {:?}: a number from 0.001 to 1000000 (2 = twice as fast), or 0 / max to send without waiting",
+            text.chars().take(40).collect::<String>()
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn arguments_are_well_formed() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_and_shares() {
+        for (text, want) in [
+            ("500", Some(500)),
+            ("1KB", Some(1024)),
+            ("64k", Some(65536)),
+            ("100MB", Some(100 << 20)),
+            ("1 GiB", Some(1 << 30)),
+            ("1.5MB", None),
+            ("MB", None),
+            ("10TB", None),
+            ("", None),
+        ] {
+            assert_eq!(super::parse_size(text).ok(), want, "{text:?}");
+        }
+        for (text, ok) in [
+            ("1", true),
+            ("0.25", true),
+            ("0", false),
+            ("1.1", false),
+            ("x", false),
+            ("NaN", false),
+        ] {
+            assert_eq!(super::parse_share(text).is_ok(), ok, "{text:?}");
+        }
     }
 }

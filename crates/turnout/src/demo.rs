@@ -31,7 +31,8 @@ use turnout_core::{Deployment, Outcome, Stage, Verdict};
 use turnout_pipeline::commands::shell_quote;
 
 use crate::client::AdminClient;
-use crate::commands::{out, UsageError};
+use crate::error::UsageError;
+use crate::out::out;
 
 /// The demo service's binary name, looked for next to the turnout binary.
 const APP: &str = "turnout-demo-app";

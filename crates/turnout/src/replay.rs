@@ -45,36 +45,10 @@ use turnout_shadow::{
     Aggregator, CompareOptions, Counts, NoiseOptions, Report, RequestCopy, ResponseCopy, Sample,
 };
 
-use crate::cli::ReplayArgs;
+use crate::cli::{ReplayArgs, Speed};
 use crate::client::AdminClient;
-use crate::commands::{out, UsageError};
-
-/// How fast to replay.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Speed {
-    /// Without waiting between requests.
-    Max,
-    /// The recorded gaps divided by this.
-    Times(f64),
-}
-
-/// `--speed`: a positive number, or `0` / `max` for no waits.
-pub(crate) fn parse_speed(text: &str) -> Result<Speed, String> {
-    let t = text.trim();
-    if t.eq_ignore_ascii_case("max") {
-        return Ok(Speed::Max);
-    }
-    match t.trim_end_matches(['x', 'X']).parse::<f64>() {
-        Ok(0.0) => Ok(Speed::Max),
-        // From a thousandth of the recorded pace to a million times it: beyond, the
-        // waits would overflow a clock or round to nothing.
-        Ok(v) if v.is_finite() && (0.001..=1_000_000.0).contains(&v) => Ok(Speed::Times(v)),
-        _ => Err(format!(
-            "invalid speed {:?}: a number from 0.001 to 1000000 (2 = twice as fast), or 0 / max to send without waiting",
-            text.chars().take(40).collect::<String>()
-        )),
-    }
-}
+use crate::error::UsageError;
+use crate::out::out;
 
 /// Where requests go, as typed.
 #[derive(Clone, Debug, PartialEq)]
@@ -1117,6 +1091,7 @@ mod tests {
 
     #[test]
     fn speeds_and_targets() {
+        use crate::cli::parse_speed;
         assert_eq!(parse_speed("1"), Ok(Speed::Times(1.0)));
         assert_eq!(parse_speed("2x"), Ok(Speed::Times(2.0)));
         assert_eq!(parse_speed("0.5"), Ok(Speed::Times(0.5)));
@@ -1126,8 +1101,8 @@ mod tests {
             assert!(parse_speed(bad).is_err(), "{bad}");
         }
         // Durations on the command line: as in the config, at most 10 years.
-        assert!(crate::capture::parse_duration("87600h").is_ok());
-        let err = crate::capture::parse_duration("1000000h").unwrap_err();
+        assert!(crate::cli::parse_duration("87600h").is_ok());
+        let err = crate::cli::parse_duration("1000000h").unwrap_err();
         assert!(err.contains("87600h"), "{err}");
         assert_eq!(
             parse_target("--target", "http://127.0.0.1:8080/").ok(),
