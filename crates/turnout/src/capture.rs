@@ -22,17 +22,6 @@ use crate::client::{AdminClient, StreamFrame};
 use crate::error::UsageError;
 use crate::out::out;
 
-/// A size for people: `1MB`, `64KB`, `1000 bytes`.
-fn show_size(n: u64) -> String {
-    match n {
-        0 => "0 bytes".into(),
-        n if n % (1 << 30) == 0 => format!("{}GB", n >> 30),
-        n if n % (1 << 20) == 0 => format!("{}MB", n >> 20),
-        n if n % (1 << 10) == 0 => format!("{}KB", n >> 10),
-        n => format!("{n} bytes"),
-    }
-}
-
 /// Splits a byte stream of exact GoReplay records into records (each with its separator).
 #[derive(Default)]
 struct Splitter {
@@ -230,13 +219,11 @@ pub async fn run(client: &AdminClient, args: &CaptureArgs) -> anyhow::Result<Exi
     }
     if args.max_body > turnout_admin::MAX_CAPTURE_BODY {
         return Err(UsageError(format!(
-            "--max-body {} is over the 16MB a capture keeps of a body",
-            args.max_body
+            "--max-body {} is over the {} a capture keeps of a body",
+            turnout_core::units::format_size(args.max_body),
+            turnout_core::units::format_size(turnout_admin::MAX_CAPTURE_BODY)
         ))
         .into());
-    }
-    if args.rotate_size == Some(0) {
-        return Err(UsageError("--rotate-size must be more than 0".into()).into());
     }
     // The file first: a path that cannot be written fails before the router starts.
     let mut files = Files::open(&args.out, args.rotate_size)?;
@@ -266,7 +253,7 @@ pub async fn run(client: &AdminClient, args: &CaptureArgs) -> anyhow::Result<Exi
             None => "until Ctrl-C".into(),
         },
         args.sample,
-        show_size(args.max_body)
+        turnout_core::units::format_size(args.max_body)
     ))?;
 
     let mut split = Splitter::default();
@@ -414,9 +401,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_shown_and_names() {
-        assert_eq!(show_size(1 << 20), "1MB");
-        assert_eq!(show_size(1000), "1000 bytes");
+    fn rotated_file_names() {
         for (path, n, want) in [
             ("dir/c.gor.gz", 0, "dir/c.gor.gz"),
             ("dir/c.gor.gz", 1, "dir/c_1.gor.gz"),

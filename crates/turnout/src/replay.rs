@@ -1101,8 +1101,8 @@ mod tests {
             assert!(parse_speed(bad).is_err(), "{bad}");
         }
         // Durations on the command line: as in the config, at most 10 years.
-        assert!(crate::cli::parse_duration("87600h").is_ok());
-        let err = crate::cli::parse_duration("1000000h").unwrap_err();
+        assert!(turnout_core::units::parse_duration("87600h").is_ok());
+        let err = turnout_core::units::parse_duration("1000000h").unwrap_err();
         assert!(err.contains("87600h"), "{err}");
         assert_eq!(
             parse_target("--target", "http://127.0.0.1:8080/").ok(),
