@@ -12,9 +12,12 @@
 //! - `report`: the [`Report`] (JSON names from the spec), text rendering, the gate; `html`:
 //!   the self-contained HTML page;
 //! - [`goreplay`]: the capture file format; `http1`: raw HTTP/1.x messages to and from
-//!   [`RequestCopy`] / [`ResponseCopy`].
+//!   [`RequestCopy`] / [`ResponseCopy`];
+//! - [`capture`]: a capture stream written to files (checked record by record, rotated
+//!   by size), for `turnout capture`.
 
 mod aggregate;
+pub mod capture;
 pub mod compare;
 mod endpoint;
 pub mod goreplay;
