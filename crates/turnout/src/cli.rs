@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use turnout_core::units::{parse_duration, parse_size_or_bytes};
+use turnout_shadow::replay::Speed;
 
 /// turnout: a blue-green release router.
 #[derive(Debug, Parser)]
@@ -265,15 +266,6 @@ pub(crate) fn parse_share(text: &str) -> Result<f64, String> {
             "{text} is not a share: it must be more than 0 and at most 1 (1 is every request)"
         ))
     }
-}
-
-/// How fast to replay.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Speed {
-    /// Without waiting between requests.
-    Max,
-    /// The recorded gaps divided by this.
-    Times(f64),
 }
 
 /// `--speed`: a positive number, or `0` / `max` for no waits.
