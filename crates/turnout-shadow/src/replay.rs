@@ -544,14 +544,14 @@ pub struct SendCounts {
     pub answered: u64,
     /// ... that got none (refused, timed out, broken).
     pub failed: u64,
-    /// Compared (with the recorded response, or with `--compare-with`'s).
+    /// Compared (with the recorded response, or with the other target's).
     pub compared: u64,
     /// Sent, but with nothing to compare with: no recorded response in the files, or
-    /// `--compare-with` sent none.
+    /// the other target sent none.
     pub not_compared: u64,
     /// Recorded responses that are not HTTP (reported with their offset).
     pub malformed_responses: u64,
-    /// Responses not written to `--out` (a payload line is the separator).
+    /// Responses not written to the `out` file (a payload line is the separator).
     pub not_written: u64,
 }
 
@@ -612,7 +612,7 @@ impl Collector {
                 }
                 Some(Err(e)) => {
                     self.counts.not_compared += 1;
-                    self.show_failure(&r, "--compare-with", e);
+                    self.show_failure(&r, "the other target", e);
                 }
                 None => self.counts.not_compared += 1,
             }
@@ -1176,7 +1176,7 @@ mod tests {
             ),
             (5, 6, 1, 1, 1, 1)
         );
-        // With --compare-with the recorded responses are not forwarded.
+        // Compared with another target, the recorded responses are not forwarded.
         let (sent, answers, _) = read(&[&f0, &f1], false);
         assert_eq!((sent.len(), answers.len()), (4, 0));
     }
