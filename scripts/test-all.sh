@@ -64,6 +64,9 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
+echo "== module cycles (each crate's modules use each other one way)"
+bash scripts/module-cycles.sh crates/turnout/src
+
 echo "== cargo clippy (with and without the etcd feature)"
 cargo clippy --workspace --all-targets --locked --features "$features" -- -D warnings
 cargo clippy -p turnout --locked -- -D warnings

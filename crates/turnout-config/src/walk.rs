@@ -268,11 +268,13 @@ impl<'a> Table<'a> {
             type_error(ctx, self.key(key), v, "a duration string, e.g. \"30s\"");
             return None;
         }
-        self.parse(ctx, key, |s| match crate::values::parse_duration(s)? {
-            d if d.is_zero() && zero == Zero::Rejected => Err(format!(
-                "{s:?} is zero: give a duration greater than zero, e.g. \"1s\""
-            )),
-            d => Ok(d),
+        self.parse(ctx, key, |s| {
+            match turnout_core::units::parse_duration(s)? {
+                d if d.is_zero() && zero == Zero::Rejected => Err(format!(
+                    "{s:?} is zero: give a duration greater than zero, e.g. \"1s\""
+                )),
+                d => Ok(d),
+            }
         })
     }
 
@@ -280,7 +282,7 @@ impl<'a> Table<'a> {
     pub(crate) fn size(&self, ctx: &mut Ctx, key: &str) -> Option<u64> {
         let v = self.get(key)?;
         match v.get_ref() {
-            DeValue::String(_) => self.parse(ctx, key, crate::values::parse_size),
+            DeValue::String(_) => self.parse(ctx, key, turnout_core::units::parse_size),
             DeValue::Integer(_) => self
                 .int(ctx, key, 1, i64::MAX)
                 .map(|n| u64::try_from(n).unwrap_or(u64::MAX)),

@@ -1,5 +1,6 @@
 //! turnout's domain: the two slots, their roles, the routing state that says which one is
-//! live, and the transitions between states (switch, rollback).
+//! live, and the transitions between states (switch, rollback). Also [`units`]: the one
+//! parser of durations and sizes, for the config, the command line and the demo service.
 //!
 //! This crate does no IO: every function here is a pure computation on values, so that the
 //! rules can be tested exhaustively and shared by the admin API, the pipeline and the
@@ -9,6 +10,7 @@ mod addr;
 mod deployment;
 mod routing;
 mod slot;
+pub mod units;
 
 pub use addr::names_listen_addr;
 pub use deployment::{format_ms, Analysis, Deployment, Outcome, Stage, StageRecord, Verdict};

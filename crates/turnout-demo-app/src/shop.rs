@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use rusqlite::{Connection, OptionalExtension};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use turnout_core::units::parse_duration;
 
 /// Creates the catalogue when it is not there yet (WAL mode, three items).
 fn prepare(conn: &Connection) -> rusqlite::Result<()> {
@@ -115,17 +116,6 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
         _ => Err(format!("{s:?} is not a share between 0 and 1, e.g. 0.3")),
-    }
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("{s:?} is not a duration like 200ms or 2s");
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
-    let n: u64 = n.parse().map_err(|_| bad())?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        _ => Err(bad()),
     }
 }
 

@@ -1,8 +1,9 @@
-//! Shadow traffic analysis, with no network IO of its own: the data plane
-//! (`turnout-proxy`) copies live exchanges and mirrors them to the candidate; this crate
-//! compares what came back ([`compare()`]), tells regressions from noise and sums it all up
-//! ([`Aggregator`] → [`Report`], with its text and HTML renderings and the shadow [`Gate`]),
-//! and writes and reads GoReplay's capture format ([`goreplay`]).
+//! Shadow traffic analysis: the data plane (`turnout-proxy`) copies live exchanges and
+//! mirrors them to the candidate; this crate compares what came back ([`compare()`]),
+//! tells regressions from noise and sums it all up ([`Aggregator`] → [`Report`], with its
+//! text and HTML renderings and the shadow [`Gate`]), writes and reads GoReplay's capture
+//! format ([`goreplay`]), and replays captures ([`replay`]). The network IO is `replay`'s
+//! alone (it sends recorded requests to a target); what the data plane uses does none.
 //!
 //! Modules:
 //! - `compare`: one pair of responses → [`Difference`]s (paths and kinds);
@@ -12,9 +13,14 @@
 //! - `report`: the [`Report`] (JSON names from the spec), text rendering, the gate; `html`:
 //!   the self-contained HTML page;
 //! - [`goreplay`]: the capture file format; `http1`: raw HTTP/1.x messages to and from
-//!   [`RequestCopy`] / [`ResponseCopy`].
+//!   [`RequestCopy`] / [`ResponseCopy`];
+//! - [`capture`]: a capture stream written to files (checked record by record, rotated
+//!   by size), for `turnout capture`;
+//! - [`replay`]: capture files sent again to a target and the answers compared, for
+//!   `turnout replay`.
 
 mod aggregate;
+pub mod capture;
 pub mod compare;
 mod endpoint;
 pub mod goreplay;
@@ -22,6 +28,7 @@ mod histogram;
 mod html;
 pub mod http1;
 mod linediff;
+pub mod replay;
 mod report;
 mod types;
 

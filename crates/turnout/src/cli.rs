@@ -1,10 +1,12 @@
-//! Command-line arguments (names fixed by SPEC.md).
+//! Command-line arguments (names fixed by SPEC.md) and the parsers of their values. A
+//! leaf: it uses no other module of this crate.
 
 use std::path::PathBuf;
-
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use turnout_core::units::{parse_duration, parse_size_or_bytes};
+use turnout_shadow::replay::Speed;
 
 /// turnout: a blue-green release router.
 #[derive(Debug, Parser)]
@@ -168,20 +170,21 @@ pub struct CaptureArgs {
     /// (`c.gor.gz`, `c_1.gor.gz`, `c_2.gor.gz`).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
-    /// How long to capture, e.g. `30s`, `5m` (default: until Ctrl-C).
-    #[arg(long, value_name = "D", value_parser = crate::capture::parse_duration)]
+    /// How long to capture, e.g. `30s`, `5m`, `1m 30s` (default: until Ctrl-C).
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
     pub duration: Option<Duration>,
     /// Share of the requests to capture, more than 0 and at most 1 (by request id).
-    #[arg(long, value_name = "F", default_value_t = 1.0, value_parser = crate::capture::parse_share)]
+    #[arg(long, value_name = "F", default_value_t = 1.0, value_parser = parse_share)]
     pub sample: f64,
-    /// Start a new file when the current one would grow over SIZE (e.g. `100MB`; KB, MB,
-    /// GB are powers of 1024; counted before compression). A record is never split: one
-    /// larger than SIZE gets a file of its own.
-    #[arg(long, value_name = "SIZE", value_parser = crate::capture::parse_size)]
+    /// Start a new file when the current one would grow over SIZE (e.g. `100MB`; as in
+    /// the config, KB, MB, GB are powers of 1000 and KiB, MiB, GiB of 1024, and a bare
+    /// number is bytes; counted before compression). A record is never split: one larger
+    /// than SIZE gets a file of its own.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_or_bytes)]
     pub rotate_size: Option<u64>,
-    /// Bytes of each request and response body kept (e.g. `64KB`, at most 16MB); longer
+    /// Bytes of each request and response body kept (e.g. `64KiB`, at most 16MiB); longer
     /// bodies are recorded truncated (and replay does not send such requests).
-    #[arg(long, value_name = "SIZE", default_value = "1MB", value_parser = crate::capture::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size_or_bytes)]
     pub max_body: u64,
 }
 
@@ -197,10 +200,10 @@ pub struct ReplayArgs {
     pub target: String,
     /// Replay speed: 2 halves the recorded gaps between requests; `0` or `max` sends
     /// without waiting.
-    #[arg(long, value_name = "X", default_value = "1", value_parser = crate::replay::parse_speed)]
-    pub speed: crate::replay::Speed,
+    #[arg(long, value_name = "X", default_value = "1", value_parser = parse_speed)]
+    pub speed: Speed,
     /// The longest wait between two requests, whatever the recording says.
-    #[arg(long, value_name = "D", default_value = "1s", value_parser = crate::capture::parse_duration)]
+    #[arg(long, value_name = "D", default_value = "1s", value_parser = parse_duration)]
     pub max_gap: Duration,
     /// Also send every request there and compare the target's responses with its
     /// responses instead of the recorded ones.
@@ -218,10 +221,10 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub concurrency: u32,
     /// Time allowed per request: connect, send, the whole response.
-    #[arg(long, value_name = "D", default_value = "10s", value_parser = crate::capture::parse_duration)]
+    #[arg(long, value_name = "D", default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
     /// Bytes of each response body read and compared (longer ones compare as truncated).
-    #[arg(long, value_name = "SIZE", default_value = "1MB", value_parser = crate::capture::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size_or_bytes)]
     pub max_body: u64,
     /// Send `Host: host:port` of the target instead of the recorded `Host`.
     #[arg(long)]
@@ -250,11 +253,142 @@ pub enum ShadowCommand {
     },
 }
 
+/// A share: more than 0, at most 1.
+pub(crate) fn parse_share(text: &str) -> Result<f64, String> {
+    let v: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number; expected a share like 0.1"))?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{text} is not a share: it must be more than 0 and at most 1 (1 is every request)"
+        ))
+    }
+}
+
+/// `--speed`: a positive number, or `0` / `max` for no waits.
+pub(crate) fn parse_speed(text: &str) -> Result<Speed, String> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("max") {
+        return Ok(Speed::Max);
+    }
+    match t.trim_end_matches(['x', 'X']).parse::<f64>() {
+        Ok(0.0) => Ok(Speed::Max),
+        // From a thousandth of the recorded pace to a million times it: beyond, the
+        // waits would overflow a clock or round to nothing.
+        Ok(v) if v.is_finite() && (0.001..=1_000_000.0).contains(&v) => Ok(Speed::Times(v)),
+        _ => Err(format!(
+            "invalid speed {:?}: a number from 0.001 to 1000000 (2 = twice as fast), or 0 / max to send without waiting",
+            text.chars().take(40).collect::<String>()
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn arguments_are_well_formed() {
         use clap::CommandFactory;
-        super::Cli::command().debug_assert();
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_and_shares() {
+        // Sizes as in the config (`turnout_core::units`): KB and MB are powers of 1000
+        // (they were powers of 1024 here before), KiB, MiB, GiB powers of 1024, and only
+        // the config's unit names; a bare number is bytes.
+        for (text, want) in [
+            ("500", Some(500)),
+            ("1KB", Some(1000)),
+            ("64KiB", Some(65536)),
+            ("100MB", Some(100_000_000)),
+            ("1 GiB", Some(1 << 30)),
+            ("64k", None),
+            ("1.5MB", None),
+            ("MB", None),
+            ("10TB", None),
+            ("", None),
+        ] {
+            assert_eq!(parse_size_or_bytes(text).ok(), want, "{text:?}");
+        }
+        for (text, ok) in [
+            ("1", true),
+            ("0.25", true),
+            ("0", false),
+            ("1.1", false),
+            ("x", false),
+            ("NaN", false),
+        ] {
+            assert_eq!(parse_share(text).is_ok(), ok, "{text:?}");
+        }
+    }
+
+    /// A size or a duration means the same on the command line as in the config, and
+    /// both refuse the same texts.
+    #[test]
+    fn sizes_and_durations_mean_on_the_command_line_what_they_mean_in_the_config() {
+        let capture = |size: &str, duration: &str| {
+            let cli = Cli::try_parse_from([
+                "turnout",
+                "capture",
+                "--out",
+                "c.gor",
+                "--max-body",
+                size,
+                "--duration",
+                duration,
+            ])
+            .map_err(|e| e.to_string())?;
+            match cli.command {
+                Command::Capture(a) => Ok((a.max_body, a.duration)),
+                other => Err(format!("parsed as {other:?}")),
+            }
+        };
+        let config = |size: &str, duration: &str| {
+            let text =
+                format!("[listen]\nmax_body = \"{size}\"\n[bake]\nduration = \"{duration}\"\n");
+            turnout_config::Config::from_toml(&text, "test.toml")
+                .map(|c| (c.listen.max_body, Some(c.bake.duration)))
+                .map_err(|e| e.to_string())
+        };
+        for (size, duration) in [
+            ("1MB", "30s"),
+            ("10 MB", "1m 30s"),
+            ("1MiB", "500ms"),
+            ("512KiB", "2h"),
+            ("16MB", "87600h"),
+        ] {
+            let (cli_size, cli_duration) = capture(size, duration).unwrap();
+            let (config_size, config_duration) = config(size, duration).unwrap();
+            assert_eq!(Some(cli_size), config_size, "{size}");
+            assert_eq!(cli_duration, config_duration, "{duration}");
+        }
+        assert_eq!(capture("1MB", "1s").unwrap().0, 1_000_000);
+        for (size, duration) in [
+            ("1.5MB", "1s"),
+            ("64k", "1s"),
+            ("0KB", "1s"),
+            ("1MB", "1 0s"),
+            ("1MB", "5min"),
+            ("1MB", "87601h"),
+        ] {
+            let cli = capture(size, duration).unwrap_err();
+            let config = config(size, duration).unwrap_err();
+            // The same message from the same parser (clap and the config each add where).
+            let why = |e: &str| {
+                e.contains("invalid size")
+                    || e.contains("invalid duration")
+                    || e.contains("is zero")
+                    || e.contains("longer than")
+            };
+            assert!(
+                why(&cli) && why(&config),
+                "{size} {duration}:\n{cli}\n{config}"
+            );
+        }
     }
 }

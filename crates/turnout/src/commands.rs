@@ -1,7 +1,6 @@
 //! The commands that do not serve: they load the config or talk to a running router, and
 //! print for people (or JSON for scripts).
 
-use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -13,22 +12,12 @@ use turnout_pipeline::Status;
 
 use crate::cli::{Cli, Command};
 use crate::client::AdminClient;
+use crate::error::{describe, UsageError};
+use crate::out::out;
 
 /// How long `reload` and `upgrade` wait: a new router process may health-check the
 /// instances it takes over.
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(150);
-
-/// A usage problem found after argument parsing (exit code 2).
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
 
 /// Runs one command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -192,35 +181,11 @@ pub fn report(e: &anyhow::Error) -> ExitCode {
     }
 }
 
-/// An error and its causes on one line, each cause once: a cause whose text the message
-/// already quotes (many errors say what their source said) is not repeated.
-pub(crate) fn describe(e: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in e.chain() {
-        let part = cause.to_string();
-        if part.is_empty() || text.contains(&part) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&part);
-    }
-    text
-}
-
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
-}
-
-pub(crate) fn out(line: &str) -> anyhow::Result<()> {
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{line}")?;
-    stdout.flush()?;
-    Ok(())
 }
 
 fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {

@@ -13,7 +13,7 @@ use serde_json::json;
 use turnout_core::{Analysis, Deployment, Outcome, Stage, Verdict};
 
 use crate::client::AdminClient;
-use crate::commands::out;
+use crate::out::out;
 
 /// The exit code of a deployment's verdict (SPEC: 0 promoted, 3 rolled back, 4 failed or
 /// aborted before the switch).

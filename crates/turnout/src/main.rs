@@ -1,13 +1,20 @@
 //! The `turnout` binary: glue between the CLI and the libraries. The logic lives in the
 //! `turnout-*` crates; this crate parses arguments, wires `serve`, and prints.
+//!
+//! Its modules use each other one way (`scripts/module-cycles.sh` checks it): `cli`,
+//! `client`, `error` and `out` are leaves; the commands' modules use only leaves and
+//! each other downwards (`demo` uses `follow`, `serve` uses `lifecycle` and `sessions`);
+//! `commands` (the dispatch) is on top, and only `main` uses it.
 
 mod capture;
 mod cli;
 mod client;
 mod commands;
 mod demo;
+mod error;
 mod follow;
 mod lifecycle;
+mod out;
 mod replay;
 mod serve;
 mod sessions;

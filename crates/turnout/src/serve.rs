@@ -19,7 +19,7 @@ use turnout_proxy::{HealthCheck, ProxyOptions};
 use turnout_store::{EmbeddedStore, StateStore};
 
 use crate::cli::LogFormat;
-use crate::commands::UsageError;
+use crate::error::{describe, UsageError};
 
 pub fn run(config: &Path, log_format: LogFormat) -> anyhow::Result<ExitCode> {
     // Started by `turnout upgrade` or `reload`: the previous router process passes its
@@ -33,7 +33,7 @@ pub fn run(config: &Path, log_format: LogFormat) -> anyhow::Result<ExitCode> {
                     "the configuration has {} problem(s):\n{errors}",
                     errors.errors.len()
                 ),
-                None => crate::commands::describe(&e),
+                None => describe(&e),
             };
             let _ = t.failed(&text);
         }
@@ -77,7 +77,7 @@ pub fn run(config: &Path, log_format: LogFormat) -> anyhow::Result<ExitCode> {
     };
     let result = rt.block_on(serve(cfg, &mut launch));
     if let (Err(e), Some(t)) = (&result, launch.takeover.as_mut()) {
-        let _ = t.failed(&crate::commands::describe(e));
+        let _ = t.failed(&describe(e));
     }
     // Nothing is left after a graceful stop; after a forced one, do not wait for it.
     rt.shutdown_background();

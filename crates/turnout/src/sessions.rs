@@ -5,7 +5,7 @@ use turnout_config::{Config, TokenSource};
 use turnout_proxy::SessionOptions;
 use turnout_store::StateStore;
 
-use crate::commands::UsageError;
+use crate::error::UsageError;
 
 /// Where the generated key is kept, for every router on the same store.
 const KEY: &str = "sessions/key";
