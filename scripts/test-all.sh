@@ -66,6 +66,7 @@ cargo fmt --all -- --check
 
 echo "== module cycles (each crate's modules use each other one way)"
 bash scripts/module-cycles.sh crates/turnout/src
+bash scripts/module-cycles.sh crates/turnout-proxy/src
 
 echo "== cargo clippy (with and without the etcd feature)"
 cargo clippy --workspace --all-targets --locked --features "$features" -- -D warnings
