@@ -26,6 +26,9 @@ pub struct RouterOptions {
     pub listen_extra: String,
     /// Extra keys for the generated `[health]`.
     pub health_extra: String,
+    /// `[health] unhealthy` (failed checks in a row that take an upstream out); 1 when
+    /// `None`.
+    pub unhealthy: Option<u32>,
     /// Extra keys for `[state]` (e.g. the etcd backend).
     pub state_extra: String,
     /// Extra keys for `[admin]`.
@@ -94,7 +97,7 @@ impl Router {
             "[listen]\naddr = \"127.0.0.1:0\"\n{listen_extra}\n\
              [admin]\naddr = \"127.0.0.1:0\"\n{token}{admin_extra}\n\
              [state]\ndir = {state:?}\n{state_extra}\n\
-             [health]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nhealthy = 1\nunhealthy = 1\n{health_extra}\n\
+             [health]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nhealthy = 1\nunhealthy = {unhealthy}\n{health_extra}\n\
              [slots.blue]\nupstreams = [{blue}]\n{blue_version}\n[slots.green]\nupstreams = [{green}]\n{green_version}\n{extra}\n",
             listen_extra = opts.listen_extra,
             token = if opts.no_admin_token {
@@ -104,6 +107,7 @@ impl Router {
             },
             admin_extra = opts.admin_extra,
             health_extra = opts.health_extra,
+            unhealthy = opts.unhealthy.unwrap_or(1),
             state_extra = opts.state_extra,
             state = dir.path().join("state").display().to_string(),
             blue = list(&opts.blue),

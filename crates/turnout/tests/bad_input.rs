@@ -496,8 +496,20 @@ async fn a_router_that_would_proxy_to_itself_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loop_through_another_router_is_answered_508_at_once() {
-    // a -> b -> a: b's upstream is a, and a's green is b.
-    let (_blue, a) = blue_only().await;
+    // a -> b -> a: b's upstream is a, and a's green is b. a's health checks of b go
+    // round the loop too (and fail with 508): a takes b out only after many of them, so
+    // that the loop stays in place while the test looks at it.
+    let blue = Backend::start("blue").await;
+    let a = Router::start(
+        bin(),
+        &RouterOptions {
+            blue: vec![blue.upstream()],
+            unhealthy: Some(1000),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("start a");
     let b = Router::start(
         bin(),
         &RouterOptions {
