@@ -22,7 +22,10 @@
 //!   `[state] backend = "etcd"` only);
 //! - `turnout_deployment_stage{stage}` (gauge, 1 for the running deployment's stage,
 //!   `none` when no deployment runs);
-//! - `turnout_access_log_dropped_total` (counter; access log lines dropped, queue full).
+//! - `turnout_access_log_dropped_total` (counter; access log lines dropped, queue full);
+//! - `turnout_client_connections` (gauge; client connections open now),
+//!   `turnout_connections_refused_total` (counter; refused past `max_connections`),
+//!   `process_resident_memory_bytes` (gauge; the process's RSS, Linux).
 
 use std::sync::Arc;
 
@@ -95,6 +98,20 @@ impl std::fmt::Debug for TurnoutCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TurnoutCollector").finish_non_exhaustive()
     }
+}
+
+/// This process's resident memory, from `/proc/self/status` (Linux; `None` elsewhere).
+fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 fn counter(
@@ -299,6 +316,29 @@ impl Collector for TurnoutCollector {
             "Access log lines dropped because the log's queue was full.",
             &[(&[], proxy.access_log_dropped())],
         )?;
+        gauge(
+            &mut encoder,
+            "turnout_client_connections",
+            "Client connections open now, on every listener (busy and idle).",
+            &[(
+                Vec::new(),
+                i64::try_from(proxy.open_connections()).unwrap_or(i64::MAX),
+            )],
+        )?;
+        counter(
+            &mut encoder,
+            "turnout_connections_refused",
+            "Client connections refused because [listen] max_connections were open.",
+            &[(&[], proxy.refused_connections())],
+        )?;
+        if let Some(rss) = resident_memory_bytes() {
+            gauge(
+                &mut encoder,
+                "process_resident_memory_bytes",
+                "Resident memory of the router process (VmRSS).",
+                &[(Vec::new(), i64::try_from(rss).unwrap_or(i64::MAX))],
+            )?;
+        }
         Ok(())
     }
 }

@@ -12,6 +12,7 @@
 //!   address.
 
 pub mod handover;
+pub mod memory;
 pub mod systemd;
 
 use std::net::{SocketAddr, TcpListener};

@@ -25,6 +25,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+use crate::bufpool::{self, READ_CHUNK};
 use crate::client::RawConn;
 use crate::error::{Failed, ProxyError, Sent};
 use crate::forward::{self, Attempt, Facts, Leg, LogLine};
@@ -33,7 +34,7 @@ use crate::http1::{
     encode_chunk, insert_header, plan_request, relay_head, Chunked, Forwarding, Framing, Refusal,
     Relayed, ReqBody, RequestPlan as Plan, MAX_HEAD,
 };
-use crate::io::ClientIo;
+use crate::io::{next_bytes, ClientIo};
 use crate::shared::Inner;
 use crate::tap::Tap;
 use crate::tunnel;
@@ -41,11 +42,8 @@ use crate::upstream::UpstreamRef;
 
 /// How long an idle keep-alive connection is kept between requests.
 const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
-/// After this long without a request, a keep-alive connection frees its buffers.
-const IDLE_SHRINK: Duration = Duration::from_secs(1);
 /// Flush the client write buffer once it holds this much.
 const FLUSH_AT: usize = 32 * 1024;
-const READ_CHUNK: usize = 16 * 1024;
 /// After the last response of a connection, how long and how much the client may still
 /// send while turnout closes (so that the response is not destroyed by a reset).
 const LINGER: Duration = Duration::from_secs(2);
@@ -72,23 +70,21 @@ async fn idle_stop(stop: &mut watch::Receiver<bool>, inner: &Inner) {
 pub(crate) async fn serve<S: ClientIo>(
     inner: Arc<Inner>,
     stream: S,
-    pre: BytesMut,
+    pre: bufpool::Buffers,
     peer: SocketAddr,
     stop: watch::Receiver<bool>,
     first_deadline: Instant,
 ) {
-    let mut buf = pre;
-    buf.reserve(8 * 1024);
     let mut conn = ClientConn {
         ip: Bytes::from(peer.ip().to_canonical().to_string()),
         stream,
-        buf,
-        out: Vec::with_capacity(8 * 1024),
-        up_head: Vec::with_capacity(2 * 1024),
+        buf: pre.buf,
+        out: pre.out,
+        up_head: pre.up_head,
         first_deadline,
         stop,
         tap: None,
-        request_id: Vec::new(),
+        request_id: pre.request_id,
         body_bytes: 0,
         plan: Plan::default(),
         response_timeout: inner.opts.response_timeout,
@@ -96,21 +92,35 @@ pub(crate) async fn serve<S: ClientIo>(
     };
     let mut first = true;
     loop {
-        let next = conn.one_request(&inner, first).await;
+        // Idle: no buffers, and only this small future (the exchange's is boxed below).
+        if conn.buf.is_empty() && !conn.wait_for_request(&inner, first).await {
+            break;
+        }
+        conn.take_buffers();
+        // Boxed: a connection waiting for its next request must not carry the state of
+        // an exchange (several KiB) in its task.
+        let next = Box::pin(conn.one_request(&inner, first)).await;
         if conn.tap.is_some() {
             // Not finished: the exchange failed (counted as skipped).
             conn.tap = None;
         }
         match next {
-            Next::KeepAlive => first = false,
+            Next::KeepAlive => {
+                first = false;
+                conn.give_buffers();
+            }
             Next::Close => break,
-            Next::Upgrade(tunnel) => return conn.tunnel(&inner, tunnel).await,
+            // Boxed like the exchange: a tunnel's and a closing connection's state
+            // (buffers among it) must not size every connection's task.
+            Next::Upgrade(tunnel) => return Box::pin(conn.tunnel(&inner, tunnel)).await,
         }
     }
-    conn.linger().await;
+    Box::pin(conn.linger()).await;
 }
 
-/// One client connection, and the request in flight on it.
+/// One client connection, and the request in flight on it. Between requests it holds
+/// no buffers (`bufpool.rs`): `buf`, `out`, `up_head` and `request_id` are empty and
+/// unallocated unless a pipelined request already waits in `buf`.
 pub(crate) struct ClientConn<S> {
     stream: S,
     /// Bytes read from the client and not yet used.
@@ -153,6 +163,63 @@ struct Tunnel {
 }
 
 impl<S: ClientIo> ClientConn<S> {
+    /// Waits, holding no buffers, until the client sends its next request: `false` when
+    /// it closed, stayed idle past the keep-alive limit (or, for the first request, past
+    /// `header_timeout` from accept), or the router stops.
+    async fn wait_for_request(&mut self, inner: &Inner, first: bool) -> bool {
+        let limit = if first {
+            self.first_deadline
+        } else {
+            deadline_after(KEEP_ALIVE_IDLE)
+        };
+        let stop = &mut self.stop;
+        let next = tokio::select! {
+            biased;
+            b = next_bytes(&mut self.stream, limit) => b,
+            () = idle_stop(stop, inner) => None,
+        };
+        match next {
+            Some(b) => {
+                self.install(b);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes a set of buffers for an exchange (keeping bytes already read).
+    fn take_buffers(&mut self) {
+        if self.out.capacity() == 0 {
+            let b = bufpool::take();
+            self.install(b);
+        }
+    }
+
+    /// Puts `b` in place, keeping what `buf` holds already.
+    fn install(&mut self, mut b: bufpool::Buffers) {
+        if !self.buf.is_empty() {
+            b.buf.extend_from_slice(&self.buf);
+        }
+        self.buf = b.buf;
+        self.out = b.out;
+        self.up_head = b.up_head;
+        self.request_id = b.request_id;
+    }
+
+    /// Gives the buffers back after an exchange, unless a pipelined request already
+    /// waits in `buf`.
+    fn give_buffers(&mut self) {
+        if !self.buf.is_empty() || self.out.capacity() == 0 {
+            return;
+        }
+        bufpool::give(bufpool::Buffers {
+            buf: std::mem::take(&mut self.buf),
+            out: std::mem::take(&mut self.out),
+            up_head: std::mem::take(&mut self.up_head),
+            request_id: std::mem::take(&mut self.request_id),
+        });
+    }
+
     /// Serves one request: the phases of `forward.rs`.
     async fn one_request(&mut self, inner: &Arc<Inner>, first: bool) -> Next {
         // Phase 1, begin: the head is checked and the upstream head written from it.
@@ -358,7 +425,6 @@ impl<S: ClientIo> ClientConn<S> {
         // The first head's clock started at accept; later ones at their first byte.
         let mut deadline = first.then_some(self.first_deadline);
         let mut parse = true;
-        let mut shrunk = false;
         // The keep-alive wait is measured once, from the end of the last response.
         let idle_limit = deadline_after(KEEP_ALIVE_IDLE);
         loop {
@@ -383,29 +449,9 @@ impl<S: ClientIo> ClientConn<S> {
             }
             let limit = deadline.unwrap_or(idle_limit);
             let idle = self.buf.is_empty();
-            if idle && shrunk {
-                // A quiet keep-alive connection holds no buffers while it waits.
-                let ready = tokio::time::timeout_at(limit.into(), self.stream.readable());
-                let stop = &mut self.stop;
-                tokio::select! {
-                    biased;
-                    r = ready => match r {
-                        Ok(Ok(())) => shrunk = false,
-                        _ => return Ok(None),
-                    },
-                    () = idle_stop(stop, inner) => return Ok(None),
-                }
-                continue;
-            }
-            // Between requests, the first wait is short: a connection still quiet after
-            // it gives its buffers back.
-            let shrink_at = (idle && deadline.is_none())
-                .then(|| deadline_after(IDLE_SHRINK))
-                .filter(|s| *s < limit);
-            let wake = shrink_at.unwrap_or(limit);
             self.buf.reserve(READ_CHUNK);
             let before = self.buf.len();
-            let read = tokio::time::timeout_at(wake.into(), self.stream.read_buf(&mut self.buf));
+            let read = tokio::time::timeout_at(limit.into(), self.stream.read_buf(&mut self.buf));
             let stop = &mut self.stop;
             let stopping = async {
                 if idle {
@@ -421,12 +467,6 @@ impl<S: ClientIo> ClientConn<S> {
                     // Parse again only when a line may have ended: a head sent a byte at
                     // a time costs one parse per line, not one per byte.
                     Ok(Ok(_)) => parse = self.buf[before..].contains(&b'\n'),
-                    Err(_) if shrink_at.is_some() => {
-                        self.buf = BytesMut::new();
-                        self.out = Vec::new();
-                        self.up_head = Vec::new();
-                        shrunk = true;
-                    }
                     Err(_) => {
                         if !idle {
                             tracing::debug!("request head not complete within header_timeout; connection closed");
@@ -1025,7 +1065,7 @@ fn _assert_send(
     p: SocketAddr,
     w: watch::Receiver<bool>,
 ) -> impl std::future::Future + Send {
-    serve(inner, s, BytesMut::new(), p, w, Instant::now())
+    serve(inner, s, bufpool::take(), p, w, Instant::now())
 }
 
 /// `now + d`, or far in the future when that overflows (an absurd configured timeout).

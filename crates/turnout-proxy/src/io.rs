@@ -122,3 +122,45 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
         self.io.is_write_vectored()
     }
 }
+
+/// One read attempt that does not wait: what the stream has now (a TLS session may hold
+/// plaintext that its socket will not announce again), or `Pending` when it has
+/// nothing — after which the socket's readiness is the thing to wait for.
+pub(crate) async fn read_now<S: ClientIo>(
+    stream: &mut S,
+    buf: &mut bytes::BytesMut,
+) -> Poll<io::Result<usize>> {
+    use tokio::io::AsyncReadExt;
+    std::future::poll_fn(|cx| {
+        let read = stream.read_buf(buf);
+        tokio::pin!(read);
+        Poll::Ready(Future::poll(read.as_mut(), cx))
+    })
+    .await
+}
+
+/// Waits for a client's next bytes holding no buffer, and reads them into a set taken
+/// from the pool then: `None` when the client closed or sent nothing before `limit`.
+/// A read that finds nothing comes first (a TLS session may hold plaintext its socket
+/// will not announce again); the socket's readiness may wake it spuriously, which only
+/// costs another such read.
+pub(crate) async fn next_bytes<S: ClientIo>(
+    stream: &mut S,
+    limit: std::time::Instant,
+) -> Option<crate::bufpool::Buffers> {
+    loop {
+        let mut b = crate::bufpool::take();
+        match read_now(stream, &mut b.buf).await {
+            Poll::Ready(Ok(n)) if n > 0 => return Some(b),
+            Poll::Ready(_) => {
+                crate::bufpool::give(b);
+                return None;
+            }
+            Poll::Pending => crate::bufpool::give(b),
+        }
+        match tokio::time::timeout_at(limit.into(), stream.readable()).await {
+            Ok(Ok(())) => {}
+            _ => return None,
+        }
+    }
+}

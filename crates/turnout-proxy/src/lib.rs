@@ -9,6 +9,7 @@
 //! and `mirror.rs`), which cost a request one relaxed atomic load while none runs.
 
 mod access;
+mod bufpool;
 mod client;
 mod error;
 mod forward;
@@ -232,6 +233,11 @@ impl Proxy {
     /// The routing table in force now.
     pub fn table(&self) -> Arc<Table> {
         self.inner.table.load_full()
+    }
+
+    /// Client connections open now, on every listener.
+    pub fn open_connections(&self) -> usize {
+        self.inner.connections.load(Ordering::Relaxed)
     }
 
     /// Connections refused since start because `max_connections` were open.

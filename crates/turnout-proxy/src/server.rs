@@ -18,9 +18,8 @@ use tokio::sync::{mpsc, watch};
 use crate::shared::Inner;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// Read buffer growth step while detecting the protocol.
-const READ_CHUNK: usize = 16 * 1024;
-use crate::io::{ClientIo, Prefixed};
+
+use crate::io::{next_bytes, ClientIo, Prefixed};
 use crate::tls::TlsCert;
 
 pub(crate) async fn serve(
@@ -56,14 +55,16 @@ pub(crate) async fn serve(
         let (inner, stop) = (inner.clone(), stop_rx.clone());
         match &tls {
             None => {
-                let conn = serve_conn(inner, stream, peer, stop);
+                // The connection's future is made inside the task: captured whole and
+                // then awaited, it would take its room twice in the task.
                 tokio::spawn(async move {
-                    conn.await;
+                    serve_conn(inner, stream, peer, stop).await;
                     drop(guard);
                 });
             }
             Some(tls) => {
-                let handshake = tls.accept(stream);
+                // Boxed: the handshake's state is gone once it is done.
+                let handshake = Box::pin(tls.accept(stream));
                 tokio::spawn(async move {
                     let limit = inner.opts.header_timeout;
                     match tokio::time::timeout(limit, handshake).await {
@@ -109,19 +110,25 @@ async fn serve_conn<S: ClientIo>(
     stop: watch::Receiver<bool>,
 ) {
     let first_deadline = crate::h1conn::deadline_after(inner.opts.header_timeout);
-    let mut buf = BytesMut::new();
-    match detect(&mut stream, &mut buf, first_deadline).await {
+    // Until its first bytes, a connection holds no buffer.
+    let Some(mut b) = next_bytes(&mut stream, first_deadline).await else {
+        return;
+    };
+    match detect(&mut stream, &mut b.buf, first_deadline).await {
         Some(Protocol::Http2) => {
             let io = Prefixed {
-                pre: buf.freeze(),
+                pre: b.buf.split().freeze(),
                 io: stream,
             };
-            crate::h2::serve(inner, io, peer, S::TLS, stop).await
+            crate::bufpool::give(b);
+            // Boxed: hyper's HTTP/2 connection is large, and an HTTP/1.1 connection's
+            // task must not be sized for it.
+            Box::pin(crate::h2::serve(inner, io, peer, S::TLS, stop)).await
         }
         Some(Protocol::Http1) => {
-            crate::h1conn::serve(inner, stream, buf, peer, stop, first_deadline).await
+            crate::h1conn::serve(inner, stream, b, peer, stop, first_deadline).await
         }
-        None => {}
+        None => crate::bufpool::give(b),
     }
 }
 
@@ -146,7 +153,7 @@ async fn detect<S: ClientIo>(
         if n == H2_PREFACE.len() {
             return Some(Protocol::Http2);
         }
-        buf.reserve(READ_CHUNK);
+        buf.reserve(crate::bufpool::READ_CHUNK);
         match tokio::time::timeout_at(deadline.into(), stream.read_buf(buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
             Ok(Ok(_)) => {}

@@ -405,8 +405,57 @@ async fn listen(
     Ok(listener)
 }
 
+/// Raises this process's soft limit on open files to the hard limit (as nginx's
+/// `worker_rlimit_nofile` would): every client connection is a file, and the usual soft
+/// limit of 1024 would cap an edge router far below what the machine allows.
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::debug!(
+            from = ?limit.current,
+            to = ?limit.maximum,
+            "open files limit raised to the hard limit"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open files limit; connections past it are refused by the system")
+        }
+    }
+}
+
+/// After many client connections have closed, gives the memory they used back to the
+/// system (`turnout_lifecycle::memory`), on a blocking thread: checked every few seconds
+/// against the most connections seen open since the last release.
+fn release_memory_after_closes(proxy: turnout_proxy::Proxy) {
+    /// Closed connections (from the peak) worth a release.
+    const CLOSED: usize = 1000;
+    tokio::spawn(async move {
+        let mut peak = 0usize;
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let open = proxy.open_connections();
+            peak = peak.max(open);
+            if peak >= open + CLOSED {
+                peak = open;
+                let _ = tokio::task::spawn_blocking(turnout_lifecycle::memory::release_free_memory)
+                    .await;
+            }
+        }
+    });
+}
+
 async fn serve(cfg: Config, launch: &mut Launch) -> anyhow::Result<()> {
     use turnout_lifecycle::names;
+    raise_open_files_limit();
     // Sockets from the previous router process (a handover) or from systemd (socket
     // activation); whatever they do not cover is bound here.
     let mut inherited = match launch.takeover.as_mut() {
@@ -625,6 +674,7 @@ async fn serve(cfg: Config, launch: &mut Launch) -> anyhow::Result<()> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    release_memory_after_closes(controller.proxy().clone());
     let proxy = controller.proxy().clone();
     let data_task = tokio::spawn({
         let stop = stopped(stop_rx.clone());
